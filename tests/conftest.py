@@ -1,0 +1,51 @@
+"""Shared pytest fixtures: reference data location, seeds and per-dtype tolerances."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("CYNTK_REFERENCE", REPO.parent / "shared" / "reference"))
+
+#: Tolerances per dtype, used by every numerical test (one place to change them).
+TOLERANCES = {
+    "float64": {"rtol": 1e-10, "atol": 1e-12},
+    "float32": {"rtol": 2e-5, "atol": 1e-6},
+}
+
+
+def tol(dtype) -> dict:
+    """``dict(rtol=..., atol=...)`` for ``dtype`` (a name or NumPy/TF dtype)."""
+    name = getattr(dtype, "name", str(dtype))
+    return dict(TOLERANCES["float64" if "64" in name else "float32"])
+
+
+def _reference(sub: str) -> Path:
+    path = REFERENCE / sub
+    if not path.is_dir():
+        pytest.skip(f"reference data {path} is absent (expected ../shared/reference beside the repo, "
+                    f"or set CYNTK_REFERENCE)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cymetric_reference_dir() -> Path:
+    """../shared/reference/cymetric_quintic (skips the test when absent)."""
+    return _reference("cymetric_quintic")
+
+
+@pytest.fixture(scope="session")
+def ntk_reference_dir() -> Path:
+    """../shared/reference/ntk (skips the test when absent)."""
+    return _reference("ntk")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
