@@ -1,0 +1,46 @@
+"""cymetric-compatible Calabi-Yau substrate (NumPy only; no TensorFlow import).
+
+Points, charts, pullbacks, Omega, weights, kappa and cymetric dataset files for
+hypersurfaces in one projective space, following CONVENTIONS.md exactly.
+"""
+
+from cyntk.geometry.components import (
+    component_labels,
+    components_from_hermitian,
+    hermitian_from_components,
+    hermitian_index_tables,
+)
+from cyntk.geometry.dataset import CYDataset, atomic_write, load_basis, make_dataset, save_basis
+from cyntk.geometry.hypersurface import (
+    MANIFOLDS,
+    Hypersurface,
+    dwork_quintic,
+    fermat_cubic,
+    fermat_quartic,
+    fermat_quintic,
+    get_manifold,
+)
+from cyntk.geometry.projective import (
+    default_distance_threshold,
+    fs_distance,
+    fs_distance_matrix,
+    fs_nearest,
+    fubini_study_metric,
+    patch_normalise,
+    to_complex,
+    to_real,
+)
+
+__all__ = [
+    # projective space
+    "to_real", "to_complex", "patch_normalise", "fubini_study_metric",
+    "fs_distance", "fs_distance_matrix", "fs_nearest", "default_distance_threshold",
+    # hypersurfaces
+    "Hypersurface", "fermat_quintic", "dwork_quintic", "fermat_quartic", "fermat_cubic",
+    "get_manifold", "MANIFOLDS",
+    # datasets and cymetric files
+    "CYDataset", "make_dataset", "load_basis", "save_basis", "atomic_write",
+    # metric components
+    "hermitian_index_tables", "hermitian_from_components", "components_from_hermitian",
+    "component_labels",
+]
