@@ -516,7 +516,8 @@ def dwork_quintic(psi: complex = 0.0, kmoduli: float = 1.0) -> Hypersurface:
         raise ValueError(f"`psi` must be finite; received {psi}.")
     mono = np.vstack([5 * np.eye(5, dtype=np.int64), np.ones((1, 5), dtype=np.int64)])
     coef = np.concatenate([np.ones(5), [-5.0 * psi]])
-    return Hypersurface(mono, coef, kmoduli, name=f"dwork_quintic(psi={psi:g})")
+    label = f"{psi.real:g}" if psi.imag == 0 else f"{psi:g}"
+    return Hypersurface(mono, coef, kmoduli, name=f"dwork_quintic(psi={label})")
 
 
 def fermat_quartic(kmoduli: float = 1.0) -> Hypersurface:

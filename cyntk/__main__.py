@@ -1,0 +1,5 @@
+import sys
+
+from cyntk.cli import main
+
+sys.exit(main())
