@@ -135,7 +135,17 @@ def fs_distance(z1, z2, *, threshold: float | None = None) -> np.ndarray:
     return _distance_from_overlap(c2, thr)
 
 
-def fs_distance_matrix(z1, z2=None, *, chunk_size: int = 2048,
+#: bytes of complex overlaps per chunk when ``chunk_size`` is None
+CHUNK_BYTES = 128 * 2**20
+
+
+def _rows_per_chunk(chunk_size, n_cols):
+    if chunk_size is None:
+        return max(1, int(CHUNK_BYTES // (16 * max(n_cols, 1))))
+    return positive_int(chunk_size, "chunk_size")
+
+
+def fs_distance_matrix(z1, z2=None, *, chunk_size: int | None = None,
                        threshold: float | None = None, dtype=np.float64) -> np.ndarray:
     """All-pairs FS geodesic distances, computed in row chunks.
 
@@ -144,7 +154,8 @@ def fs_distance_matrix(z1, z2=None, *, chunk_size: int = 2048,
     Args:
         z1: complex array (P1, N).
         z2: complex array (P2, N); ``None`` means ``z1`` (the diagonal is then 0).
-        chunk_size: rows of ``z1`` per chunk (> 0).
+        chunk_size: rows of ``z1`` per chunk (> 0); default: as many as fit
+            in 128 MiB of intermediate overlaps.
         threshold: see :func:`default_distance_threshold`.
         dtype: dtype of the result (float64 or float32).
 
@@ -157,7 +168,7 @@ def fs_distance_matrix(z1, z2=None, *, chunk_size: int = 2048,
     if z1.shape[1] != z2.shape[1]:
         raise ValueError(f"`z1` and `z2` must have the same number of coordinates; received "
                          f"{z1.shape[1]} and {z2.shape[1]}.")
-    chunk_size = positive_int(chunk_size, "chunk_size")
+    chunk_size = _rows_per_chunk(chunk_size, len(z2))
     thr = default_distance_threshold() if threshold is None else float(threshold)
     u1, u2 = _unit(z1), _unit(z2)
     out = np.empty((len(u1), len(u2)), dtype=dtype)
@@ -172,7 +183,7 @@ def fs_distance_matrix(z1, z2=None, *, chunk_size: int = 2048,
 
 
 def fs_nearest(z_query, z_ref=None, *, k: int = 1, exclude_self: bool | None = None,
-               chunk_size: int = 2048, threshold: float | None = None):
+               chunk_size: int | None = None, threshold: float | None = None):
     """The k nearest reference points of each query point in FS distance.
 
     Never forms the full distance matrix: memory is O(chunk_size * P_ref).
@@ -183,7 +194,7 @@ def fs_nearest(z_query, z_ref=None, *, k: int = 1, exclude_self: bool | None = N
         k: number of neighbours (1 <= k <= R, or R-1 when excluding self).
         exclude_self: skip the query point itself (index i for query i). Only
             meaningful when ``z_ref`` is ``None``; defaults to ``z_ref is None``.
-        chunk_size: query rows per chunk.
+        chunk_size: query rows per chunk; default: 128 MiB of overlaps per chunk.
         threshold: see :func:`default_distance_threshold`.
 
     Returns:
@@ -200,7 +211,7 @@ def fs_nearest(z_query, z_ref=None, *, k: int = 1, exclude_self: bool | None = N
     kmax = len(zr) - (1 if exclude_self else 0)
     if k > kmax:
         raise ValueError(f"`k` must be at most {kmax} (reference points available); received {k}.")
-    chunk_size = positive_int(chunk_size, "chunk_size")
+    chunk_size = _rows_per_chunk(chunk_size, len(zr))
     thr = default_distance_threshold() if threshold is None else float(threshold)
     uq, ur = _unit(zq), _unit(zr)
     urh = np.conj(ur).T
