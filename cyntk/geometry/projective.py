@@ -107,6 +107,18 @@ def _unit(z):
     return z / np.linalg.norm(z, axis=1, keepdims=True)
 
 
+def _overlap2(a, b):
+    """|a_p^dagger b_q|^2 for all pairs, with two real GEMMs (no complex temporaries)."""
+    ar, ai, br, bi = a.real, a.imag, b.real, b.imag
+    A = np.concatenate([ar, ai], axis=1)
+    re = A @ np.concatenate([br, bi], axis=1).T          # Re(conj(a).b) = ar.br + ai.bi
+    im = A @ np.concatenate([bi, -br], axis=1).T         # Im(conj(a).b) = ar.bi - ai.br
+    re *= re
+    im *= im
+    re += im
+    return re
+
+
 def _distance_from_overlap(c2, threshold):
     c2 = np.clip(c2, 0.0, 1.0)
     d = np.arccos(np.sqrt(c2))
@@ -172,10 +184,9 @@ def fs_distance_matrix(z1, z2=None, *, chunk_size: int | None = None,
     thr = default_distance_threshold() if threshold is None else float(threshold)
     u1, u2 = _unit(z1), _unit(z2)
     out = np.empty((len(u1), len(u2)), dtype=dtype)
-    u2h = np.conj(u2).T
     for s in range(0, len(u1), chunk_size):
         # |u1^dagger u2|^2 = |conj(u1) . u2|^2 = |u1 . conj(u2)|^2
-        c2 = np.abs(u1[s:s + chunk_size] @ u2h) ** 2
+        c2 = _overlap2(u1[s:s + chunk_size], u2)
         out[s:s + chunk_size] = _distance_from_overlap(c2, thr)
     if same:
         np.fill_diagonal(out, 0.0)
@@ -214,16 +225,20 @@ def fs_nearest(z_query, z_ref=None, *, k: int = 1, exclude_self: bool | None = N
     chunk_size = _rows_per_chunk(chunk_size, len(zr))
     thr = default_distance_threshold() if threshold is None else float(threshold)
     uq, ur = _unit(zq), _unit(zr)
-    urh = np.conj(ur).T
     dist = np.empty((len(uq), k))
     idx = np.empty((len(uq), k), dtype=np.int64)
     for s in range(0, len(uq), chunk_size):
-        c2 = np.abs(uq[s:s + chunk_size] @ urh) ** 2
+        c2 = _overlap2(uq[s:s + chunk_size], ur)
         if exclude_self:
             rows = np.arange(c2.shape[0])
             c2[rows, s + rows] = -np.inf   # never the nearest (largest overlap = nearest)
         # nearest = largest overlap; select on overlap (monotone in distance)
-        part = np.argpartition(-c2, k - 1, axis=1)[:, :k] if k < c2.shape[1] else np.argsort(-c2, axis=1)
+        if k == 1:
+            part = np.argmax(c2, axis=1)[:, None]
+        elif k < c2.shape[1]:
+            part = np.argpartition(-c2, k - 1, axis=1)[:, :k]
+        else:
+            part = np.argsort(-c2, axis=1)
         sel = np.take_along_axis(c2, part, axis=1)
         order = np.argsort(-sel, axis=1, kind="stable")
         part = np.take_along_axis(part, order, axis=1)
