@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chart", type=_chart, default=None,
                    help="keep only points in chart 'PATCH,ELIM' (fixed-chart sampling)")
     s.set_defaults(func=_cmd_sample)
+
+    r = sub.add_parser("reproduce", help="reproduce the paper's figures and tables (resumable)")
+    r.add_argument("experiments", nargs="+",
+                   help="experiment names (fig2, fig3, ...; 'cyntk reproduce list' lists them) or 'all'")
+    r.add_argument("--scale", choices=["quick", "paper"], default="quick",
+                   help="'quick' (minutes on 2 cores) or 'paper' (the paper's sizes: hours on 2 cores)")
+    r.add_argument("-o", "--output", default="cyntk-results", help="output directory (default cyntk-results)")
+    r.add_argument("--force", action="store_true", help="recompute experiments that already have results")
+    r.set_defaults(func=_cmd_reproduce)
     return parser
 
 
@@ -51,6 +60,22 @@ def _cmd_sample(args) -> int:
     print(f"{manifold.name}: {ds.n_train} train + {ds.n_val} val points in {dt:.2f} s")
     print(f"kappa = {ds.kappa:.10g}, Vol_CY = {ds.vol_cy:.6g}, Vol_K(FS) = {manifold.intersection_number:g}")
     print(f"wrote {out}/dataset.npz and {out}/basis.pickle")
+    return 0
+
+
+def _cmd_reproduce(args) -> int:
+    from cyntk.experiments.runner import EXPERIMENTS, _load_registry, reproduce
+
+    _load_registry()
+    if args.experiments == ["list"]:
+        for name, exp in EXPERIMENTS.items():
+            print(f"{name:12s} {exp.description}")
+        return 0
+    if args.scale == "paper":
+        print("paper scale: this can take hours on 2 CPU cores; progress is saved as it goes, "
+              "and rerunning the same command resumes.")
+    reproduce(args.experiments, scale=args.scale, output=args.output, force=args.force)
+    print(f"results in {args.output}/")
     return 0
 
 

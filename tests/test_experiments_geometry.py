@@ -55,3 +55,30 @@ def test_fig3_distances_tiny(tmp_path):
     assert -0.35 < r["b"] < -0.08
     save_figure(plot_fig3_distances(r), tmp_path / "fig3.png")
     assert (tmp_path / "fig3.png").stat().st_size > 1000
+
+
+def test_reproduce_writes_files_and_resumes(tmp_path, monkeypatch):
+    from cyntk.experiments import distances
+    from cyntk.experiments.runner import ResultStore, reproduce
+
+    store = ResultStore(tmp_path / "partial")
+    first = run_fig3_distances(sizes=(40, 80), seed=5, store=store)
+    assert len(list((tmp_path / "partial").glob("*.npz"))) == 2
+
+    def boom(*a, **k):
+        raise AssertionError("a finished item was recomputed")
+
+    monkeypatch.setattr(distances, "fs_nearest", boom)
+    again = run_fig3_distances(sizes=(40, 80), seed=5, store=ResultStore(tmp_path / "partial"))
+    np.testing.assert_array_equal(first["mean"], again["mean"])
+    monkeypatch.undo()
+
+    lines = []
+    reproduce(["fig2"], output=tmp_path / "out", overrides={"fig2": dict(n_points=60, n_clusters=3)},
+              log=lines.append)
+    for f in ("result.json", "result.npz", "fig2.png"):
+        assert (tmp_path / "out" / "fig2" / f).is_file()
+    reproduce(["fig2"], output=tmp_path / "out", log=lines.append)
+    assert "already done" in lines[-1]
+    with pytest.raises(ValueError, match="Unknown experiment"):
+        reproduce(["fig9"], output=tmp_path / "out")

@@ -36,8 +36,16 @@ def fit_power_law(n, y) -> tuple[float, float]:
 
 
 def run_fig3_distances(*, sizes=(100, 300, 1000, 3000, 10_000, 30_000, 100_000), manifold: str = "quintic",
-                       seed: int = 0, progress: bool = False) -> dict:
+                       seed: int = 0, progress: bool = False, store=None) -> dict:
     """Nearest-neighbour FS distances for growing point sets.
+
+    Args:
+        sizes: numbers of points (at least two).
+        manifold: named manifold.
+        seed: base seed (size k uses ``seed + k``).
+        progress: progress bar over sizes.
+        store: optional :class:`cyntk.experiments.runner.ResultStore`; finished
+            sizes are saved there and skipped when the run is resumed.
 
     Returns:
         dict with ``sizes`` (K,), ``mean``, ``min``, ``max`` (K,), the fit
@@ -54,11 +62,17 @@ def run_fig3_distances(*, sizes=(100, 300, 1000, 3000, 10_000, 30_000, 100_000),
         it = tqdm(sizes, desc="nearest-neighbour distances")
     mean, lo, hi = [], [], []
     for k, n in enumerate(it):
-        z = M.sample_points(int(n), seed=seed + k)
-        d, _ = fs_nearest(z, k=1)
-        mean.append(d.mean())
-        lo.append(d.min())
-        hi.append(d.max())
+        key = f"n{int(n)}_seed{seed + k}"
+        item = None if store is None else store.get(key)
+        if item is None:
+            z = M.sample_points(int(n), seed=seed + k)
+            d, _ = fs_nearest(z, k=1)
+            item = {"mean": d.mean(), "min": d.min(), "max": d.max()}
+            if store is not None:
+                store.put(key, item)
+        mean.append(float(item["mean"]))
+        lo.append(float(item["min"]))
+        hi.append(float(item["max"]))
     a, b = fit_power_law(sizes, np.array(mean))
     return {"sizes": sizes, "mean": np.array(mean), "min": np.array(lo), "max": np.array(hi),
             "a": a, "b": b, "b_theory": -1.0 / (2 * M.nfold), "paper_a": 0.968, "paper_b": -0.184}
