@@ -383,3 +383,19 @@ def test_bad_dataset_directories(tmp_path, cymetric_reference_dir):
     (tmp_path / "k3" / "basis.pickle").write_bytes((cymetric_reference_dir / "basis.pickle").read_bytes())
     with pytest.raises(ValueError, match="shape"):
         CYDataset.load(tmp_path / "k3")
+
+
+def test_project_onto_variety():
+    M = fermat_quintic()
+    z = M.sample_points(200, seed=6)
+    rng = np.random.default_rng(0)
+    noisy = z + 1e-2 * (rng.standard_normal(z.shape) + 1j * rng.standard_normal(z.shape))
+    assert np.max(np.abs(M.Q(noisy)) / M.monomial_scale(noisy)) > 1e-4
+    w, ok = M.project(noisy)
+    assert ok.all()
+    assert np.max(np.abs(M.Q(w)) / M.monomial_scale(w)) < 1e-13
+    d = fs_distance(w, z)
+    assert np.all(d < 0.1) and np.mean(d) > 1e-3
+    # points already on X do not move
+    w0, ok0 = M.project(z)
+    np.testing.assert_allclose(w0, z, atol=1e-14)

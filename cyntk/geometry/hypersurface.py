@@ -366,6 +366,40 @@ class Hypersurface:
         kmod = np.real(np.asarray(basis["KMODULI"])).astype(np.float64)
         return cls(mono, coef, kmod, name=name)
 
+    def project(self, z, *, max_steps: int = 50, tol: float = 1e-13):
+        """Project points onto X by Newton steps along the gradient direction.
+
+        Each step moves ``z <- z - Q(z) conj(dQ/dz) / |dQ/dz|^2`` (the
+        minimum-norm Newton step of the scalar equation Q = 0), then the
+        result is patch-normalised. Used to put perturbed points back on the
+        variety, so that they are valid test points at a controlled distance.
+
+        Args:
+            z: complex (P, N) points near X.
+            max_steps: Newton steps at most.
+            tol: stop when ``|Q| / sum_m |c_m z^m| < tol`` for every point.
+
+        Returns:
+            ``(points, converged)``: complex128 (P, N) patch-normalised and
+            bool (P,) (False where the relative residual stayed above ``tol``).
+        """
+        z = as_points(z, "z", ncoords=self.ncoords).copy()
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        for _ in range(int(max_steps)):
+            q = self.Q(z)
+            res = np.abs(q) / self.monomial_scale(z)
+            if np.all(res < tol):
+                break
+            dq = self.dQdz(z)
+            step = (q / np.sum(np.abs(dq) ** 2, axis=1))[:, None] * np.conj(dq)
+            z = np.where((res >= tol)[:, None], z - step, z)
+            z /= np.linalg.norm(z, axis=1, keepdims=True)
+        res = np.abs(self.Q(z)) / self.monomial_scale(z)
+        k = np.argmax(np.abs(z), axis=1)
+        z = z / z[np.arange(len(z)), k][:, None]
+        z[np.arange(len(z)), k] = 1.0 + 0.0j
+        return z, res < max(tol, 1e-12)
+
     # ---------------------------------------------------------------- sampling
     def sample_points(self, n_points, *, seed=None, chart=None, progress=None, newton_steps: int = 1):
         """Sample points on X by intersecting random lines with it.
