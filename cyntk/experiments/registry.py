@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cyntk.experiments.clustering import plot_fig2, run_fig2
 from cyntk.experiments.distances import plot_fig3_distances, run_fig3_distances
+from cyntk.experiments.kernel_flows import plot_table1, run_table1
 from cyntk.experiments.runner import Experiment, register
 
 register(Experiment(
@@ -26,4 +27,16 @@ register(Experiment(
             "paper": dict(sizes=(100, 300, 1000, 3000, 10_000, 30_000, 100_000), progress=True)},
     uses_store=True,
     summary=lambda r: f"mu = {r['a']:.3f} N^{r['b']:.3f} (paper .968 N^-.184, theory N^-1/6)",
+))
+
+register(Experiment(
+    name="table1",
+    run=run_table1,
+    plot=plot_table1,
+    description="kernel-flow gains of the sigma loss vs distance to the train set, paper and searched "
+                "hyperparameters (paper Table 1, Fig. 3 left)",
+    scales={"quick": dict(points_scale=0.1, n_test=150, noise_levels=(1e-3, 1e-2, 1e-1), search_trials=(3, 4)),
+            "paper": dict(points_scale=1.0, n_test=1000, search_trials=(6, 14))},
+    uses_store=True,
+    summary=lambda r: r["table"].replace("\n", "\n    "),
 ))
