@@ -7,6 +7,7 @@ TensorFlow.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -80,6 +81,7 @@ def _cmd_reproduce(args) -> int:
 
 
 def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TensorFlow's start-up chatter out
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
