@@ -399,3 +399,20 @@ def test_project_onto_variety():
     # points already on X do not move
     w0, ok0 = M.project(z)
     np.testing.assert_allclose(w0, z, atol=1e-14)
+
+
+def test_atomic_write_permissions_and_no_leftovers(tmp_path):
+    import os
+    import stat
+
+    from cyntk.geometry import atomic_write
+
+    atomic_write(tmp_path / "a.txt", lambda fh: fh.write("hello"), "w")
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "a.txt", lambda fh: (fh.write("partial"), (_ for _ in ()).throw(RuntimeError("x"))), "w")
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

@@ -43,6 +43,9 @@ def atomic_write(path, writer, mode: str = "wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600 files; use the usual permissions
     try:
         with os.fdopen(fd, mode) as fh:
             writer(fh)
