@@ -188,7 +188,8 @@ def run_kernel_gains(*, kernels=("relu", "gaussian", "delta"), hyperparameters="
             params = _searched(name, M, chart, steps, search_trials, (n_pts, n_test), seed)
         else:
             raise ValueError(f"`hyperparameters` must be 'paper', 'search' or a dict; received {hyperparameters!r}.")
-        params["n_points"] = max(20, int(round(PAPER_TABLE1[name]["n_points"] * points_scale)))
+        if not isinstance(hyperparameters, dict) or "n_points" not in params:
+            params["n_points"] = max(20, int(round(PAPER_TABLE1[name]["n_points"] * points_scale)))
         res = _flow_one(name, params, manifold=M, steps=steps, chart=chart, n_test=n_test,
                         noise_levels=noise_levels, seed=seed, backoff=hyperparameters == "paper")
         if store is not None:
