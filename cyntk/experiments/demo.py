@@ -36,12 +36,13 @@ DEMO_SCALES = {
                  n_cluster=80, nn_sizes=(50, 100, 200)),
 }
 
-#: Flow hyperparameters of the demo (step sizes that keep the metric positive-definite with
-#: eq. 3.5 summed over the train points; the paper's Table 1 values break positivity at once in
-#: cymetric's normalisation of g, see cyntk.experiments.kernel_flows).
+#: Flow hyperparameters of the demo: step sizes that keep the metric positive-definite with
+#: eq. 3.5 summed over the train points (the paper's Table 1 values break positivity at once in
+#: cymetric's normalisation of g, see cyntk.experiments.kernel_flows), decaying geometrically
+#: because fixed steps on the non-smooth |1 - eta| oscillate.
 DEMO_FLOW_HYPERPARAMETERS = {
-    "gaussian": {"learning_rate": 3e-4, "sigma": 0.02},
-    "delta": {"learning_rate": 3e-4},
+    "gaussian": {"learning_rate": 1e-3, "decay_rate": 0.85, "sigma": 0.02},
+    "delta": {"learning_rate": 1e-3, "decay_rate": 0.85},
     "relu": {"learning_rate": 1e-9, "W_std": 6.69, "b_std": 5.716},
 }
 

@@ -1,0 +1,52 @@
+"""Keras 3 metric models of Calabi--Yau hypersurfaces, cymetric-compatible.
+
+Public API:
+
+* :class:`FSModel`, :class:`MultiplicativeModel`, :class:`PhiModel` -- metric
+  models ``model(x, training=..., j_elim=None) -> g`` (B, n, n) complex.
+* :class:`MetricModel` -- their base class (losses, training, measures).
+* :class:`MeasuresCallback`, :class:`LossWeightScheduler` -- callbacks.
+* :class:`ProjectiveFeatures` -- scale-invariant input layer.
+* :mod:`cyntk.models.losses` -- functional losses and measures.
+* :func:`hermitian_from_components_tf`, :func:`components_from_hermitian_tf`.
+* :class:`ManifoldSpec`, :func:`manifold_spec`, :class:`TFGeometry` -- the
+  manifold description and its in-graph geometry (charts, pullbacks, FS).
+"""
+
+from cyntk.models import losses
+from cyntk.models._spec import ManifoldSpec, manifold_spec
+from cyntk.models._tfgeometry import TFGeometry
+from cyntk.models.callbacks import LossWeightScheduler, MeasuresCallback
+from cyntk.models.hermitian import components_from_hermitian_tf, hermitian_from_components_tf
+from cyntk.models.layers import ProjectiveFeatures
+from cyntk.models.losses import (kaehler_loss, ricci_loss, ricci_measure, sigma_loss, sigma_measure,
+                                 transition_loss, volk_loss, volk_measure)
+from cyntk.models.models import (LOSS_TERMS, MEASURES, NONFINITE_POLICIES, FSModel, MetricModel,
+                                 MultiplicativeModel, PhiModel)
+
+__all__ = [
+    "FSModel",
+    "MultiplicativeModel",
+    "PhiModel",
+    "MetricModel",
+    "MeasuresCallback",
+    "LossWeightScheduler",
+    "ProjectiveFeatures",
+    "ManifoldSpec",
+    "manifold_spec",
+    "TFGeometry",
+    "hermitian_from_components_tf",
+    "components_from_hermitian_tf",
+    "losses",
+    "sigma_loss",
+    "kaehler_loss",
+    "transition_loss",
+    "volk_loss",
+    "ricci_loss",
+    "sigma_measure",
+    "ricci_measure",
+    "volk_measure",
+    "LOSS_TERMS",
+    "MEASURES",
+    "NONFINITE_POLICIES",
+]

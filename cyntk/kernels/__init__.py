@@ -1,0 +1,84 @@
+"""Kernels of metric flows: the empirical metric-NTK and fixed/analytic kernels.
+
+Public API:
+
+* :func:`metric_ntk` -- empirical metric-NTK Theta (P1, P2, m, m) of any Keras
+  metric model (generic per-variable Jacobians, or structured fast paths).
+* :func:`metric_ntk_vp` -- matrix-free product Theta(x_tgt, x_src) . v.
+* :class:`Kernel` -- base class: ``kernel(x1, x2)`` -> (P1, P2) for
+  component-diagonal kernels or (P1, P2, m, m) for full ones.
+* :class:`GaussianFSKernel`, :class:`DeltaKernel` -- the paper's fixed kernels
+  in the Fubini-Study distance.
+* :class:`InfiniteWidthKernel`, :func:`infinite_width_kernel` -- analytic
+  NNGP/NTK of ReLU/erf networks (NTK parameterisation).
+* :class:`EmpiricalNTKKernel` -- empirical NTK of a model at a weight snapshot.
+* :class:`CosineNetwork`, :func:`cosine_ntk`, :func:`cosine_normalisation`,
+  :class:`CosineNTKKernel` -- the cosine network of paper section 2.3.2.
+* :class:`NTKDense`, :func:`ntk_mlp` -- finite networks in the NTK
+  parameterisation.
+* :class:`KernelModel` -- frozen-kernel metric flows (eq. 3.5) through
+  ``compile``/``fit``/``evaluate``/``predict``; :class:`NonPositiveMetricError`.
+* :func:`flow_search` -- Bayesian optimisation of flow hyperparameters with a
+  fresh point set per trial.
+* :class:`BatchedFSClustering`, :func:`fs_agglomerative`,
+  :func:`birch_clustering`, :func:`silhouette` -- clustering by FS distance
+  (paper section 3.1).
+"""
+
+from cyntk.kernels.analytic import (
+    ACTIVATIONS,
+    InfiniteWidthKernel,
+    NTKDense,
+    infinite_width_kernel,
+    ntk_mlp,
+)
+from cyntk.kernels.base import Kernel
+from cyntk.kernels.clustering import BatchedFSClustering, birch_clustering, fs_agglomerative, silhouette
+from cyntk.kernels.cosine import (
+    CosineNetwork,
+    CosineNTKKernel,
+    cosine_normalisation,
+    cosine_ntk,
+    paper_cosine_normalisation,
+)
+from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
+from cyntk.kernels.ntk import IMPLEMENTATIONS, OUTPUTS, EmpiricalNTKKernel, metric_ntk, metric_ntk_vp
+from cyntk.kernels.kernel_model import KernelModel, NonPositiveMetricError
+from cyntk.kernels.search import FlowSearchResult, flow_search
+from cyntk.kernels.structured import multiplicative_map
+
+__all__ = [
+    # empirical metric-NTK
+    "metric_ntk",
+    "metric_ntk_vp",
+    "multiplicative_map",
+    "IMPLEMENTATIONS",
+    "OUTPUTS",
+    # kernel interface and kernels
+    "Kernel",
+    "GaussianFSKernel",
+    "DeltaKernel",
+    "InfiniteWidthKernel",
+    "EmpiricalNTKKernel",
+    "CosineNTKKernel",
+    # analytic infinite-width kernels and NTK-parameterised networks
+    "infinite_width_kernel",
+    "ACTIVATIONS",
+    "NTKDense",
+    "ntk_mlp",
+    # cosine network (paper section 2.3.2)
+    "CosineNetwork",
+    "cosine_ntk",
+    "cosine_normalisation",
+    "paper_cosine_normalisation",
+    # frozen-kernel flows
+    "KernelModel",
+    "NonPositiveMetricError",
+    "flow_search",
+    "FlowSearchResult",
+    # clustering
+    "BatchedFSClustering",
+    "fs_agglomerative",
+    "birch_clustering",
+    "silhouette",
+]

@@ -1,0 +1,597 @@
+"""The empirical metric neural tangent kernel (paper eq. 2.7).
+
+For a Keras model with parameters theta whose call maps real inputs (P, d) to a
+metric, the metric-NTK is ::
+
+    Theta[a, b, I, J] = sum_theta  d g_I(x1[a]) / d theta  *  d g_J(x2[b]) / d theta
+
+where ``I, J`` run over the m = n^2 real components of the hermitian metric in
+cyntk's order (:mod:`cyntk.geometry.components`), or over the m outputs of a
+plain real network (P, m). The sum runs over the model's *trainable* variables.
+
+Three ways of computing it, all giving the same numbers:
+
+* ``implementation='generic'`` works for any model: per chunk of points, the
+  per-point Jacobians of the m components with respect to each trainable
+  variable (``tf.vectorized_map`` over points of a per-point
+  ``GradientTape.jacobian``), contracted variable by variable with a matrix
+  product and accumulated (never one concatenated parameter vector).
+* ``implementation='structured'`` exploits structure (see
+  :mod:`cyntk.kernels.structured`): Dense chains as Hadamard products of
+  layer-input and cotangent Gram matrices; multiplicative metric models
+  ``g = G + G * H(nn)`` as ``M(x) Theta_nn M(x')^T``.
+* ``implementation='auto'`` (default) takes the structured path when the model
+  is recognised (verified numerically on the first points) and the generic one
+  otherwise.
+
+Blocks are evaluated over chunks of points, so the memory besides the result is
+bounded by ``chunk_size``; for x2 = None only the upper block triangle is
+computed and the result is exactly symmetric. :func:`metric_ntk_vp` applies the
+kernel to a vector without forming it (one VJP over the source points, one JVP
+over the target points).
+
+The traced functions are cached per model (through a weak reference, so the
+model can still be garbage-collected) and per option set: calling
+:func:`metric_ntk` on the same model every epoch does not re-trace, and the
+structure detection runs once (again if the set of trainable variables changes).
+The model is always called with ``training=False`` and its variables are never
+written, so computing the NTK during training does not change training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from cyntk.kernels._checks import (
+    as_real_points,
+    matching_widths,
+    one_of,
+    optional_chunk_size,
+)
+from cyntk.kernels.base import Kernel
+from cyntk.kernels.structured import (
+    MultiplicativePlan,
+    Traceable,
+    dense_chain_plan,
+    multiplicative_structure,
+    relaxed_function,
+    verification_tolerance,
+)
+from cyntk.models.hermitian import components_from_hermitian_tf
+
+__all__ = ["IMPLEMENTATIONS", "OUTPUTS", "metric_ntk", "metric_ntk_vp", "EmpiricalNTKKernel"]
+
+#: Accepted values of ``implementation``.
+IMPLEMENTATIONS = ("auto", "generic", "structured")
+#: Accepted values of ``output``.
+OUTPUTS = ("auto", "metric", "vector")
+
+_BLOCK_BYTES = 2 ** 25      # one (B1, B2, m, m) block array (32 MiB)
+_FEATURE_BYTES = 2 ** 28    # per-chunk Jacobians of the generic path
+_VP_CHUNK = 1024
+_PROBE = 8
+
+
+# ----------------------------------------------------------------------------- model outputs
+def _variable_dtype(model, name="model"):
+    if not hasattr(model, "trainable_variables") or not callable(model):
+        raise TypeError(f"`{name}` must be a Keras model (callable with `trainable_variables`); "
+                        f"received {type(model).__name__}.")
+    variables = list(model.trainable_variables)
+    if not variables:
+        raise ValueError(f"`{name}` has no trainable variables, so its NTK is identically zero; "
+                         "build it first (call it once on a batch) and make sure some layers are "
+                         "trainable.")
+    dtypes = {tf.as_dtype(v.dtype) for v in variables}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating:
+        raise TypeError(f"`{name}` must have trainable variables of one floating dtype; received "
+                        f"{sorted(d.name for d in dtypes)}.")
+    return dtypes.pop()
+
+
+class _Outputs:
+    """Maps the model output to real components (B, m)."""
+
+    def __init__(self, kind: str, m: int):
+        self.kind = kind
+        self.m = m
+
+    def __call__(self, y):
+        if self.kind == "metric":
+            if not y.dtype.is_complex:
+                y = tf.complex(y, tf.zeros_like(y))
+            return components_from_hermitian_tf(y)
+        return tf.reshape(y, (-1, self.m))
+
+
+def _resolve_outputs(model, x_probe, output: str) -> _Outputs:
+    y = model(x_probe, training=False)
+    if isinstance(y, (list, tuple, dict)):
+        raise TypeError("`model` must return a single tensor (P, n, n) or (P, m); received a "
+                        f"{type(y).__name__}.")
+    y = tf.convert_to_tensor(y)
+    batch = int(x_probe.shape[0])
+    if y.shape.rank is None or y.shape.rank < 2 or y.shape[0] != batch:
+        raise ValueError(f"`model` must map inputs (P, d) to outputs (P, n, n) or (P, m); "
+                         f"received output shape {tuple(y.shape)} for input shape "
+                         f"{tuple(x_probe.shape)}.")
+    if y.dtype.is_complex:
+        if output == "vector":
+            raise ValueError("`output='vector'` needs a real model output (P, m); `model` returns "
+                             f"complex {tuple(y.shape)}. Use output='metric' (hermitian (P, n, n)).")
+        kind = "metric"
+    else:
+        kind = "vector" if output == "auto" else output
+    if kind == "vector":
+        return _Outputs("vector", int(np.prod(y.shape[1:])))
+    if y.shape.rank != 3 or y.shape[1] != y.shape[2]:
+        raise ValueError("`model` must return metrics of shape (P, n, n) when output='metric'; "
+                         f"received output shape {tuple(y.shape)}. Pass output='vector' for a "
+                         "real (P, m) network.")
+    g = y.numpy()
+    diff = float(np.max(np.abs(g - np.conj(np.swapaxes(g, -1, -2)))))
+    scale = max(float(np.max(np.abs(g))), np.finfo(np.float64).tiny)
+    if diff > verification_tolerance(y.dtype) * scale:
+        raise ValueError(
+            "`model` must return hermitian matrices (g = g^dagger) when output='metric'; received "
+            f"max|g - g^dagger| = {diff:.3g} (max|g| = {scale:.3g}) on the first {batch} points. "
+            "Build the metric with cyntk.models.hermitian_from_components_tf, or pass "
+            "output='vector' for a real (P, m) network.")
+    return _Outputs("metric", int(y.shape[1]) ** 2)
+
+
+# ----------------------------------------------------------------------------- generic plan
+class _GenericPlan:
+    """Per-variable Jacobians of each chunk, contracted by matrix products."""
+
+    cache_features = False
+    name = "generic"
+
+    def __init__(self, model, outputs: _Outputs, dtype):
+        self._model = weakref.ref(model)
+        self.outputs = outputs
+        self.dtype = dtype
+        self.m = outputs.m
+        self.variables = list(model.trainable_variables)
+        n_params = sum(int(np.prod(v.shape)) for v in self.variables)
+        self.bytes_per_point = self.m * n_params * dtype.size
+        self.features = relaxed_function(self._features)
+        self.block = relaxed_function(self._block)
+
+    def _features(self, x):
+        m = self.m
+        model = _alive(self._model)
+
+        def per_point(xi):
+            with tf.GradientTape() as tape:
+                f = self.outputs(model(xi[None], training=False))[0]
+            jac = tape.jacobian(f, self.variables,
+                                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                                experimental_use_pfor=True)
+            return [tf.reshape(tf.cast(j, self.dtype), (m, -1)) for j in jac]
+
+        return tf.vectorized_map(per_point, tf.cast(x, self.dtype))
+
+    def _block(self, f1, f2):
+        m = self.m
+        b1, b2 = tf.shape(f1[0])[0], tf.shape(f2[0])[0]
+        acc = None
+        for j1, j2 in zip(f1, f2):
+            p = j1.shape[-1]
+            term = tf.matmul(tf.reshape(j1, (-1, p)), tf.reshape(j2, (-1, p)), transpose_b=True)
+            acc = term if acc is None else acc + term
+        return tf.transpose(tf.reshape(acc, tf.stack([b1, m, b2, m])), (0, 2, 1, 3))
+
+
+# ----------------------------------------------------------------------------- engine
+class _Engine:
+    """Plan selection, chunking and assembly for one model (reused across calls)."""
+
+    def __init__(self, model, *, output="auto", implementation="auto", chunk_size=None):
+        self._model = weakref.ref(model)
+        self.output = one_of(output, "output", OUTPUTS)
+        self.implementation = one_of(implementation, "implementation", IMPLEMENTATIONS)
+        self.chunk_size = optional_chunk_size(chunk_size)
+        self.dtype = _variable_dtype(model)
+        self.outputs = None
+        self.plan = None
+        self.reason = ""
+        self._key = None
+        self._vjp = self._jvp = None
+        self._lock = threading.RLock()
+
+    @property
+    def model(self):
+        return _alive(self._model)
+
+    # ---------------------------------------------------------------- preparation
+    def prepare(self, x_probe: np.ndarray):
+        key = tuple(id(v) for v in self.model.trainable_variables)
+        if self.outputs is not None and key == self._key:
+            return
+        self.dtype = _variable_dtype(self.model)
+        xp = tf.constant(x_probe[:_PROBE], self.dtype)
+        self.outputs = _resolve_outputs(self.model, xp, self.output)
+        self.plan, self.reason = None, ""
+        self._vjp = self._jvp = None
+        self._key = key
+        self._xp = xp
+
+    def _ensure_plan(self):
+        if self.plan is None:
+            self.plan = self._select_plan(self._xp)
+
+    def _select_plan(self, xp):
+        model, outputs = self.model, self.outputs
+        generic_dtype = tf.as_dtype(self.dtype)
+        if self.implementation == "generic":
+            return _GenericPlan(model, outputs, generic_dtype)
+        if outputs.kind == "metric":
+            input_map, reason = multiplicative_structure(model, xp)
+            if input_map is not None:
+                network = model.network
+                net_dtype = _variable_dtype(network, "model.network")
+                xn = tf.cast(input_map(xp), net_dtype)
+                y = network(xn, training=False)
+                inner = None
+                if y.shape.rank == 2 and y.shape[1] == outputs.m and not y.dtype.is_complex:
+                    inner, _ = dense_chain_plan(network, net_dtype, xn)
+                if inner is None:
+                    inner = _GenericPlan(network, _Outputs("vector", outputs.m), net_dtype)
+                self.reason = "multiplicative model" + ("" if inner.name == "generic" else
+                                                        " with a Dense-chain network")
+                real = model(xp, training=False).dtype.real_dtype
+                return MultiplicativePlan(model, inner, real, input_map)
+        else:
+            plan, reason = dense_chain_plan(model, self.dtype, xp)
+            if plan is not None:
+                self.reason = "Dense chain"
+                return plan
+        if self.implementation == "structured":
+            raise ValueError(
+                "`implementation='structured'` needs a chain of Dense/NTKDense layers with "
+                "elementwise activations or a multiplicative metric model g = G + G * H(network(x)); "
+                f"received {type(model).__name__} ({reason}). Use implementation='auto' or 'generic'.")
+        self.reason = reason
+        return _GenericPlan(model, outputs, generic_dtype)
+
+    def _default_chunk(self, plan, n_points):
+        if self.chunk_size is not None:
+            return self.chunk_size
+        itemsize = tf.as_dtype(plan.dtype).size
+        chunk = int(math.sqrt(_BLOCK_BYTES / (plan.m ** 2 * itemsize)))
+        per_point = getattr(plan, "bytes_per_point", 0) or getattr(
+            getattr(plan, "inner", None), "bytes_per_point", 0)
+        if per_point:
+            chunk = min(chunk, _FEATURE_BYTES // per_point)
+        return max(1, min(chunk, n_points))
+
+    # ---------------------------------------------------------------- kernel
+    def kernel(self, x1: np.ndarray, x2: np.ndarray | None) -> np.ndarray:
+        with self._lock:
+            self.prepare(x1)
+            self._ensure_plan()
+            plan = self.plan
+        symmetric = x2 is None
+        x2v = x1 if symmetric else x2
+        chunk = self._default_chunk(plan, max(len(x1), len(x2v)))
+        s1 = _balanced_slices(len(x1), chunk)
+        s2 = s1 if symmetric else _balanced_slices(len(x2v), chunk)
+        t1 = tf.constant(x1, self.dtype)
+        t2 = t1 if symmetric else tf.constant(x2v, self.dtype)
+        cached1 = cached2 = None
+        if plan.cache_features:
+            cached1 = [plan.features(t1[s]) for s in s1]
+            cached2 = cached1 if symmetric else [plan.features(t2[s]) for s in s2]
+        m = plan.m
+        np_dtype = tf.as_dtype(plan.dtype).as_numpy_dtype
+        out = None
+        for i, si in enumerate(s1):
+            f1 = cached1[i] if cached1 is not None else plan.features(t1[si])
+            for j, sj in enumerate(s2):
+                if symmetric and j < i:
+                    continue
+                if symmetric and j == i:
+                    f2 = f1
+                else:
+                    f2 = cached2[j] if cached2 is not None else plan.features(t2[sj])
+                blk = plan.block(f1, f2)
+                if symmetric and i == j:
+                    blk = _symmetrise(blk)
+                if len(s1) == 1 and len(s2) == 1:
+                    return _writable(np.asarray(blk))
+                if out is None:
+                    out = np.empty((len(x1), len(x2v), m, m), dtype=np_dtype)
+                out[si, sj] = np.asarray(blk)
+                if symmetric and j > i:
+                    out[sj, si] = np.asarray(_swap(blk))
+        return out
+
+    # ---------------------------------------------------------------- matrix-free
+    def _build_vp(self):
+        ref, outputs = self._model, self.outputs      # weak reference: engines are cached per model
+        variables = list(self.model.trainable_variables)
+
+        def vjp(x, v):
+            with tf.GradientTape() as tape:
+                f = outputs(_alive(ref)(x, training=False))
+            return tape.gradient(f, variables, output_gradients=tf.cast(v, f.dtype),
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        def jvp(x, tangents):
+            primals = [getattr(v, "value", v) for v in variables]
+            with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
+                f = outputs(_alive(ref)(x, training=False))
+            return acc.jvp(f, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        self._vjp = tf.function(Traceable(vjp), reduce_retracing=True)
+        self._jvp = tf.function(Traceable(jvp), reduce_retracing=True)
+
+    def vp(self, x_src: np.ndarray, v: np.ndarray, x_tgt: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.prepare(x_src)
+            if self._vjp is None:
+                self._build_vp()
+            vjp_fn, jvp_fn = self._vjp, self._jvp
+        m = self.outputs.m
+        if v.shape != (len(x_src), m):
+            raise ValueError(f"`v` must have shape (P_src, m) = ({len(x_src)}, {m}) (one value per "
+                             f"source point and metric component); received shape {v.shape}.")
+        chunk = self.chunk_size or _VP_CHUNK
+        grads = None
+        for s in range(0, len(x_src), chunk):
+            g = vjp_fn(tf.constant(x_src[s:s + chunk], self.dtype),
+                          tf.constant(v[s:s + chunk]))
+            grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
+        grads = [tf.cast(g, var.dtype) for g, var in zip(grads, self.model.trainable_variables)]
+        out = [jvp_fn(tf.constant(x_tgt[s:s + chunk], self.dtype), grads).numpy()
+               for s in range(0, len(x_tgt), chunk)]
+        return np.concatenate(out, axis=0)
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _symmetrise(blk):
+    """``(Theta + Theta^T) / 2`` for a diagonal block (B, B, m, m)."""
+    return 0.5 * (blk + tf.transpose(blk, (1, 0, 3, 2)))
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _swap(blk):
+    """The mirrored block ``Theta[b, a, J, I]``."""
+    return tf.transpose(blk, (1, 0, 3, 2))
+
+
+def _writable(arr: np.ndarray) -> np.ndarray:
+    return arr if arr.flags.writeable else arr.copy()
+
+
+def _balanced_slices(n, chunk):
+    """Slices of at most ``chunk`` points covering range(n), of (nearly) equal size."""
+    k = -(-n // chunk)
+    size = -(-n // k)
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _alive(ref):
+    model = ref()
+    if model is None:
+        raise RuntimeError("The model of this metric-NTK computation no longer exists.")
+    return model
+
+
+_ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _engine_for(model, **options) -> _Engine:
+    """The cached engine of ``model`` for these options (traced functions are reused)."""
+    key = tuple(sorted(options.items()))
+    try:
+        per_model = _ENGINES.setdefault(model, {})
+    except TypeError:        # not weak-referenceable / hashable: no caching
+        return _Engine(model, **options)
+    engine = per_model.get(key)
+    if engine is None:
+        engine = per_model[key] = _Engine(model, **options)
+    return engine
+
+
+def _points_pair(x1, x2, name1="x1", name2="x2"):
+    p1 = as_real_points(x1, name1)
+    if x2 is None or x2 is x1:
+        return p1, None
+    p2 = as_real_points(x2, name2)
+    matching_widths(p1, p2, name1, name2)
+    return p1, p2
+
+
+def metric_ntk(model, x1, x2=None, *, chunk_size: int | None = None,
+               implementation: str = "auto", output: str = "auto") -> np.ndarray:
+    """Empirical metric-NTK of a Keras model (paper eq. 2.7).
+
+    ``Theta[a, b, I, J] = sum_theta d g_I(x1[a])/d theta * d g_J(x2[b])/d theta``
+    over the trainable variables of ``model``, with I, J the real metric
+    components in cyntk's order (or the outputs of a real network).
+
+    Args:
+        model: built Keras model; its call maps real (P, d) inputs to complex
+            hermitian (P, n, n) metrics (cymetric/cyntk metric models) or to a
+            real (P, m) output. It is called with ``training=False``.
+        x1: real array (P1, d) (cymetric's layout [Re z, Im z] for points of
+            projective space); cast to the dtype of the model's variables.
+        x2: real array (P2, d); ``None`` (or ``x1`` itself) gives the symmetric
+            kernel of ``x1`` with itself (half the work, exactly symmetric).
+        chunk_size: points per chunk (> 0). Default: blocks of at most 32 MiB
+            and, on the generic path, per-chunk Jacobians of at most 256 MiB.
+        implementation: ``'auto'``, ``'structured'`` (error if the model has no
+            recognised structure) or ``'generic'``.
+        output: ``'metric'`` (model returns hermitian (P, n, n); m = n^2 real
+            components; an error if it is not hermitian), ``'vector'`` (real
+            (P, m), flattened if it has more axes) or ``'auto'`` (complex output ->
+            metric, real -> vector).
+
+    Returns:
+        NumPy array (P1, P2, m, m) in the model's real dtype (float32 or float64).
+
+    Raises:
+        ValueError / TypeError: bad points (empty, non-finite, complex, widths
+            differ), bad ``chunk_size``/``implementation``/``output``, a model
+            without trainable variables, or a non-hermitian metric output.
+    """
+    engine = _engine_for(model, output=output, implementation=implementation, chunk_size=chunk_size)
+    p1, p2 = _points_pair(x1, x2)
+    return engine.kernel(p1, p2)
+
+
+def metric_ntk_vp(model, x_src, v, x_tgt=None, *, chunk_size: int | None = None,
+                  output: str = "auto") -> np.ndarray:
+    """Matrix-free kernel-vector product ``u = Theta(x_tgt, x_src) . v``.
+
+    ``u[a, I] = sum_{b, J} Theta_IJ(x_tgt[a], x_src[b]) v[b, J] = J_tgt (J_src^T v)``:
+    one vector-Jacobian product over the source points
+    (``w = sum_b v[b] . d g(x_src[b]) / d theta``, accumulated over chunks) and
+    one Jacobian-vector product (forward mode) of ``g`` at the target points in
+    direction ``w``. Memory is O(#parameters + chunk activations), never
+    O(P_tgt P_src).
+
+    Args:
+        model: Keras model as in :func:`metric_ntk`.
+        x_src: real (P_src, d) source points.
+        v: real (P_src, m) values per source point and component.
+        x_tgt: real (P_tgt, d) target points; ``None`` means ``x_src``.
+        chunk_size: points per forward/backward pass (default 1024).
+        output: as in :func:`metric_ntk`.
+
+    Returns:
+        NumPy array (P_tgt, m) in the model's real dtype.
+    """
+    engine = _engine_for(model, output=output, implementation="auto", chunk_size=chunk_size)
+    ps, pt = _points_pair(x_src, x_tgt, "x_src", "x_tgt")
+    v = _vector(v, len(ps))
+    return engine.vp(ps, v, ps if pt is None else pt)
+
+
+def _vector(v, n_src):
+    if hasattr(v, "numpy") and not isinstance(v, np.ndarray):
+        v = v.numpy()
+    v = np.asarray(v)
+    if v.dtype == object or not np.issubdtype(v.dtype, np.number) or np.iscomplexobj(v):
+        raise TypeError(f"`v` must be a real array of shape (P_src, m); received dtype {v.dtype}.")
+    if v.ndim != 2 or v.shape[0] != n_src:
+        raise ValueError(f"`v` must have shape (P_src, m) with P_src = {n_src}; received shape "
+                         f"{v.shape}.")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("`v` must be finite; received NaN or inf entries.")
+    return v
+
+
+# ----------------------------------------------------------------------------- kernel object
+class EmpiricalNTKKernel(Kernel):
+    """The empirical metric-NTK of a model as a (full) kernel.
+
+    ``Theta_IJ(x, x') = sum_theta d g_I(x)/d theta d g_J(x')/d theta`` evaluated
+    with the model's weights *at construction* (``snapshot=True``, default):
+    the kernel of a network at initialisation, or the "after-kernel" of a
+    trained network at any checkpoint, unaffected by later training. Each
+    evaluation temporarily loads the snapshot into the model's variables and
+    restores the current values afterwards (bit for bit); evaluations are
+    serialised by a lock, but do not train the same model in another thread
+    while the kernel is being evaluated. With
+    ``snapshot=False`` the live weights are used (e.g. to track the NTK during
+    training without re-tracing).
+
+    Blocks are (P1, P2, m, m) NumPy arrays in the model's real dtype. The
+    traced functions are reused across calls.
+
+    Args:
+        model: built Keras model (see :func:`metric_ntk`).
+        snapshot: freeze the weights at construction.
+        chunk_size: points per chunk (see :func:`metric_ntk`).
+        implementation: ``'auto'``, ``'structured'`` or ``'generic'``.
+        output: ``'auto'``, ``'metric'`` or ``'vector'``.
+
+    Attributes:
+        implementation_: ``'structured'`` or ``'generic'``, the path taken
+            (set after the first evaluation).
+    """
+
+    component_diagonal = False
+
+    def __init__(self, model, *, snapshot: bool = True, chunk_size: int | None = None,
+                 implementation: str = "auto", output: str = "auto"):
+        self.model = model
+        self.snapshot = bool(snapshot)
+        self.chunk_size = chunk_size
+        self.implementation = implementation
+        self.output = output
+        self._engine = _Engine(model, output=output, implementation=implementation,
+                               chunk_size=chunk_size)
+        self._variables = list(model.variables)
+        self._weights = [np.array(v.numpy()) for v in self._variables] if self.snapshot else None
+        self._lock = threading.RLock()
+
+    def get_config(self) -> dict:
+        return {"model": getattr(self.model, "name", type(self.model).__name__),
+                "snapshot": self.snapshot, "chunk_size": self.chunk_size,
+                "implementation": self.implementation, "output": self.output}
+
+    @property
+    def n_components(self):
+        """m (known after the first evaluation)."""
+        return None if self._engine.outputs is None else self._engine.outputs.m
+
+    @property
+    def implementation_(self):
+        plan = self._engine.plan
+        return None if plan is None else plan.name
+
+    @property
+    def weights(self):
+        """The snapshot (list of NumPy arrays in ``model.variables`` order) or None."""
+        return self._weights
+
+    @contextlib.contextmanager
+    def _snapshot_weights(self):
+        if self._weights is None:
+            yield
+            return
+        current = list(self.model.variables)
+        if [id(v) for v in current] != [id(v) for v in self._variables]:
+            raise RuntimeError("The model's variables changed since the snapshot was taken (layers "
+                               "added or rebuilt); create a new EmpiricalNTKKernel.")
+        saved = [np.array(v.numpy()) for v in current]
+        try:
+            for var, w in zip(current, self._weights):
+                var.assign(w)
+            yield
+        finally:
+            for var, w in zip(current, saved):
+                var.assign(w)
+
+    def _block(self, x1, x2):
+        with self._lock, self._snapshot_weights():
+            return self._engine.kernel(x1, x2)
+
+    def matvec(self, x1, x2, v, *, chunk_size: int | None = None) -> np.ndarray:
+        """Matrix-free ``Theta(x1, x2) . v`` (see :func:`metric_ntk_vp`).
+
+        Args:
+            x1: real (P1, d) target points.
+            x2: real (P2, d) source points.
+            v: real (P2, m).
+            chunk_size: ignored (the kernel's ``chunk_size`` applies).
+
+        Returns:
+            array (P1, m) in the model's real dtype.
+        """
+        p1, _ = self._points(x1, "x1")
+        p2, _ = self._points(x2, "x2")
+        matching_widths(p1, p2)
+        v = _vector(v, len(p2))
+        with self._lock, self._snapshot_weights():
+            return self._engine.vp(p2, v, p1)

@@ -1,0 +1,67 @@
+"""Bayesian optimisation of flow hyperparameters with a fresh point set per trial."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bayes_opt")
+
+from cyntk.geometry import fermat_quintic  # noqa: E402
+from cyntk.kernels.fs import GaussianFSKernel  # noqa: E402
+from cyntk.kernels.search import flow_search  # noqa: E402
+
+
+class RecordingManifold:
+    """The quintic, recording every point set it samples."""
+
+    def __init__(self):
+        self._m = fermat_quintic()
+        self.samples = []
+
+    def sample_points(self, n, **kwargs):
+        z = self._m.sample_points(n, **kwargs)
+        self.samples.append(z)
+        return z
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+
+def test_every_trial_draws_fresh_points_and_the_best_trial_is_returned():
+    M = RecordingManifold()
+    seen = []
+
+    def factory(sigma):
+        seen.append(sigma)
+        return GaussianFSKernel(sigma)
+
+    res = flow_search(factory, M, {"log10_learning_rate": (-4.5, -3.0), "log10_sigma": (-2.0, -0.5)},
+                      n_train=60, n_test=30, steps=3, init_points=2, n_iter=2, seed=7,
+                      run_eagerly=True)
+    assert len(res.trials) == len(M.samples) == len(seen) == 4
+    # fresh, distinct point sets, all in the requested chart
+    for i in range(4):
+        assert M.samples[i].shape == (90, 5)
+        assert np.all(M._m.charts(M.samples[i]) == (0, 1))
+        for j in range(i):
+            assert not np.allclose(M.samples[i][:5], M.samples[j][:5])
+    assert [t["seed"] for t in res.trials] == [[7, t] for t in range(4)]
+    # log10_ parameters are passed exponentiated and within bounds
+    for t, s in zip(res.trials, seen):
+        assert t["params"]["sigma"] == s and 10 ** -2.0 <= s <= 10 ** -0.5
+        assert 10 ** -4.5 <= t["params"]["learning_rate"] <= 1e-3
+        assert np.isclose(t["target"], np.log10(t["test_gain"]))
+        assert t["steps"] == 3
+    best = max(res.trials, key=lambda t: t["target"])
+    assert res.best_params == best["params"] and res.best_target == best["target"]
+
+
+def test_search_rejects_bad_bounds():
+    M = fermat_quintic()
+    with pytest.raises(ValueError, match="learning_rate"):
+        flow_search(GaussianFSKernel, M, {"sigma": (0.1, 1.0)})
+    with pytest.raises(ValueError, match="low < high"):
+        flow_search(GaussianFSKernel, M, {"learning_rate": (1e-3, 1e-4)})
+    with pytest.raises(ValueError, match="decay_rate"):
+        flow_search(GaussianFSKernel, M, {"learning_rate": (1e-4, 1e-3), "decay_rate": (0.5, 1.5)})
