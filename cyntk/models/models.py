@@ -473,9 +473,10 @@ class MetricModel(keras.Model):
 
     def get_compile_config(self):
         config = super().get_compile_config()
-        if config is not None:
-            config = dict(config)
-            config["jit_compile"] = self._xla
+        if not config:            # not compiled: nothing to restore
+            return None
+        config = dict(config)
+        config["jit_compile"] = self._xla
         return config
 
     def compile_from_config(self, config):
