@@ -49,3 +49,19 @@ def ntk_reference_dir() -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def small_mlp(n_in, n_out, width=16, depth=2, dtype="float64", seed=0, features=False, last_std=None):
+    """A small seeded gelu MLP (optionally starting with ProjectiveFeatures) used by the model tests."""
+    import keras
+
+    from cyntk.models import ProjectiveFeatures
+
+    keras.utils.set_random_seed(seed)
+    init = "glorot_uniform" if last_std is None else keras.initializers.RandomNormal(stddev=last_std, seed=seed)
+    layers = [keras.Input((n_in,), dtype=dtype)]
+    if features:
+        layers.append(ProjectiveFeatures(dtype=dtype))
+    layers += [keras.layers.Dense(width, "gelu", dtype=dtype) for _ in range(depth)]
+    layers.append(keras.layers.Dense(n_out, use_bias=False, kernel_initializer=init, dtype=dtype))
+    return keras.Sequential(layers)

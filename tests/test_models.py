@@ -8,6 +8,8 @@ Q = 0 by Newton's method) in float64.
 
 from __future__ import annotations
 
+import functools
+
 import itertools
 import pickle
 
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tol
+from conftest import small_mlp, tol
 from cyntk.geometry import (dwork_quintic, fermat_cubic, fermat_quartic, fermat_quintic,
                             make_dataset)
 from cyntk.models import (FSModel, MeasuresCallback, MetricModel, MultiplicativeModel, PhiModel, ProjectiveFeatures,
@@ -24,16 +26,7 @@ from cyntk.models import (FSModel, MeasuresCallback, MetricModel, Multiplicative
 
 
 # ----------------------------------------------------------------- helpers
-def mlp(n_in, n_out, width=16, depth=2, dtype="float64", seed=0, features=False, last_std=None):
-    """A small gelu MLP in ``dtype`` (seeded)."""
-    keras.utils.set_random_seed(seed)
-    init = "glorot_uniform" if last_std is None else keras.initializers.RandomNormal(stddev=last_std, seed=seed)
-    layers = [keras.Input((n_in,), dtype=dtype)]
-    if features:
-        layers.append(ProjectiveFeatures(dtype=dtype))
-    layers += [keras.layers.Dense(width, "gelu", dtype=dtype) for _ in range(depth)]
-    layers.append(keras.layers.Dense(n_out, use_bias=False, kernel_initializer=init, dtype=dtype))
-    return keras.Sequential(layers)
+mlp = functools.partial(small_mlp, dtype="float64")
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import keras
+from conftest import small_mlp
 import tensorflow as tf
 
 from cyntk.geometry import dwork_quintic, fermat_cubic, fermat_quartic, fermat_quintic, make_dataset
@@ -12,15 +15,7 @@ from cyntk.models import (FSModel, LossWeightScheduler, MeasuresCallback, Multip
                           PhiModel, ProjectiveFeatures)
 
 
-def mlp(n_in, n_out, width=16, depth=2, dtype="float32", seed=0, features=False, last_std=None):
-    keras.utils.set_random_seed(seed)
-    init = "glorot_uniform" if last_std is None else keras.initializers.RandomNormal(stddev=last_std, seed=seed)
-    layers = [keras.Input((n_in,), dtype=dtype)]
-    if features:
-        layers.append(ProjectiveFeatures(dtype=dtype))
-    layers += [keras.layers.Dense(width, "gelu", dtype=dtype) for _ in range(depth)]
-    layers.append(keras.layers.Dense(n_out, use_bias=False, kernel_initializer=init, dtype=dtype))
-    return keras.Sequential(layers)
+mlp = functools.partial(small_mlp, dtype="float32")
 
 
 @pytest.fixture(scope="module")
