@@ -94,3 +94,45 @@ register(Experiment(
                       + ", ".join(f"{g:.3g}" for g in r["test_gain"]) + " at epochs "
                       + ", ".join(str(int(c)) for c in r["checkpoints"]),
 ))
+
+from cyntk.experiments.beyond import plot_noclustering, plot_torus, run_noclustering, run_torus  # noqa: E402
+
+
+def _torus_summary(r):
+    parts = [f"FS {r['fs/test_error']:.3g}", f"network {r['network/test_error']:.3g}"]
+    parts += [f"{k} {r[f'{k}/test_error'][-1]:.3g} (train {r[f'{k}/train_error'][-1]:.3g})" for k in r["kernels"]]
+    return "mean |g - g_exact|/g_exact on test points: " + ", ".join(parts)
+
+
+def _nocl_summary(r):
+    out = []
+    for k in r["kernels"]:
+        for mode in ("exact", "clustered"):
+            tr, te = r[f"{k}/{mode}/train_gain"], r[f"{k}/{mode}/test_gain"]
+            out.append(f"{k} {mode}: " + ", ".join(f"N={n} {a:.3g}/{b:.3g}" for n, a, b in zip(r["sizes"], tr, te)
+                                                   if a == a))
+    return "train/test gains " + "; ".join(out)
+
+
+register(Experiment(
+    name="torus",
+    run=run_torus,
+    plot=plot_torus,
+    description="cubic torus (exact metric kappa |Omega|^2 known): error of the multiplicative network "
+                "and of Gaussian / Delta / ReLU-NTK kernel flows",
+    scales={"quick": dict(n_points=20_000, epochs=10, n_flow=1000, n_test=500),
+            "paper": dict(n_points=100_000, epochs=50, n_flow=2500, n_test=1000, verbose=2)},
+    summary=_torus_summary,
+))
+
+register(Experiment(
+    name="noclustering",
+    run=run_noclustering,
+    plot=plot_noclustering,
+    description="exact Gaussian / Delta kernel flows on 1e3..1e5 quintic points without clustering vs the "
+                "paper's per-cluster flows (paper extrapolated from ~1e3)",
+    scales={"quick": dict(sizes=(1000, 3000, 10_000), n_test=500, cluster_batch_size=2500),
+            "paper": dict(sizes=(1000, 3000, 10_000, 30_000, 100_000), n_test=1000, cluster_batch_size=10_000)},
+    uses_store=True,
+    summary=_nocl_summary,
+))
