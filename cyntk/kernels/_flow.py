@@ -13,16 +13,35 @@ components, cyntk's component order) acts on per-point vectors ``v`` (P2, m)::
   kernel of a point set with itself is the identity (``DeltaKernel()(x, None)``);
 * *pairwise* kernels, whose entry ``Theta(x1[a], x2[b])`` depends on the two
   points only (Gaussian-FS, infinite-width NTK, cosine NTK, empirical NTK), are
-  evaluated in square tiles of ``tile_size x tile_size`` points, spread over
-  ``n_threads`` threads (NumPy releases the GIL in its ufuncs and BLAS), and the
+  evaluated in square tiles of ``tile_size x tile_size`` points, and the
   product of a point set with itself evaluates only the tiles on and above the
-  diagonal (``Theta(x, x') = Theta(x', x)^T``), i.e. half the kernel entries;
+  diagonal (``Theta(x, x') = Theta(x', x)^T``), i.e. half the kernel entries.
+  Row strips of tiles are handed out (longest first) to ``n_threads`` worker
+  threads, each accumulating into its own output (NumPy releases the GIL in
+  its ufuncs and BLAS; BLAS itself runs single-threaded per tile). Kernels may
+  offer a faster tile interface, used when their class defines it together
+  with its ``_block`` (:func:`uses_tile_api`):
+
+  - ``tile_state(x)``: per-point state (a tuple of arrays with the points on
+    the first axis: unit vectors, layer variances, ...), computed once per
+    product instead of once per tile;
+  - ``tile_block(state1, state2=None)``: the tile's block from the two sliced
+    states (``None``: a point set with itself);
+  - optionally ``tile_matvec(state1, state2, v2, v1=None)`` ->
+    ``(Theta v2, Theta^T v1)``: the contraction fused with the entries, for
+    kernels that can apply part of the block to the vectors instead (the
+    depth-1 ReLU NTK's rank-one factor ``sqrt(q q')`` and shift ``b_std^2``).
+
+  Gaussian-FS and the infinite-width NTK use it; the entries are the same
+  float64 expressions as their ``__call__`` (agreeing to rounding);
 * any other kernel is called on row chunks ``kernel(x1[s:s+c], x2)`` of about
   ``max(tile_size**2, 2**22)`` entries (a kernel whose block depends on the
   whole ``x2`` set, like the Delta kernel, must see all of it).
 
 Peak memory besides the inputs and outputs is therefore about
-``n_threads * tile_size**2 * (bytes of the kernel's temporaries per entry)``.
+``n_threads * (tile_size**2 * (bytes of the kernel's temporaries per entry) + P1 * m * 8)``
+(a few MiB per thread for tile 256: the Gaussian and ReLU tiles keep four to
+five float64 arrays of 512 KiB; at 1e5 points each thread's output is 7 MiB).
 
 Block-diagonal kernels (clusters, charts) are products restricted to groups:
 ``Theta_group(x, x') = Theta(x, x') [group(x) == group(x')]``.
@@ -32,6 +51,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import threading
 
 import numpy as np
 
@@ -42,8 +62,8 @@ from cyntk.kernels.cosine import CosineNTKKernel
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
 from cyntk.kernels.ntk import EmpiricalNTKKernel
 
-__all__ = ["KernelProduct", "is_pairwise", "has_own_matvec", "min_eigenvalues", "RowIndex",
-           "default_threads"]
+__all__ = ["KernelProduct", "is_pairwise", "has_own_matvec", "uses_tile_api", "min_eigenvalues",
+           "RowIndex", "default_threads"]
 
 #: kernel entries per row chunk of non-pairwise kernels (about 32 MiB per float64 temporary)
 _ROW_CHUNK_ENTRIES = 1 << 22
@@ -78,6 +98,22 @@ def has_own_matvec(kernel) -> bool:
     if not isinstance(kernel, Kernel):
         return hasattr(kernel, "matvec")
     return type(kernel).matvec is not Kernel.matvec
+
+
+def uses_tile_api(kernel) -> bool:
+    """Whether the tiled product may use the kernel's ``tile_state`` / ``tile_block``.
+
+    True for kernels whose class defines both methods together with the
+    ``_block`` in use (a subclass that overrides ``_block`` alone keeps the
+    generic per-tile call, which honours its override).
+    """
+    cls = type(kernel)
+    if not (callable(getattr(cls, "tile_state", None)) and callable(getattr(cls, "tile_block", None))):
+        return False
+    if not isinstance(kernel, Kernel):
+        return True
+    owner = next(c for c in cls.__mro__ if "tile_block" in vars(c))
+    return "_block" in vars(owner) and cls._block is vars(owner)["_block"]
 
 
 def kernel_name(kernel) -> str:
@@ -201,55 +237,96 @@ class KernelProduct:
 
     def _tiled(self, x1, x2, v, symmetric):
         t = self.tile_size
-        s1 = [slice(s, min(s + t, len(x1))) for s in range(0, len(x1), t)]
-        s2 = s1 if symmetric else [slice(s, min(s + t, len(x2))) for s in range(0, len(x2), t)]
-        if symmetric:
-            tasks = [(i, j) for i in range(len(s1)) for j in range(i, len(s1))]
-        else:
-            tasks = [(i, j) for i in range(len(s1)) for j in range(len(s2))]
+        n1, n2 = len(x1), len(x2)
+        starts1 = list(range(0, n1, t))
+        starts2 = starts1 if symmetric else list(range(0, n2, t))
+        tile = self._tile_function(x1, None if symmetric else x2)
 
-        def work(task):
-            i, j = task
-            a, b = s1[i], s2[j]
-            if symmetric and i == j:
-                blk = self.check_block(self.kernel(x1[a], None), a.stop - a.start, a.stop - a.start)
-                return i, self._apply_block(blk, v[b]), None, None
-            blk = self.check_block(self.kernel(x1[a], x2[b]), a.stop - a.start, b.stop - b.start)
-            if symmetric:
-                return i, self._apply_block(blk, v[b]), j, self._apply_block_t(blk, v[a])
-            return i, self._apply_block(blk, v[b]), None, None
-
-        out = np.zeros((len(x1), self.m))
-
-        def accumulate(res):
-            i, ui, j, uj = res
-            out[s1[i]] += ui
-            if j is not None:
-                out[s1[j]] += uj
+        def strip(i, out):
+            """Row strip i of tiles (j >= i when symmetric), accumulated into ``out`` (P1, m)."""
+            a = slice(starts1[i], min(starts1[i] + t, n1))
+            js = range(i, len(starts2)) if symmetric else range(len(starts2))
+            for j in js:
+                b = slice(starts2[j], min(starts2[j] + t, n2))
+                diag = symmetric and i == j
+                ua, ub = tile(a, b, diag, v[b], v[a] if symmetric and not diag else None)
+                out[a] += ua
+                if ub is not None:
+                    out[b] += ub
 
         from threadpoolctl import threadpool_limits
 
         # one BLAS thread per tile: the tiles' GEMMs are thin (inner dimension d or m), BLAS
-        # threading only adds overhead, and the tiles themselves run on n_threads workers
-        if self.n_threads <= 1 or len(tasks) == 1:
-            with threadpool_limits(limits=1, user_api="blas"):
-                for task in tasks:
-                    accumulate(work(task))
-            return out
-        with threadpool_limits(limits=1, user_api="blas"), \
-                concurrent.futures.ThreadPoolExecutor(max_workers=self.n_threads) as pool:
-            pending = set()
-            it = iter(tasks)
-            for task in it:             # keep at most 2 tiles per worker in flight
-                pending.add(pool.submit(work, task))
-                if len(pending) >= 2 * self.n_threads:
-                    done, pending = concurrent.futures.wait(
-                        pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for f in done:
-                        accumulate(f.result())
-            for f in concurrent.futures.as_completed(pending):
-                accumulate(f.result())
+        # threading only adds overhead, and the strips themselves run on n_threads workers.
+        # Strips are handed out longest first; each worker accumulates into its own output.
+        n_workers = max(1, min(self.n_threads, len(starts1)))
+        with threadpool_limits(limits=1, user_api="blas"):
+            if n_workers == 1:
+                out = np.zeros((n1, self.m))
+                for i in range(len(starts1)):
+                    strip(i, out)
+                return out
+            outs = [np.zeros((n1, self.m)) for _ in range(n_workers)]
+            order = iter(range(len(starts1)))       # strip i has len(starts2) - i tiles when symmetric
+            lock = threading.Lock()
+            failed = threading.Event()
+
+            def worker(out):
+                while not failed.is_set():
+                    with lock:
+                        i = next(order, None)
+                    if i is None:
+                        return
+                    try:
+                        strip(i, out)
+                    except BaseException:
+                        failed.set()            # the other workers stop at their next strip
+                        raise
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=n_workers) as pool:
+                for f in [pool.submit(worker, out) for out in outs]:
+                    f.result()
+        out = outs[0]
+        for o in outs[1:]:
+            out += o
         return out
+
+    def _tile_function(self, x1, x2):
+        """``tile(rows1, rows2, diag, v2, v1)`` -> ``(Theta v2, Theta^T v1 or None)`` of one tile.
+
+        ``x2=None``: the set ``x1`` with itself (``diag``: the tile is on the
+        diagonal). Kernels with ``tile_state`` / ``tile_block`` (Gaussian-FS,
+        infinite-width NTK) get their per-point state (unit vectors, layer
+        variances) computed once here instead of once per tile, and kernels
+        with ``tile_matvec`` (the infinite-width NTK) contract the tile with the
+        vectors themselves; other pairwise kernels are called on the tile's points.
+        """
+        k = self.kernel
+        if uses_tile_api(k):
+            s1 = k.tile_state(x1)
+            s2 = s1 if x2 is None else k.tile_state(x2)
+            if self.component_diagonal and callable(getattr(type(k), "tile_matvec", None)):
+                def tile(a, b, diag, v2, v1):
+                    st1 = tuple(s[a] for s in s1)
+                    if diag:
+                        return k.tile_matvec(st1, None, v2)
+                    return k.tile_matvec(st1, tuple(s[b] for s in s2), v2, v1)
+                return tile
+
+            def block(a, b, diag):
+                st1 = tuple(s[a] for s in s1)
+                return k.tile_block(st1) if diag else k.tile_block(st1, tuple(s[b] for s in s2))
+        else:
+            x2v = x1 if x2 is None else x2
+
+            def block(a, b, diag):
+                return k(x1[a], None) if diag else k(x1[a], x2v[b])
+
+        def tile(a, b, diag, v2, v1):
+            blk = self.check_block(block(a, b, diag), a.stop - a.start, b.stop - b.start)
+            return (self._apply_block(blk, v2),
+                    None if v1 is None else self._apply_block_t(blk, v1))
+        return tile
 
     def grouped_matvec(self, x1, g1, x2, g2, v, *, same: bool = False) -> np.ndarray:
         """Block-diagonal product: ``u[a] = sum_{b: g2[b] == g1[a]} Theta(x1[a], x2[b]) v[b]``.

@@ -7,9 +7,11 @@ layout ``[Re z, Im z]``; they are the paper's "Gaussian" and "Delta" kernels
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from cyntk.geometry import fs_distance_matrix, fs_nearest, to_complex
+from cyntk.geometry import default_distance_threshold, fs_distance_matrix, fs_nearest, to_complex
 from cyntk.kernels._checks import (matching_widths, nonnegative_float, optional_chunk_size,
                                    positive_float)
 from cyntk.kernels.base import Kernel
@@ -17,6 +19,21 @@ from cyntk.kernels.base import Kernel
 __all__ = ["GaussianFSKernel", "DeltaKernel"]
 
 _DEFAULT_CHUNK = 2048
+
+
+@functools.lru_cache(maxsize=64)
+def _overlap_limit(threshold: float) -> float:
+    """The largest float ``c`` with ``1 - c >= threshold`` (for ``c >= 1/2``, ``1 - c`` is exact).
+
+    So ``c2 > _overlap_limit(t)`` holds exactly where ``(1 - c2) < t`` for the
+    squared overlaps ``c2`` in [1/2, 1] that can be affected by the threshold.
+    """
+    lim = 1.0 - threshold
+    while lim > 0.5 and 1.0 - lim < threshold:
+        lim = np.nextafter(lim, -np.inf)
+    while lim < 1.0 and 1.0 - np.nextafter(lim, np.inf) >= threshold:
+        lim = np.nextafter(lim, np.inf)
+    return float(lim)
 
 
 def _complex_points(x: np.ndarray, name: str) -> np.ndarray:
@@ -76,7 +93,72 @@ class GaussianFSKernel(Kernel):
         return d
 
     def _block(self, x1, x2):
-        return np.exp(-self._distance(x1, x2) / (2.0 * self.sigma))
+        s1 = self.tile_state(x1)
+        s2 = None if x2 is None else self.tile_state(x2)
+        rows = self.chunk_size or _DEFAULT_CHUNK
+        n2 = len(x1) if x2 is None else len(x2)
+        if x2 is None and len(x1) <= rows:
+            return self.tile_block(s1)
+        c2 = np.empty((len(x1), n2))
+        for s in range(0, len(x1), rows):       # squared overlaps, row chunk by row chunk
+            c2[s:s + rows] = self._overlap2(tuple(a[s:s + rows] for a in s1), s1 if s2 is None else s2)
+        if x2 is None:
+            self._symmetrise(c2)
+        for s in range(0, len(x1), rows):
+            self._from_overlap2(c2[s:s + rows])
+        return c2
+
+    # tiled evaluation (cyntk.kernels._flow.KernelProduct): per-point state computed once
+    def tile_state(self, x) -> tuple:
+        """Per-point state of real points (P, 2N): ``(A, B)`` with ``A = [Re u, Im u]`` and
+        ``B = [Im u, -Re u]`` for the unit vectors ``u = z / |z|``, so that
+        ``u^dagger u' = A A'^T + i A B'^T``.
+        """
+        z = _complex_points(np.asarray(x, dtype=np.float64), "x")
+        u = z / np.linalg.norm(z, axis=1, keepdims=True)
+        return (np.ascontiguousarray(np.concatenate([u.real, u.imag], axis=1)),
+                np.ascontiguousarray(np.concatenate([u.imag, -u.real], axis=1)))
+
+    def tile_block(self, state1, state2=None) -> np.ndarray:
+        """Block (P1, P2) between two (sliced) states of :meth:`tile_state`; ``state2=None``: same set."""
+        c2 = self._overlap2(state1, state1 if state2 is None else state2)
+        if state2 is None:
+            self._symmetrise(c2)
+        return self._from_overlap2(c2)
+
+    @staticmethod
+    def _overlap2(state1, state2):
+        """``|u1^dagger u2|^2`` (P1, P2) with two real GEMMs, into the first one's output."""
+        a1, b2 = state1[0], state2[1]
+        re = a1 @ state2[0].T
+        im = a1 @ b2.T
+        np.multiply(re, re, out=re)
+        np.multiply(im, im, out=im)
+        re += im
+        return re
+
+    @staticmethod
+    def _symmetrise(c2):
+        """Exactly symmetric squared overlaps of a set with itself, 1 on the diagonal."""
+        c2 += c2.T.copy()
+        c2 *= 0.5
+        np.fill_diagonal(c2, 1.0)
+
+    def _from_overlap2(self, c2):
+        """``exp(-arccos(sqrt(c2)) / (2 sigma))`` in place (c2 clipped to [0, 1]; pairs with
+        ``1 - c2 < threshold`` get distance 0, see :func:`cyntk.geometry.default_distance_threshold`)."""
+        thr = default_distance_threshold() if self.threshold is None else self.threshold
+        np.minimum(c2, 1.0, out=c2)         # c2 = re^2 + im^2 >= 0
+        if thr > 0.5:
+            close = (1.0 - c2) < thr
+            c2[close] = 1.0
+        elif c2.max(initial=0.0) > (lim := _overlap_limit(thr)):     # rare: (near-)duplicates
+            c2[c2 > lim] = 1.0              # arccos(sqrt(1)) = 0 exactly
+        np.sqrt(c2, out=c2)
+        np.arccos(c2, out=c2)               # the FS distance d
+        c2 *= -0.5 / self.sigma
+        np.exp(c2, out=c2)
+        return c2
 
 
 class DeltaKernel(Kernel):
