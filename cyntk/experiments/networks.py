@@ -51,8 +51,20 @@ def sigma_loss_of(g, omega_sq, kappa) -> float:
 
 def train_multiplicative(ds, *, hidden=(64, 64, 64), activation="gelu", epochs=5, batch_size=64,
                          learning_rate=1e-3, optimizer="adam", seed=0, callbacks=(), verbose=0,
-                         measure_every=1):
+                         measure_every=1, loss_weights=None):
     """Train cyntk's multiplicative model with cymetric's losses on a dataset.
+
+    The default loss weights are those of cymetric's ``train_model`` in its
+    batch-64 pass (CONVENTIONS.md section 9): sigma, Kähler and transition at
+    1, volk off. cymetric adds one pass per epoch with a single large batch in
+    which only volk (and sigma) is trained -- 2 of ~1409 steps per epoch -- so
+    that the Monte-Carlo volume integral is reasonable; we omit it, because
+    volk evaluated on 64-point batches is too noisy to train with (it slows the
+    sigma loss by an order of magnitude, see cyntk.models).
+
+    Args:
+        loss_weights: dict of loss weights (default ``{"volk": 0.0}`` on top of
+            cymetric's ``sigma = kaehler = transition = 1``).
 
     Returns:
         ``(model, keras_history, measures_callback)``; the measures callback
@@ -64,7 +76,7 @@ def train_multiplicative(ds, *, hidden=(64, 64, 64), activation="gelu", epochs=5
 
     n = ds.manifold.nfold
     net = make_network(2 * ds.manifold.ncoords, n * n, hidden, activation, seed)
-    model = MultiplicativeModel(net, ds)
+    model = MultiplicativeModel(net, ds, **({"volk": 0.0} if loss_weights is None else dict(loss_weights)))
     opt = (keras.optimizers.Adam(learning_rate) if optimizer == "adam"
            else keras.optimizers.SGD(learning_rate))
     model.compile(optimizer=opt)
