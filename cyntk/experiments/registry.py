@@ -136,3 +136,5 @@ register(Experiment(
     uses_store=True,
     summary=_nocl_summary,
 ))
+
+from cyntk.experiments import registry_flows  # noqa: E402,F401  (localflow, kahlerflows)

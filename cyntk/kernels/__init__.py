@@ -44,6 +44,8 @@ from cyntk.kernels.cosine import (
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
 from cyntk.kernels.ntk import IMPLEMENTATIONS, OUTPUTS, EmpiricalNTKKernel, metric_ntk, metric_ntk_vp
 from cyntk.kernels.kernel_model import KernelModel, NonPositiveMetricError
+from cyntk.kernels.local import ManifoldGaussianKernel, local_flow_velocity, sigma_sweep
+from cyntk.kernels.ode import KernelFlowODE, integrate_flow, stability_limit
 from cyntk.kernels.search import FlowSearchResult, flow_search
 from cyntk.kernels.structured import multiplicative_map
 
@@ -75,6 +77,13 @@ __all__ = [
     "KernelModel",
     "NonPositiveMetricError",
     "flow_search",
+    # local limit and continuous-time integration
+    "ManifoldGaussianKernel",
+    "local_flow_velocity",
+    "sigma_sweep",
+    "KernelFlowODE",
+    "integrate_flow",
+    "stability_limit",
     "FlowSearchResult",
     # clustering
     "BatchedFSClustering",

@@ -18,6 +18,8 @@ from cyntk.models._spec import ManifoldSpec, manifold_spec
 from cyntk.models._tfgeometry import TFGeometry
 from cyntk.models.callbacks import LossWeightScheduler, MeasuresCallback
 from cyntk.models.hermitian import components_from_hermitian_tf, hermitian_from_components_tf
+from cyntk.models import kahler_flows
+from cyntk.models.kahler_flows import FLOWS, FUNCTIONALS, KahlerPotentialGeometry, PhiFlow, linear_phi_model, network_flow
 from cyntk.models.layers import ProjectiveFeatures
 from cyntk.models.losses import (kaehler_loss, ricci_loss, ricci_measure, sigma_loss, sigma_measure,
                                  transition_loss, volk_loss, volk_measure)
@@ -49,4 +51,12 @@ __all__ = [
     "LOSS_TERMS",
     "MEASURES",
     "NONFINITE_POLICIES",
+    # Kähler-potential flows (paper appendix B)
+    "kahler_flows",
+    "FLOWS",
+    "FUNCTIONALS",
+    "KahlerPotentialGeometry",
+    "PhiFlow",
+    "linear_phi_model",
+    "network_flow",
 ]
