@@ -89,7 +89,8 @@ register(Experiment(
     description="frozen-kernel flows with the network's empirical NTK frozen at epochs 0, 5, 50 (after-kernels)",
     scales={"quick": dict(n_points=5000, checkpoints=(0, 2, 5), n_flow_train=200, n_flow_test=200, steps=20,
                           learning_rates=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1)),
-            "paper": dict(n_points=100_000, checkpoints=(0, 5, 50), n_flow_train=2500, n_flow_test=1000)},
+            "paper": dict(n_points=100_000, checkpoints=(0, 5, 50), n_flow_train=2500, n_flow_test=1000,
+                          verbose=2)},
     summary=lambda r: "train gains " + ", ".join(f"{g:.3g}" for g in r["train_gain"]) + "; test gains "
                       + ", ".join(f"{g:.3g}" for g in r["test_gain"]) + " at epochs "
                       + ", ".join(str(int(c)) for c in r["checkpoints"]),
