@@ -75,3 +75,16 @@ def test_run_noclustering_tiny_delta_is_unchanged_by_clustering_and_lr_scales_wi
     r2 = run_noclustering(store=store, **kw)
     np.testing.assert_array_equal(r2["gaussian/exact/test_gain"], r["gaussian/exact/test_gain"])
     plot_noclustering(r)
+
+
+def test_noclustering_train_points_are_disjoint_from_the_test_points():
+    """Regression: the smallest train set once reused the test points' random stream."""
+    from cyntk.experiments.beyond import _train_points
+    from cyntk.geometry import fs_nearest, to_complex
+
+    M = fermat_quintic()
+    z_te = M.sample_points(300, seed=np.random.default_rng(0), chart=(0, 1))
+    for i in range(2):
+        z_tr = to_complex(_train_points(M, 0, i, 300, (0, 1)))
+        assert fs_nearest(z_te, z_tr)[0].min() > 1e-6
+    np.testing.assert_array_equal(_train_points(M, 0, 1, 50, (0, 1)), _train_points(M, 0, 1, 50, (0, 1)))

@@ -275,6 +275,14 @@ def plot_torus(result: dict):
 
 
 # ---------------------------------------------------------------------- no clustering
+def _train_points(M, seed, i, n, chart):
+    """Train points of size index i: a child stream of ``SeedSequence(seed)``, independent of the
+    test and tuning points drawn from ``default_rng(seed)`` (``default_rng([seed, 0])`` is *the same*
+    stream as ``default_rng(seed)``, which once made the smallest train set equal the test set)."""
+    child = np.random.SeedSequence(int(seed)).spawn(int(i) + 1)[int(i)]
+    return to_real(M.sample_points(int(n), seed=np.random.default_rng(child), chart=chart))
+
+
 _NOCL_FIELDS = ("train_gain", "test_gain", "seconds_per_step", "failed_at_step", "learning_rate")
 
 def run_noclustering(*, sizes=(1000, 3000, 10_000), kernels=("gaussian", "delta"), n_test: int = 500,
@@ -326,7 +334,7 @@ def run_noclustering(*, sizes=(1000, 3000, 10_000), kernels=("gaussian", "delta"
         cached = None if store is None else store.get(key)
         if cached is None:
             lr, scores = _tune_lr(k, params, M, chart, sizes[0], kappa, steps, decay_rate, lr_grid, rng)
-            x0 = to_real(M.sample_points(sizes[0], seed=np.random.default_rng([seed, 0]), chart=chart))
+            x0 = _train_points(M, seed, 0, sizes[0], chart)
             mu0 = float(fs_nearest(to_complex(x0))[0].mean())
             cached = {"lr": lr, "scores": scores, "mass0": kernel_row_mass(_kernel(k, params, mu0), x0, seed=seed)}
             if store is not None:
@@ -346,7 +354,7 @@ def run_noclustering(*, sizes=(1000, 3000, 10_000), kernels=("gaussian", "delta"
                 if cached is None:
                     log(f"no-clustering: {k} {mode} N={n}" + (f" ({n_clusters} clusters)" if mode == "clustered"
                                                              else ""))
-                    x_tr = to_real(M.sample_points(n, seed=np.random.default_rng([seed, i]), chart=chart))
+                    x_tr = _train_points(M, seed, i, n, chart)
                     y_tr = KernelModel.targets(M, x_tr)
                     mu = float(fs_nearest(to_complex(x_tr))[0].mean())
                     mass = kernel_row_mass(_kernel(k, params, mu), x_tr, seed=seed)
