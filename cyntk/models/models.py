@@ -752,6 +752,9 @@ class MetricModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        if "network" in config:        # multiplicative and phi models
+            config["network"] = keras.saving.deserialize_keras_object(config["network"],
+                                                                     custom_objects=custom_objects)
         config["manifold"] = ManifoldSpec.from_config(config["manifold"])
         return cls(**config)
 
@@ -913,14 +916,6 @@ class MultiplicativeModel(MetricModel):
     def get_config(self):
         return {**self._base_config(), "network": keras.saving.serialize_keras_object(self.network)}
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"],
-                                                                 custom_objects=custom_objects)
-        config["manifold"] = ManifoldSpec.from_config(config["manifold"])
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package="cyntk")
 class PhiModel(MetricModel):
@@ -982,11 +977,3 @@ class PhiModel(MetricModel):
     def get_config(self):
         return {**self._base_config(), "transition_mode": self.transition_mode,
                 "network": keras.saving.serialize_keras_object(self.network)}
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"],
-                                                                 custom_objects=custom_objects)
-        config["manifold"] = ManifoldSpec.from_config(config["manifold"])
-        return cls(**config)
