@@ -381,6 +381,9 @@ def test_bad_dataset_directories(tmp_path, cymetric_reference_dir):
     ds = make_dataset(fermat_quartic(), 50, seed=0)
     ds.save(tmp_path / "k3")
     (tmp_path / "k3" / "basis.pickle").write_bytes((cymetric_reference_dir / "basis.pickle").read_bytes())
+    with pytest.raises(ValueError, match="incomplete: member .*basis.pickle"):   # manifest mismatch
+        CYDataset.load(tmp_path / "k3")
+    (tmp_path / "k3" / "cyntk.json").unlink()     # without the manifest: a plain cymetric directory
     with pytest.raises(ValueError, match="shape"):
         CYDataset.load(tmp_path / "k3")
 

@@ -10,7 +10,19 @@ from cyntk.geometry.components import (
     hermitian_from_components,
     hermitian_index_tables,
 )
-from cyntk.geometry.dataset import CYDataset, atomic_write, load_basis, make_dataset, save_basis
+from cyntk.geometry.dataset import CYDataset, load_basis, make_dataset, save_basis
+from cyntk.geometry.files import (
+    CorruptFileError,
+    IncompleteFileSetError,
+    atomic_write,
+    begin_file_set,
+    check_file_set,
+    finish_file_set,
+    read_json,
+    read_npz,
+    read_pickle,
+    remove_stale_temporaries,
+)
 from cyntk.geometry.hypersurface import (
     MANIFOLDS,
     Hypersurface,
@@ -30,6 +42,7 @@ from cyntk.geometry.projective import (
     to_complex,
     to_real,
 )
+from cyntk.geometry.variety import VARIETY_TOL, check_on_variety, relative_residual
 
 __all__ = [
     # projective space
@@ -39,7 +52,12 @@ __all__ = [
     "Hypersurface", "fermat_quintic", "dwork_quintic", "fermat_quartic", "fermat_cubic",
     "get_manifold", "MANIFOLDS",
     # datasets and cymetric files
-    "CYDataset", "make_dataset", "load_basis", "save_basis", "atomic_write",
+    "CYDataset", "make_dataset", "load_basis", "save_basis",
+    # points on the variety
+    "check_on_variety", "relative_residual", "VARIETY_TOL",
+    # files written as a unit, read with named errors
+    "atomic_write", "remove_stale_temporaries", "begin_file_set", "finish_file_set", "check_file_set",
+    "read_npz", "read_json", "read_pickle", "CorruptFileError", "IncompleteFileSetError",
     # metric components
     "hermitian_index_tables", "hermitian_from_components", "components_from_hermitian",
     "component_labels",

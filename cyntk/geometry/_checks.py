@@ -50,3 +50,33 @@ def positive_int(value, name: str) -> int:
     if value <= 0:
         raise ValueError(f"`{name}` must be a positive integer; received {value}.")
     return value
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(n_bytes: int, name: str, value, what: str) -> None:
+    """Refuse a request whose estimated memory exceeds the available memory.
+
+    Raises:
+        ValueError: naming ``name``, the estimate and the memory available.
+    """
+    avail = available_memory()
+    if avail is not None and n_bytes > avail:
+        raise ValueError(
+            f"`{name}` = {value} needs about {n_bytes / 2**30:.3g} GiB for {what}, but only "
+            f"{avail / 2**30:.3g} GiB of memory is available; use fewer points (at most about "
+            f"{int(value * avail / n_bytes):d}) or split the work into several runs.")

@@ -12,50 +12,45 @@ CONVENTIONS.md section 5 describes:
     the dict of :meth:`Hypersurface.basis` (DQDZB0, DQDZF0, QB0, QF0, NFOLD,
     AMBIENT, KMODULI, NHYPER, INTNUMS, KAPPA).
 
-Files are written atomically (to a temporary file, then renamed), so an
-interrupted write never leaves a truncated dataset behind.
+The three files are one *file set*: ``cyntk.json`` is first rewritten to say
+"incomplete", then each file is written atomically, and ``cyntk.json`` is
+written last with the size and SHA-256 of the other two. :meth:`CYDataset.load`
+refuses a directory whose ``cyntk.json`` says incomplete or whose files do not
+match it, and checks stored quantities (weights, |Omega|^2, ``val_pullbacks``)
+against ones recomputed from the points.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cyntk.geometry._checks import as_points, positive_int
+from cyntk.geometry._checks import as_points, check_memory, positive_int
+from cyntk.geometry.files import (
+    CorruptFileError,
+    IncompleteFileSetError,
+    atomic_write,
+    begin_file_set,
+    check_file_set,
+    finish_file_set,
+    read_npz,
+    read_pickle,
+)
 from cyntk.geometry.hypersurface import Hypersurface
 from cyntk.geometry.projective import to_real
+from cyntk.geometry.variety import FILE_VARIETY_TOL, check_on_variety
 
 __all__ = ["CYDataset", "make_dataset", "load_basis", "save_basis", "atomic_write"]
 
 DATASET_KEYS = ("X_train", "y_train", "X_val", "y_val", "val_pullbacks")
 #: tolerance on |Q(z)| / sum_m |c_m z^m| for points read from files
-ON_VARIETY_TOL = 1e-8
-
-
-def atomic_write(path, writer, mode: str = "wb"):
-    """Write ``path`` atomically: ``writer(fileobj)`` fills a temporary file that is renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600 files; use the usual permissions
-    try:
-        with os.fdopen(fd, mode) as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+ON_VARIETY_TOL = FILE_VARIETY_TOL
+#: relative tolerance of stored weights / |Omega|^2 against recomputed ones on load
+STORED_RTOL = 1e-6
+_FIX_DATASET = ("re-create the dataset (`cyntk sample ... -o DIR` or `make_dataset(...).save(DIR)`).")
 
 
 def save_basis(basis: dict, path):
@@ -69,10 +64,8 @@ def load_basis(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"basis file {path} does not exist.")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    with open(path, "rb") as fh:
-        basis = pickle.load(fh)
+        return read_npz(path, what="a cymetric basis (.npz)", fix=_FIX_DATASET)
+    basis = read_pickle(path, what="a cymetric basis (pickled dict)", fix=_FIX_DATASET)
     if not isinstance(basis, dict):
         raise ValueError(f"{path} does not hold a cymetric basis dict; received {type(basis).__name__}.")
     return basis
@@ -156,19 +149,36 @@ class CYDataset:
     # ---------------------------------------------------------- construct
     @classmethod
     def from_points(cls, manifold: Hypersurface, points, *, val_split: float = 0.1,
-                    kappa: float | None = None, meta: dict | None = None) -> "CYDataset":
+                    kappa: float | None = None, meta: dict | None = None,
+                    check_variety: bool = True) -> "CYDataset":
         """Split points (generation order, no shuffle) and compute their geometry.
 
         The first ``int((1 - val_split) * P)`` points are for training (cymetric).
+
+        Args:
+            manifold: the hypersurface.
+            points: complex (P, N) or real (P, 2N) points on it.
+            val_split: validation fraction in [0, 1); at least one training point must remain.
+            kappa: override the Monte-Carlo kappa.
+            meta: extra JSON-serialisable information kept in ``cyntk.json``.
+            check_variety: raise when a point is not on the variety (relative
+                residual above ``cyntk.geometry.VARIETY_TOL``).
         """
         z = as_points(points, "points", ncoords=manifold.ncoords)
         if len(z) < 2:
             raise ValueError(f"`points` must hold at least 2 points; received {len(z)}.")
+        if isinstance(val_split, (bool, np.bool_)) or not isinstance(val_split, (int, float, np.number)):
+            raise TypeError(f"`val_split` must be a number in [0, 1); received {val_split!r}.")
         val_split = float(val_split)
         if not 0.0 <= val_split < 1.0:
             raise ValueError(f"`val_split` must be in [0, 1); received {val_split}.")
-        geo = manifold.geometry(z)
         ntr = int((1.0 - val_split) * len(z))
+        if ntr < 1:
+            raise ValueError(f"`val_split` = {val_split} leaves no training point of the {len(z)} points "
+                             f"(int((1 - val_split) * P) = 0); use a smaller `val_split` or more points.")
+        if check_variety:
+            check_on_variety(manifold, z, "points")
+        geo = manifold.geometry(z, check_variety=False)
         if kappa is None:
             kappa = float(np.mean(geo["weights"] * geo["det_fs"] / geo["omega_sq"]) / np.mean(geo["weights"]))
         s_tr, s_va = slice(0, ntr), slice(ntr, None)
@@ -188,36 +198,53 @@ class CYDataset:
             the directory.
         """
         d = Path(dirname)
+        if d.exists() and not d.is_dir():
+            raise FileExistsError(f"`dirname` {d} is an existing file; a dataset is a directory "
+                                  "(dataset.npz, basis.pickle, cyntk.json). Choose another path.")
         d.mkdir(parents=True, exist_ok=True)
         arrays = dict(X_train=self.X_train, y_train=self.y_train, X_val=self.X_val,
                       y_val=self.y_val, val_pullbacks=self.pullbacks_val.astype(np.complex128))
-        atomic_write(d / "dataset.npz", lambda fh: np.savez_compressed(fh, **arrays))
-        save_basis(self.manifold.basis(self.kappa), d / "basis.pickle")
         info = {"manifold": self.manifold.name, "kappa": self.kappa, "n_train": self.n_train,
                 "n_val": self.n_val, "vol_cy": self.vol_cy, **self.meta}
-        atomic_write(d / "cyntk.json", lambda fh: fh.write(json.dumps(info, indent=2, default=str)), "w")
+        begin_file_set(d / "cyntk.json", info)
+        atomic_write(d / "dataset.npz", lambda fh: np.savez_compressed(fh, **arrays))
+        save_basis(self.manifold.basis(self.kappa), d / "basis.pickle")
+        finish_file_set(d / "cyntk.json", ["dataset.npz", "basis.pickle"], info)
         return d
 
     @classmethod
     def load(cls, dirname, *, check_points: bool = True) -> "CYDataset":
         """Read a cymetric directory (``dataset.npz`` + ``basis.pickle``).
 
-        Pullbacks and charts are recomputed from the points with cymetric's
-        rules (max |dQ/dz| elimination); the stored ``val_pullbacks`` are
-        checked against them. Weights and |Omega|^2 are taken from the file.
+        A directory written by cyntk is first checked against its
+        ``cyntk.json`` manifest (sizes and SHA-256 of both files): an
+        interrupted or modified set is refused. Pullbacks and charts are then
+        recomputed from the points with cymetric's rules (max |dQ/dz|
+        elimination), and the stored weights, |Omega|^2 and ``val_pullbacks``
+        must agree with the recomputed ones (relative ``STORED_RTOL`` = 1e-6),
+        so a file whose ``y`` columns are swapped or that belongs to another
+        manifold is refused rather than loaded.
 
         Args:
             dirname: directory holding the two files.
             check_points: verify the points lie on the variety
-                (|Q| <= 1e-8 * sum_m |c_m z^m|) and are finite.
+                (|Q| <= 1e-8 * sum_m |c_m z^m|) and the stored quantities match
+                recomputed ones; ``False`` skips both (experts only).
 
         Raises:
-            FileNotFoundError / KeyError / ValueError with the offending file or key.
+            FileNotFoundError: the directory or a file is missing.
+            IncompleteFileSetError: the set was not written completely.
+            CorruptFileError: a file cannot be read.
+            KeyError / ValueError: naming the offending file and key.
         """
         d = Path(dirname)
         if not d.is_dir():
             raise FileNotFoundError(f"dataset directory {d} does not exist.")
         ds_path = d / "dataset.npz"
+        status, reason, info = check_file_set(d / "cyntk.json")
+        if status == "incomplete":
+            raise IncompleteFileSetError(f"dataset directory {d} is incomplete: {reason}. Nothing was "
+                                         f"loaded; {_FIX_DATASET}")
         if not ds_path.is_file():
             raise FileNotFoundError(f"{ds_path} is missing: a cymetric dataset directory holds "
                                     f"dataset.npz and basis.pickle.")
@@ -229,18 +256,24 @@ class CYDataset:
                                         f"dataset.npz and basis.pickle.")
             basis_path = alt
         basis = load_basis(basis_path)
-        name = d.name
-        if (d / "cyntk.json").is_file():
-            name = json.loads((d / "cyntk.json").read_text()).get("manifold", name)
-        manifold = Hypersurface.from_basis(basis, name=str(name))
-        with np.load(ds_path, allow_pickle=False) as f:
-            missing = [k for k in DATASET_KEYS if k not in f.files]
-            if missing:
-                raise KeyError(f"{ds_path} is missing key(s) {missing}; expected {list(DATASET_KEYS)}.")
-            arr = {k: f[k] for k in DATASET_KEYS}
+        name = info.get("manifold", d.name)   # cyntk.json (complete or pre-manifest)
+        try:
+            manifold = Hypersurface.from_basis(basis, name=str(name))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptFileError(f"{basis_path} does not describe a hypersurface: {exc} "
+                                   f"{_FIX_DATASET}") from exc
+        f = read_npz(ds_path, what="a cymetric dataset (.npz)", fix=_FIX_DATASET)
+        missing = [k for k in DATASET_KEYS if k not in f]
+        if missing:
+            raise KeyError(f"{ds_path} is missing key(s) {missing}; expected {list(DATASET_KEYS)}.")
+        arr = {k: f[k] for k in DATASET_KEYS}
         N, n = manifold.ncoords, manifold.nfold
         for split in ("train", "val"):
             X, y = arr[f"X_{split}"], arr[f"y_{split}"]
+            for key, a in ((f"X_{split}", X), (f"y_{split}", y)):
+                if not np.issubdtype(a.dtype, np.floating):
+                    raise ValueError(f"{ds_path}: {key} must be a real floating-point array; received "
+                                     f"dtype {a.dtype}. {_FIX_DATASET}")
             if X.ndim != 2 or X.shape[1] != 2 * N:
                 raise ValueError(f"{ds_path}: X_{split} must have shape (P, {2 * N}) for this manifold "
                                  f"(N={N}); received {X.shape}.")
@@ -252,19 +285,30 @@ class CYDataset:
         zt = arr["X_train"][:, :N] + 1j * arr["X_train"][:, N:]
         zv = arr["X_val"][:, :N] + 1j * arr["X_val"][:, N:]
         if check_points:
-            for name, z in (("X_train", zt), ("X_val", zv)):
+            for key, z in (("X_train", zt), ("X_val", zv)):
                 if len(z):
                     res = np.abs(manifold.Q(z)) / manifold.monomial_scale(z)
-                    if np.max(res) > ON_VARIETY_TOL:
+                    if not np.max(res) <= ON_VARIETY_TOL:
                         raise ValueError(
-                            f"{ds_path}: {int(np.sum(res > ON_VARIETY_TOL))} point(s) of {name} are not on "
-                            f"the variety of basis.pickle (max |Q|/scale = {np.max(res):.2e} > "
-                            f"{ON_VARIETY_TOL:g}); dataset and basis do not belong together.")
-        gt, gv = manifold.geometry(zt), manifold.geometry(zv)
+                            f"{ds_path}: {int(np.sum(~(res <= ON_VARIETY_TOL)))} point(s) of {key} are not on "
+                            f"the variety of {basis_path.name} (max |Q|/scale = {np.max(res):.2e} > "
+                            f"{ON_VARIETY_TOL:g}); dataset and basis do not belong together. {_FIX_DATASET}")
+        gt = manifold.geometry(zt, check_variety=False)
+        gv = manifold.geometry(zv, check_variety=False)
         pbv = arr["val_pullbacks"]
         if pbv.shape != (len(zv), n, N):
             raise ValueError(f"{ds_path}: val_pullbacks must have shape ({len(zv)}, {n}, {N}); "
                              f"received {pbv.shape}.")
+        if not np.all(np.isfinite(pbv)):
+            raise ValueError(f"{ds_path}: val_pullbacks contain NaN or inf. {_FIX_DATASET}")
+        if check_points:
+            for key, stored, fresh in (
+                    ("y_train[:, 0] (weights)", arr["y_train"][:, 0], gt["weights"]),
+                    ("y_train[:, 1] (|Omega|^2)", arr["y_train"][:, 1], gt["omega_sq"]),
+                    ("y_val[:, 0] (weights)", arr["y_val"][:, 0], gv["weights"]),
+                    ("y_val[:, 1] (|Omega|^2)", arr["y_val"][:, 1], gv["omega_sq"]),
+                    ("val_pullbacks", pbv, gv["pullbacks"])):
+                _check_stored(ds_path, key, stored, fresh)
         kappa = float(np.real(np.asarray(basis.get("KAPPA", np.nan))))
         if not np.isfinite(kappa) or kappa <= 0:
             w = np.concatenate([arr["y_train"][:, 0], arr["y_val"][:, 0]])
@@ -278,6 +322,24 @@ class CYDataset:
                    pullbacks_train=gt["pullbacks"], pullbacks_val=pbv.astype(np.complex128),
                    charts_train=gt["charts"], charts_val=gv["charts"],
                    meta={"source": str(d)})
+
+
+def _check_stored(path, key, stored, fresh, rtol: float = STORED_RTOL):
+    """Raise unless a stored per-point quantity matches the recomputed one."""
+    if stored.size == 0:
+        return
+    axes = tuple(range(1, stored.ndim))
+    scale = np.abs(fresh).max(axis=axes) if axes else np.abs(fresh)
+    err = np.abs(stored - fresh).max(axis=axes) if axes else np.abs(stored - fresh)
+    bad = ~(err <= rtol * scale)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{path}: stored {key} disagree with the values recomputed from the points at "
+            f"{int(bad.sum())} of {len(bad)} points (e.g. point {i}: relative error "
+            f"{float(err[i] / max(scale[i], 1e-300)):.3g} > {rtol:g}); the file was modified, its "
+            f"columns are swapped, or it belongs to another manifold. {_FIX_DATASET} "
+            f"(`check_points=False` skips this check.)")
 
 
 def make_dataset(manifold: Hypersurface, n_points: int, *, val_split: float = 0.1, seed=None,
@@ -296,6 +358,9 @@ def make_dataset(manifold: Hypersurface, n_points: int, *, val_split: float = 0.
         the dataset; ``kappa`` is computed over all points, as cymetric does.
     """
     n_points = positive_int(n_points, "n_points")
+    N, n = manifold.ncoords, manifold.nfold
+    per_point = 16 * (4 * N + 3 * n * N + 4 * n * n) + 8 * 12
+    check_memory(n_points * per_point, "n_points", n_points, f"a dataset on {manifold.name}")
     z = manifold.sample_points(n_points, seed=seed, chart=chart, progress=progress)
     meta = {"seed": seed if isinstance(seed, (int, type(None))) else "generator",
             "chart": None if chart is None else [int(c) for c in chart], "val_split": val_split}

@@ -25,10 +25,12 @@ a batch of companion matrices, then polished by one Newton step.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
-from cyntk.geometry._checks import as_points, positive_int
+from cyntk.geometry._checks import as_points, check_memory, positive_int
+from cyntk.geometry.variety import check_on_variety
 from cyntk.geometry.projective import fubini_study_metric
 
 __all__ = [
@@ -113,6 +115,10 @@ class Hypersurface:
         self.vol_j_norm = float(self.degree)
         self.intersection_number = float(self.degree * t[0] ** self.nfold)
         self._dexp, self._dcoef = self._derivative_tables()
+        if not self.is_calabi_yau:
+            warnings.warn(f"{self.name}: degree {self.degree} in P^{N - 1} is not a Calabi-Yau "
+                          f"hypersurface (that needs degree N = {N}); Ricci-flat metrics, kappa and "
+                          f"the Monge-Ampere loss do not apply.", UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ basics
     def __repr__(self):
@@ -292,8 +298,16 @@ class Hypersurface:
         """cymetric's normalised point weights ``w = vol_j_norm |Omega|^2 / det G(t=1)``, float64 (P,)."""
         return self.geometry(z, j_elim)["weights"]
 
-    def geometry(self, z, j_elim=None) -> dict:
+    def geometry(self, z, j_elim=None, *, check_variety: bool = True, tol: float | None = None) -> dict:
         """Everything about points in one pass (what datasets store).
+
+        Args:
+            z: complex (P, N) or real (P, 2N) points on the variety.
+            j_elim: optional eliminated coordinates (P,).
+            check_variety: raise ``ValueError`` when a point's relative
+                residual ``|Q(z)|/sum_m |c_m z^m|`` exceeds ``tol`` (see
+                :func:`cyntk.geometry.check_on_variety`); ``False`` skips it.
+            tol: tolerance of that check (default ``VARIETY_TOL`` = 1e-4).
 
         Returns:
             dict with ``points`` (P, N) complex128, ``charts`` (P, 2) int64,
@@ -302,6 +316,8 @@ class Hypersurface:
             ``kmoduli``, ``weights`` (P,).
         """
         z = self._points(z)
+        if check_variety:
+            check_on_variety(self, z, "z", tol)
         k = self._patch_index(z)
         dq = self.dQdz(z)
         if j_elim is None:
@@ -424,6 +440,10 @@ class Hypersurface:
             complex128 array (n_points, N).
         """
         n_points = positive_int(n_points, "n_points")
+        # the result, its concatenation copy and one chunk of lines with their companion matrices
+        d, N = self.degree, self.ncoords
+        chunk = min(n_points, _CHUNK_POINTS) * 16 * (6 * N + 2 * d + d + 8)
+        check_memory(2 * 16 * N * n_points + chunk, "n_points", n_points, f"sampling on {self.name}")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         if chart is not None:
             chart = self._check_chart(chart)
@@ -551,6 +571,11 @@ def dwork_quintic(psi: complex = 0.0, kmoduli: float = 1.0) -> Hypersurface:
     mono = np.vstack([5 * np.eye(5, dtype=np.int64), np.ones((1, 5), dtype=np.int64)])
     coef = np.concatenate([np.ones(5), [-5.0 * psi]])
     label = f"{psi.real:g}" if psi.imag == 0 else f"{psi:g}"
+    if abs(psi ** 5 - 1) < 1e-8:
+        warnings.warn(f"dwork_quintic: psi = {label} has psi^5 = 1, a conifold point: the hypersurface is "
+                      "singular (dQ = 0 at some points), so weights and |Omega|^2 blow up near the "
+                      "singularity and sampled quantities converge badly. Choose psi with psi^5 != 1.",
+                      UserWarning, stacklevel=2)
     return Hypersurface(mono, coef, kmoduli, name=f"dwork_quintic(psi={label})")
 
 
