@@ -1,7 +1,9 @@
 """The ``cyntk`` command line.
 
 Sub-commands import what they need lazily, so ``cyntk sample`` never imports
-TensorFlow.
+TensorFlow. Every failure is reported as one line naming the argument or path,
+with exit code 2 (1 for an unexpected internal error, 130 for Ctrl-C) and no
+traceback; ``cyntk --debug ...`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import os
 import sys
 import time
+import traceback
+import warnings
 
 __all__ = ["main", "build_parser"]
 
@@ -22,18 +26,84 @@ def _chart(text):
     return k, j
 
 
+def _int_at_least(flag, low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}; received {text!r}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}; received {value}")
+        return value
+    return parse
+
+
+def _float_in(flag, low, high, *, low_open=False, high_open=True):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number; received {text!r}")
+        ok = value == value and (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+        if not ok:
+            lo = f"{'(' if low_open else '['}{low:g}"
+            hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{flag} must be in {lo}, {hi}; received {text!r}")
+        return value
+    return parse
+
+
+def _complex(text):
+    try:
+        value = complex(text.replace(" ", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--psi must be a complex number such as 0.5 or 0.1+0.2j; "
+                                         f"received {text!r}")
+    if value != value or abs(value) == float("inf"):
+        raise argparse.ArgumentTypeError(f"--psi must be finite; received {text!r}")
+    return value
+
+
+def _check_output(path, flag="--output"):
+    """Refuse an output directory that cannot be created or written, before any work is done."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is an existing file; give a directory path.")
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ValueError(f"{flag} {path}: {probe} is a file, so the directory cannot be created.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {probe} is not writable (permission denied or read-only); "
+                         f"choose a writable location.")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cyntk", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cyntk", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="sample points on a Calabi-Yau and write a cymetric dataset directory")
     s.add_argument("manifold", help="quintic | dwork | quartic (K3) | cubic (torus)")
-    s.add_argument("-n", "--n-points", type=int, default=100_000, help="total points (train + val)")
+    s.add_argument("-n", "--n-points", type=_int_at_least("--n-points", 2), default=100_000,
+                   help="total points (train + val)")
     s.add_argument("-o", "--output", required=True, help="output directory (dataset.npz, basis.pickle)")
-    s.add_argument("--psi", type=complex, default=None, help="Dwork parameter psi (dwork only)")
-    s.add_argument("--kmoduli", type=float, default=None, help="Kaehler parameter t (default 1)")
-    s.add_argument("--seed", type=int, default=2021, help="RNG seed (default 2021)")
-    s.add_argument("--val-split", type=float, default=0.1, help="validation fraction (default 0.1)")
+    s.add_argument("--psi", type=_complex, default=None, help="Dwork parameter psi (dwork only)")
+    s.add_argument("--kmoduli", type=_float_in("--kmoduli", 0.0, None, low_open=True), default=None, help="Kaehler parameter t (default 1)")
+    s.add_argument("--seed", type=_int_at_least("--seed", 0), default=2021, help="RNG seed (default 2021)")
+    s.add_argument("--val-split", type=_float_in("--val-split", 0.0, 1.0), default=0.1, help="validation fraction (default 0.1)")
     s.add_argument("--chart", type=_chart, default=None,
                    help="keep only points in chart 'PATCH,ELIM' (fixed-chart sampling)")
     s.set_defaults(func=_cmd_sample)
@@ -42,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="cyntk-demo", help="output directory (default cyntk-demo)")
     d.add_argument("--scale", choices=["default", "tiny"], default="default",
                    help="'default' (a few minutes on 2 cores) or 'tiny' (seconds, for smoke tests)")
-    d.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    d.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, help="seed of every random choice (default 0)")
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("reproduce", help="reproduce the paper's figures and tables (resumable)")
@@ -59,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_sample(args) -> int:
     from cyntk.geometry import get_manifold, make_dataset
 
+    _check_output(args.output)
+    if int((1.0 - args.val_split) * args.n_points) < 1:
+        raise ValueError(f"--val-split {args.val_split} leaves no training point of --n-points "
+                         f"{args.n_points}; use a smaller --val-split or more points.")
     manifold = get_manifold(args.manifold, psi=args.psi, kmoduli=args.kmoduli)
     t0 = time.perf_counter()
     ds = make_dataset(manifold, args.n_points, val_split=args.val_split, seed=args.seed,
@@ -75,6 +149,7 @@ def _cmd_demo(args) -> int:
     from cyntk.experiments.demo import run_demo
 
     out = os.path.abspath(args.output)
+    _check_output(out)
     print(f"cyntk demo: writing to {out}")
     run_demo(out, scale=args.scale, seed=args.seed)
     print(f"cyntk demo: results in {out} (summary.md, results.json, figures/, tensorboard/)")
@@ -82,6 +157,8 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
+    if args.experiments != ["list"]:
+        _check_output(args.output)
     from cyntk.experiments.runner import EXPERIMENTS, _load_registry, reproduce
 
     _load_registry()
@@ -97,15 +174,55 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for an exception: OSErrors name their path, others keep their message."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+        if exc.filename2 is not None:
+            text += f" -> {exc.filename2}"
+        hint = {FileExistsError: " (an existing file is in the way; choose another path)",
+                PermissionError: " (no permission; choose a writable location)",
+                IsADirectoryError: " (a directory is in the way; choose another path)",
+                NotADirectoryError: " (a file is in the way of a directory; choose another path)"}
+        text += hint.get(type(exc), "")
+    elif isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # keep TensorFlow start-up chatter out
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:     # --help (0) or a bad argument (2), already reported in one line
+        return int(exc.code or 0)
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"cyntk {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    show = warnings.showwarning
+    if not args.debug:
+        warnings.showwarning = one_line_warning
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
-        print(f"cyntk {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print(f"cyntk {args.command}: interrupted; every completed result is kept and an interrupted "
+              f"one is recognised as incomplete: rerun the same command to continue.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as one line
+        if args.debug:
+            traceback.print_exc()
+        expected = isinstance(exc, (ValueError, TypeError, KeyError, OSError, MemoryError))
+        kind = "error" if expected else f"internal error ({type(exc).__name__}; rerun with --debug)"
+        print(f"cyntk {args.command}: {kind}: {_describe(exc)}", file=sys.stderr)
+        return 2 if expected else 1
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":  # pragma: no cover

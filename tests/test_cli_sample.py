@@ -39,7 +39,7 @@ def test_sample_bad_input_reports_argument(tmp_path, capsys):
     assert main(["sample", "quintic", "--psi", "0.3", "-o", str(tmp_path)]) == 2
     assert "psi" in capsys.readouterr().err
     assert main(["sample", "quintic", "-n", "0", "-o", str(tmp_path)]) == 2
-    assert "n_points" in capsys.readouterr().err
+    assert "--n-points" in capsys.readouterr().err
 
 
 def test_console_entry_point_module():

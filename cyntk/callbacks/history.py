@@ -20,12 +20,16 @@ above except the kernels), ``<stem>_reference.npz`` (the kernel arrays, e.g.
 ``theta_reference``; rewritten only when they change, since for 100 + 100
 points one kernel is 13 MB) and a ``.json`` sibling (epochs, scalars and meta,
 for people and other tools), each atomically (temporary file + rename), so an
-interrupted run never leaves a half-written history.
-:meth:`MetricNTKHistory.load` reads the npz and its reference file.
+interrupted run never leaves a half-written history. The npz records the size
+and SHA-256 of the reference file it belongs with, so a kill between the two
+writes cannot pair a new kernel file with an old history unnoticed.
+:meth:`MetricNTKHistory.load` reads the npz and its reference file, checks that
+they belong together, and names the file and the remedy when one is unreadable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cyntk.geometry import atomic_write
+from cyntk.geometry import CorruptFileError, IncompleteFileSetError, atomic_write, read_npz
 
 __all__ = ["MetricNTKHistory", "HISTORY_FORMAT"]
 
@@ -67,6 +71,7 @@ class MetricNTKHistory:
         self.arrays: dict[str, np.ndarray] = {}
         self.meta: dict = dict(meta or {})
         self._saved_kernels: dict = {}   # name -> (path, id of the array) last written
+        self._kernel_digest = None       # (size, sha256) of the reference file last written/read
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -169,9 +174,15 @@ class MetricNTKHistory:
                 payload[_ARRAY + k] = np.asarray(v)
         kernels = {k: np.asarray(v) for k, v in self.arrays.items() if k in KERNEL_ARRAYS}
         kernel_path = reference_path(path)
-        if kernels and any(self._saved_kernels.get(k) != (kernel_path, id(v)) for k, v in kernels.items()):
-            atomic_write(kernel_path, lambda fh: _write_npz(fh, kernels), "wb")
+        if kernels and (self._kernel_digest is None or not kernel_path.is_file() or any(
+                self._saved_kernels.get(k) != (kernel_path, id(v)) for k, v in kernels.items())):
+            data = _npz_bytes(kernels)
+            atomic_write(kernel_path, lambda fh: fh.write(data), "wb")
             self._saved_kernels = {k: (kernel_path, id(v)) for k, v in kernels.items()}
+            self._kernel_digest = (len(data), hashlib.sha256(data).hexdigest())
+        if kernels:
+            payload["reference_size"] = np.asarray(self._kernel_digest[0], dtype=np.int64)
+            payload["reference_sha256"] = np.asarray(self._kernel_digest[1])
         atomic_write(path, lambda fh: _write_npz(fh, payload), "wb")
         summary = {"format": HISTORY_FORMAT, "epochs": list(self.epochs),
                    "scalars": {k: [None if not math.isfinite(x) else x for x in v]
@@ -189,28 +200,52 @@ class MetricNTKHistory:
             path = path.with_suffix(".npz")
         if not path.is_file():
             raise FileNotFoundError(f"metric-NTK history file {path} does not exist.")
-        with np.load(path, allow_pickle=False) as f:
-            files = set(f.files)
-            if "epochs" not in files or "meta_json" not in files:
-                raise ValueError(f"{path} is not a cyntk metric-NTK history (no 'epochs'/'meta_json').")
+        fix = ("delete it (and its _reference.npz / .json siblings) and rerun, or train with "
+               "`resume=False` into another `log_dir`.")
+        f = read_npz(path, what="a cyntk metric-NTK history", fix=fix)
+        files = set(f)
+        if "epochs" not in files or "meta_json" not in files:
+            raise ValueError(f"{path} is not a cyntk metric-NTK history (no 'epochs'/'meta_json').")
+        try:
             meta = json.loads(str(f["meta_json"]))
-            if meta.get("format") != HISTORY_FORMAT:
-                raise ValueError(f"{path} has format {meta.get('format')!r}; expected {HISTORY_FORMAT!r}.")
-            out = cls(meta={k: v for k, v in meta.items() if k != "format"})
-            out.epochs = [int(e) for e in f["epochs"]]
-            for name in sorted(files):
-                if name.startswith(_SCALAR):
-                    out.scalars[name[len(_SCALAR):]] = [float(x) for x in f[name]]
-                elif name.startswith(_SPECTRUM):
-                    out.spectra[name[len(_SPECTRUM):]] = list(np.asarray(f[name], dtype=np.float64))
-                elif name.startswith(_ARRAY):
-                    out.arrays[name[len(_ARRAY):]] = np.asarray(f[name])
+        except ValueError as exc:
+            raise CorruptFileError(f"{path}: its metadata (meta_json) is not valid JSON ({exc}); {fix}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != HISTORY_FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{path} has format {got!r}; expected {HISTORY_FORMAT!r}.")
+        out = cls(meta={k: v for k, v in meta.items() if k != "format"})
+        out.epochs = [int(e) for e in f["epochs"]]
+        for name in sorted(files):
+            if name.startswith(_SCALAR):
+                out.scalars[name[len(_SCALAR):]] = [float(x) for x in f[name]]
+            elif name.startswith(_SPECTRUM):
+                out.spectra[name[len(_SPECTRUM):]] = list(np.asarray(f[name], dtype=np.float64))
+            elif name.startswith(_ARRAY):
+                out.arrays[name[len(_ARRAY):]] = np.asarray(f[name])
+        n = len(out.epochs)
+        bad = [k for k, v in list(out.scalars.items()) + list(out.spectra.items()) if len(v) != n]
+        if bad:
+            raise CorruptFileError(f"{path}: record(s) {bad} do not have one entry per tracked epoch "
+                                   f"({n}); {fix}")
         kernel_path = reference_path(path)
+        expected = None
+        if "reference_sha256" in files:
+            expected = (int(f["reference_size"]), str(f["reference_sha256"]))
+            if not kernel_path.is_file():
+                raise IncompleteFileSetError(f"{kernel_path} is missing, but the history {path} was saved "
+                                             f"with it (its reference kernels); {fix}")
+            data = kernel_path.read_bytes()
+            if (len(data), hashlib.sha256(data).hexdigest()) != expected:
+                raise IncompleteFileSetError(
+                    f"{kernel_path} does not belong to {path} (size/SHA-256 differ from the ones the history "
+                    f"recorded: a save was interrupted between the two files, or one was replaced); {fix}")
         if kernel_path.is_file():
-            with np.load(kernel_path, allow_pickle=False) as f:
-                for name in f.files:
-                    out.arrays[name] = np.asarray(f[name])
-                    out._saved_kernels[name] = (kernel_path, id(out.arrays[name]))
+            kernels = read_npz(kernel_path, what="the reference kernels of a metric-NTK history", fix=fix)
+            for name, value in kernels.items():
+                out.arrays[name] = value
+                out._saved_kernels[name] = (kernel_path, id(out.arrays[name]))
+            if expected is not None:
+                out._kernel_digest = expected
         return out
 
     def _json_meta(self) -> dict:
@@ -225,10 +260,14 @@ def reference_path(path) -> Path:
     return path.with_name(path.stem + "_reference.npz")
 
 
-def _write_npz(fh, arrays: dict) -> None:
+def _npz_bytes(arrays: dict) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    fh.write(buf.getvalue())
+    return buf.getvalue()
+
+
+def _write_npz(fh, arrays: dict) -> None:
+    fh.write(_npz_bytes(arrays))
 
 
 def _json_default(obj):

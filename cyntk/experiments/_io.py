@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cyntk.geometry import atomic_write
+from cyntk.geometry import atomic_write, read_json
 
 __all__ = ["to_jsonable", "save_json", "load_json", "save_figure"]
 
@@ -36,7 +36,8 @@ def save_json(obj, path) -> Path:
 
 
 def load_json(path):
-    return json.loads(Path(path).read_text())
+    """Read a JSON file; an unreadable one raises ``CorruptFileError`` naming it."""
+    return read_json(path, what="a JSON result file", fix="re-create it (rerun with --force).")
 
 
 def save_figure(fig, path, dpi: int = 130) -> Path:

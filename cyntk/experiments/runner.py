@@ -4,16 +4,21 @@ Every experiment is registered with its ``run`` and ``plot`` functions and the
 keyword arguments of each scale ('quick': minutes on 2 CPU cores; 'paper': the
 paper's sizes, hours on 2 cores). :func:`reproduce` writes, per experiment,
 ``<out>/<name>/result.json`` (all numbers), ``result.npz`` (arrays) and
-``<name>.png`` atomically. A finished experiment is not run again unless
-``force=True``; experiments that loop over many settings receive a
-:class:`ResultStore` and save every finished item, so an interrupted paper-scale
-run continues where it stopped.
+``<name>.png``, each atomically, and the three as one *file set*: before the
+first is replaced, ``manifest.json`` is rewritten to say "incomplete"; after the
+last, it records the size and SHA-256 of each. An experiment counts as "already
+done" only when its manifest is complete and every file matches it; an
+interrupted write is reported and recomputed. A finished experiment is not run
+again unless ``force=True`` (an interrupted ``--force`` run leaves the earlier
+result intact until the new one is being written); experiments that loop over
+many settings receive a :class:`ResultStore` and save every finished item, so an
+interrupted paper-scale run continues where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,7 +26,20 @@ from typing import Callable
 import numpy as np
 
 from cyntk.experiments._io import save_figure, save_json, to_jsonable
-from cyntk.geometry import atomic_write
+from cyntk.geometry import (
+    CorruptFileError,
+    IncompleteFileSetError,
+    atomic_write,
+    begin_file_set,
+    check_file_set,
+    finish_file_set,
+    read_json,
+    read_npz,
+    remove_stale_temporaries,
+)
+
+#: The manifest of an experiment's result set.
+MANIFEST = "manifest.json"
 
 __all__ = ["Experiment", "EXPERIMENTS", "register", "reproduce", "ResultStore", "load_result"]
 
@@ -48,8 +66,13 @@ class ResultStore:
         if key in self._mem:
             return self._mem[key]
         if self.directory is not None and self._path(key).is_file():
-            with np.load(self._path(key), allow_pickle=False) as f:
-                value = {k: (f[k].item() if f[k].ndim == 0 else f[k]) for k in f.files}
+            try:
+                f = read_npz(self._path(key), what=f"the saved item {key!r}",
+                             fix="it is recomputed now.")
+            except CorruptFileError as exc:
+                warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+                return None
+            value = {k: (v.item() if v.ndim == 0 else v) for k, v in f.items()}
             self._mem[key] = value
             return value
         return None
@@ -94,12 +117,67 @@ def _split_arrays(result: dict):
 
 
 def load_result(directory, name):
-    """Load a saved experiment result (JSON numbers merged with the npz arrays)."""
+    """Load a saved experiment result (JSON numbers merged with the npz arrays).
+
+    Raises:
+        FileNotFoundError: no result.
+        IncompleteFileSetError: the result set was not written completely or was modified.
+        CorruptFileError: a file of the set cannot be read.
+    """
     d = Path(directory) / name
-    res = json.loads((d / "result.json").read_text())
+    fix = f"recompute it with `cyntk reproduce {name} --force -o {directory}`."
+    status, reason, _ = check_file_set(d / MANIFEST)
+    if status == "incomplete":
+        raise IncompleteFileSetError(f"the result of {name} at {d} is incomplete: {reason}; {fix}")
+    res = read_json(d / "result.json", what=f"the numbers of {name}", fix=fix)
+    if not isinstance(res, dict):
+        raise CorruptFileError(f"{d / 'result.json'} must hold a JSON object; received "
+                               f"{type(res).__name__}. {fix}")
     if (d / "result.npz").is_file():
-        with np.load(d / "result.npz", allow_pickle=False) as f:
-            res.update({k: f[k] for k in f.files})
+        res.update(read_npz(d / "result.npz", what=f"the arrays of {name}", fix=fix))
+    return res
+
+
+def _members(d: Path, name: str, exp) -> list[str]:
+    files = ["result.json"] + (["result.npz"] if (d / "result.npz").is_file() else [])
+    if exp.plot is not None:
+        files.append(f"{name}.png")
+    return files
+
+
+def _png_complete(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            fh.seek(-12, 2)
+            tail = fh.read(12)
+    except OSError:
+        return False
+    return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
+
+
+def _previous_result(out: Path, name: str, exp, log):
+    """The verified earlier result of ``name`` or None (saying why it is not used)."""
+    d = out / name
+    status, reason, _ = check_file_set(d / MANIFEST)
+    if status == "complete":
+        return load_result(out, name)
+    if status == "incomplete":
+        log(f"[{name}] the result at {d} is incomplete ({reason}); recomputing it")
+        return None
+    if not (d / "result.json").is_file():
+        return None
+    # written before manifests existed: adopt it only when every file reads completely
+    try:
+        res = load_result(out, name)
+        if exp.plot is not None and not _png_complete(d / f"{name}.png"):
+            raise CorruptFileError(f"{d / f'{name}.png'} is missing or truncated")
+    except (CorruptFileError, FileNotFoundError) as exc:
+        log(f"[{name}] the result at {d} is incomplete ({exc}); recomputing it")
+        return None
+    finish_file_set(d / MANIFEST, _members(d, name, exp), {"experiment": name, "adopted": True})
+    log(f"[{name}] result at {d} predates manifests; all its files read completely, so it is kept "
+        f"(use --force if it may come from an interrupted run)")
     return res
 
 
@@ -134,9 +212,11 @@ def reproduce(names, *, scale: str = "quick", output="cyntk-results", force: boo
         if scale not in exp.scales:
             raise ValueError(f"`scale` must be one of {sorted(exp.scales)} for {name}; received {scale!r}.")
         d = out / name
-        if (d / "result.json").is_file() and not force:
-            log(f"[{name}] already done at {d} (use --force to recompute)")
-            results[name] = load_result(out, name)
+        remove_stale_temporaries(d)
+        previous = None if force else _previous_result(out, name, exp, log)
+        if previous is not None:
+            log(f"[{name}] already done at {d} (verified against {MANIFEST}; use --force to recompute)")
+            results[name] = previous
             continue
         kwargs = dict(exp.scales[scale])
         kwargs.update((overrides or {}).get(name, {}))
@@ -150,11 +230,15 @@ def reproduce(names, *, scale: str = "quick", output="cyntk-results", force: boo
         res["scale"] = scale
         arrays, scalars = _split_arrays(res)
         d.mkdir(parents=True, exist_ok=True)
+        begin_file_set(d / MANIFEST, {"experiment": name, "scale": scale})
         if arrays:
             atomic_write(d / "result.npz", lambda fh: np.savez_compressed(fh, **arrays))
+        elif (d / "result.npz").is_file():
+            (d / "result.npz").unlink()          # arrays of an earlier run do not belong to this one
         save_json(scalars, d / "result.json")
         if exp.plot is not None:
             save_figure(exp.plot(res), d / f"{name}.png")
+        finish_file_set(d / MANIFEST, _members(d, name, exp), {"experiment": name, "scale": scale})
         log(f"[{name}] done in {res['wall_seconds']:.1f} s -> {d}")
         if exp.summary is not None:
             log("    " + exp.summary(res))

@@ -115,7 +115,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyntk.geometry import Hypersurface, fs_nearest, to_complex, to_real
+from cyntk.geometry import Hypersurface, check_on_variety, fs_nearest, to_complex, to_real
 from cyntk.kernels._checks import as_real_points, one_of, positive_int
 from cyntk.kernels._flow import KernelProduct, RowIndex, default_threads, min_eigenvalues
 from cyntk.kernels.base import Kernel
@@ -167,6 +167,33 @@ class NonPositiveMetricError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- helpers
+def _check_sample_weight(sample_weight, x):
+    """Refuse sample weights that are not finite, >= 0, one per point and not all 0.
+
+    A negative weight turns the kernel flow's descent into ascent on that point.
+    """
+    sw = _to_numpy(sample_weight)
+    if sw is None:
+        return
+    if not np.issubdtype(sw.dtype, np.number) or np.iscomplexobj(sw):
+        raise TypeError(f"`sample_weight` must be a real numeric array (P,); received dtype {sw.dtype}.")
+    sw = sw.astype(np.float64)
+    xa = _to_numpy(x)
+    if xa is not None and xa.ndim >= 1 and sw.reshape(-1).shape[0] != len(xa):
+        raise ValueError(f"`sample_weight` must have one entry per point ({len(xa)}); received shape "
+                         f"{sw.shape}.")
+    if not np.all(np.isfinite(sw)):
+        raise ValueError(f"`sample_weight` must be finite; received {int(np.sum(~np.isfinite(sw)))} "
+                         "NaN/inf entries.")
+    if np.any(sw < 0):
+        raise ValueError(f"`sample_weight` must be >= 0 (a negative weight makes the kernel flow ascend "
+                         f"on that point); received {int(np.sum(sw < 0))} negative entries, min "
+                         f"{sw.min():.3g}.")
+    if sw.size and not np.any(sw > 0):
+        raise ValueError("`sample_weight` is 0 for every point: the flow would not move; give some "
+                         "points a positive weight.")
+
+
 def _to_numpy(a):
     if a is None or isinstance(a, (tf.data.Dataset,)) or callable(getattr(a, "__next__", None)):
         return None
@@ -622,7 +649,13 @@ class KernelModel(keras.Model):
         """
         spec = manifold_spec(manifold)
         surf = Hypersurface(spec.monomials, spec.coefficients, spec.kmoduli)
-        geo = surf.geometry(to_complex(np.asarray(x, dtype=np.float64)))
+        xa = as_real_points(x, "x")
+        if xa.shape[1] != 2 * spec.ncoords:
+            raise ValueError(f"`x` must have shape (P, 2N) = (P, {2 * spec.ncoords}) for {spec.describe()}; "
+                             f"received shape {xa.shape}.")
+        z = to_complex(xa)
+        check_on_variety(surf, z, "x")
+        geo = surf.geometry(z, check_variety=False)
         return np.stack([geo["weights"], geo["omega_sq"]], axis=1)
 
     # --------------------------------------------------------- NumPy caches
@@ -1108,6 +1141,7 @@ class KernelModel(keras.Model):
         ``on_non_positive="raise"`` (after discarding the offending update).
         """
         self.check_data(x, y, train=True)
+        _check_sample_weight(kwargs.get("sample_weight", args[8] if len(args) > 8 else None), x)
         vd = kwargs.get("validation_data")
         if isinstance(vd, (tuple, list)) and len(vd) >= 2:
             self.check_data(vd[0], vd[1], name="validation_data")
@@ -1125,6 +1159,7 @@ class KernelModel(keras.Model):
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         """``keras.Model.train_on_batch`` (one flow step on train points) with the flow's errors."""
+        _check_sample_weight(kwargs.get("sample_weight", args[0] if args else None), x)
         self._flow_error = None
         self._halted = False
         try:
@@ -1140,6 +1175,7 @@ class KernelModel(keras.Model):
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.evaluate`` on any points of the model's chart(s)."""
         self.check_data(x, y)
+        _check_sample_weight(kwargs.get("sample_weight", args[2] if len(args) > 2 else None), x)
         try:
             with _floatx(self.compute_dtype):
                 return super().evaluate(x, y, *args, **kwargs)

@@ -116,6 +116,8 @@ class MetricModel(keras.Model):
     """
 
     _default_weights = {"sigma": 1.0, "kaehler": 1.0, "transition": 1.0, "volk": 1.0, "ricci": 0.0}
+    #: check, in eager calls on arrays, that the points lie on the manifold (see :meth:`call`)
+    check_variety = True
 
     def __init__(self, manifold, *, kappa=None, sigma=None, kaehler=None, transition=None,
                  volk=None, ricci=None, nonfinite="raise", dtype=None, name=None, **kwargs):
@@ -131,6 +133,10 @@ class MetricModel(keras.Model):
         weights = {k: _check_weight(k, self._default_weights[k] if v is None else v)
                    for k, v in given.items()}
         self._active = tuple(k for k in LOSS_TERMS if weights[k] > 0)
+        if not self._active:
+            raise ValueError(f"the loss weights {given} are all 0 (after defaults): there would be "
+                             f"nothing to train or evaluate; give at least one of {LOSS_TERMS} a "
+                             f"weight > 0.")
         self._loss_weight_vars = {
             k: self.add_weight(shape=(), initializer=keras.initializers.Constant(weights[k]),
                                trainable=False, name=f"{k}_weight", dtype=dtype)
@@ -201,10 +207,26 @@ class MetricModel(keras.Model):
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"`x` must be finite; received {np.sum(~np.isfinite(arr))} "
                                  f"non-finite entries.")
+            if self.check_variety and arr.size and np.issubdtype(arr.dtype, np.number):
+                self._check_on_manifold(arr)
         x = tf.cast(x if tf.is_tensor(x) else np.asarray(x, dtype=self.compute_dtype), self.compute_dtype)
         if x.shape.rank != 2 or (x.shape[-1] is not None and x.shape[-1] != 2 * self.ncoords):
             raise ValueError(self._width_message(x.shape[-1]) + f" (full shape {x.shape})")
         return x
+
+    def _check_on_manifold(self, arr):
+        N = self.ncoords
+        z = arr[:, :N].astype(np.float64) + 1j * arr[:, N:].astype(np.float64)
+        zk = z[np.arange(len(z)), np.argmax(np.abs(z), axis=1)]
+        if np.any(zk == 0):
+            raise ValueError("`x` contains the zero vector, which is not a point of projective space.")
+        res = self.spec.residual(z / zk[:, None])
+        if not np.all(res <= _RESIDUAL_TOL):
+            raise ValueError(
+                f"`x`: {int(np.sum(~(res <= _RESIDUAL_TOL)))} of {len(res)} point(s) are not on the model's "
+                f"manifold {self.spec.describe()}: relative residual |Q(z)|/sum|c_m z^m| up to "
+                f"{np.nanmax(res):.3g} (expected <= {_RESIDUAL_TOL:g}); the metric there would be "
+                f"meaningless. Set `model.check_variety = False` to skip this eager-mode check.")
 
     def charts(self, x, j_elim=None):
         """Patch and elimination index per point: two int32 (B,) tensors."""
@@ -248,6 +270,11 @@ class MetricModel(keras.Model):
 
     def call(self, x, training=None, j_elim=None):
         """Metric g (B, n, n) complex at real points x (B, 2N).
+
+        Called eagerly on arrays (``model(x)``), the points are checked to lie
+        on the model's manifold (relative residual <= 1e-4); set
+        ``model.check_variety = False`` to skip that check. Inside ``fit``
+        and ``predict`` (graph mode), ``fit``/``evaluate``'s own data checks apply.
 
         Args:
             x: (B, 2N) real ``[Re z, Im z]``.
@@ -581,6 +608,9 @@ class MetricModel(keras.Model):
         if unknown:
             raise ValueError(f"loss weight names must be among {LOSS_TERMS}; received {unknown}.")
         checked = {k: _check_weight(k, v) for k, v in weights.items()}
+        if not any((checked.get(k, w) > 0) for k, w in self.loss_weights.items()):
+            raise ValueError(f"set_loss_weights({', '.join(f'{k}={v}' for k, v in weights.items())}) would "
+                             f"make every loss weight 0; keep at least one of {LOSS_TERMS} > 0.")
         for k, v in checked.items():
             self._loss_weight_vars[k].assign(v)
         current = self.loss_weights
