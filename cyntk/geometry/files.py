@@ -226,7 +226,8 @@ def check_file_set(manifest, *, checksums: bool = True) -> tuple[str, str, dict]
 
 # ------------------------------------------------------------------ reading
 def _fail(path, what, exc, fix):
-    return CorruptFileError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}. "
+    detail = " ".join(str(exc).split()).rstrip(".")
+    return CorruptFileError(f"{path}: cannot read {what}: {type(exc).__name__}: {detail}. "
                             f"The file is truncated, corrupted or not in the expected format; {fix}")
 
 

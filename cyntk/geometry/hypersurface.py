@@ -74,6 +74,8 @@ class Hypersurface:
         if mono.ndim != 2 or mono.size == 0:
             raise ValueError(f"`monomials` must be a non-empty 2-D integer array (n_monomials, N); "
                              f"received shape {mono.shape}.")
+        if mono.dtype == object or not np.issubdtype(mono.dtype, np.number) or np.iscomplexobj(mono):
+            raise TypeError(f"`monomials` must be an integer array of exponents; received dtype {mono.dtype}.")
         if not np.issubdtype(mono.dtype, np.integer):
             if not np.all(np.isfinite(mono)) or np.any(mono != np.round(mono)):
                 raise TypeError("`monomials` must hold integer exponents; received non-integer values.")
@@ -81,7 +83,11 @@ class Hypersurface:
         mono = mono.astype(np.int64)
         if np.any(mono < 0):
             raise ValueError("`monomials` must hold non-negative exponents; received a negative one.")
-        coef = np.asarray(coefficients).astype(np.complex128).reshape(-1)
+        try:
+            coef = np.asarray(coefficients).astype(np.complex128).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"`coefficients` must be an array of (complex) numbers; received "
+                            f"{np.asarray(coefficients).dtype} ({exc}).") from None
         if coef.shape[0] != mono.shape[0]:
             raise ValueError(f"`coefficients` must have one entry per monomial ({mono.shape[0]}); "
                              f"received {coef.shape[0]}.")
@@ -97,10 +103,10 @@ class Hypersurface:
                              f"the same degree; received degrees {sorted(set(degrees.tolist()))}.")
         N = mono.shape[1]
         if N - 2 <= 0:
-            raise ValueError(f"A hypersurface in P^(N-1) needs N >= 3 coordinates (complex dimension "
+            raise ValueError(f"`monomials`: a hypersurface in P^(N-1) needs N >= 3 coordinates (complex dimension "
                              f"n = N - 2 >= 1); received N = {N} (n = {N - 2}).")
         if degrees[0] < 1:
-            raise ValueError("The polynomial must have degree >= 1; received a constant.")
+            raise ValueError("`monomials`: the polynomial must have degree >= 1; received a constant.")
         t = np.asarray(kmoduli, dtype=np.float64).reshape(-1)
         if t.shape != (1,) or not t[0] > 0 or not np.isfinite(t[0]):
             raise ValueError(f"`kmoduli` must be one positive Kaehler parameter (shape (1,)); received {kmoduli!r}.")
@@ -444,7 +450,7 @@ class Hypersurface:
         d, N = self.degree, self.ncoords
         chunk = min(n_points, _CHUNK_POINTS) * 16 * (6 * N + 2 * d + d + 8)
         check_memory(2 * 16 * N * n_points + chunk, "n_points", n_points, f"sampling on {self.name}")
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng = _as_rng(seed)
         if chart is not None:
             chart = self._check_chart(chart)
         if progress is None:
@@ -480,8 +486,12 @@ class Hypersurface:
         return np.concatenate(out, axis=0)
 
     def _check_chart(self, chart):
-        c = tuple(int(v) for v in np.asarray(chart).reshape(-1))
         N = self.ncoords
+        arr = np.asarray(chart, dtype=object).reshape(-1) if not isinstance(chart, str) else np.array([chart])
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in arr):
+            raise ValueError(f"`chart` must be a pair (patch, eliminated) of distinct integer indices in "
+                             f"[0, {N}); received {chart!r}.")
+        c = tuple(int(v) for v in arr)
         if len(c) != 2 or not (0 <= c[0] < N and 0 <= c[1] < N) or c[0] == c[1]:
             raise ValueError(f"`chart` must be a pair (patch, eliminated) of distinct indices in "
                              f"[0, {N}); received {chart!r}.")
@@ -525,6 +535,17 @@ class Hypersurface:
         z[np.arange(len(z)), kmax] = 1.0 + 0.0j     # exact 1 (cymetric has ~1e-17 imaginary residue)
         unambiguous = np.isclose(z, 1.0 + 0.0j, **_ISCLOSE).sum(axis=1) == 1
         return z[unambiguous]
+
+
+def _as_rng(seed):
+    """A ``numpy.random.Generator`` from ``seed`` (None, a non-negative int or a Generator)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise (ValueError if isinstance(seed, (int, np.integer)) else TypeError)(
+            f"`seed` must be None, a non-negative integer or a numpy.random.Generator; received {seed!r}.")
+    return np.random.default_rng(seed)
 
 
 def _norm_pow(z, d):
