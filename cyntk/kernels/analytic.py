@@ -1,48 +1,48 @@
-"""Analytic infinite-width kernels of fully connected networks (NTK parameterisation).
+"""Analytic infinite-width kernels of fully connected networks, any elementwise activation.
 
-The network is neural-tangents' ``stax.serial(Dense(w), phi, ..., Dense(w), phi,
-Dense(out))`` with ``depth`` hidden layers, every Dense in the 'ntk'
-parameterisation::
+The network is neural-tangents' ``stax.serial(Dense, phi, ..., Dense, phi,
+Dense(1))`` with ``depth`` hidden layers; Dense layer ``l = 0..depth`` (the last
+is the readout) has its own ``W_std_l``, ``b_std_l`` (``None``: no bias) and
+fan-in ``n_l`` (``n_0 = d`` the input width, ``n_l`` the hidden width). In the
+'ntk' parameterisation ``layer(h) = (W_std/sqrt(n)) h @ W + b_std b`` with
+``W_ij, b_i ~ N(0, 1)``; in the 'standard' one ``layer(h) = h @ W + b`` with
+``W_ij ~ N(0, W_std^2/n)``, ``b_i ~ N(0, b_std^2)``. In the infinite-width limit
+the output components are independent Gaussian processes with covariance (NNGP)
+``K`` and the neural tangent kernel is ``Theta_IJ = delta_IJ Theta``, from the
+recursion (``S_0 = x.x'/d`` and ``T_0 = 0`` at the input)::
 
-    layer(h) = (W_std / sqrt(fan_in)) h @ W + b_std b,    W_ij, b_i ~ N(0, 1).
+    Dense l:        K_l = W_l^2 S_l + b_l^2
+                    Theta_l = K_l + W_l^2 T_l                       ('ntk')
+                    Theta_l = n_l S_l + W_l^2 T_l + [l has a bias]  ('standard')
+    phi after l:    S_{l+1} = E[phi(u) phi(v)],   T_{l+1} = E[phi'(u) phi'(v)] Theta_l
 
-In the infinite-width limit the output components are independent Gaussian
-processes with covariance (NNGP) ``K`` and the neural tangent kernel is
-``Theta_IJ = delta_IJ Theta``, computed by the recursion (d = input width)::
+with ``(u, v) ~ N(0, [[K_l(x, x), K_l(x, x')], [K_l(x, x'), K_l(x', x')]])``; the
+output kernels are ``K_depth`` and ``Theta_depth``. In the 'ntk'
+parameterisation they do not depend on the widths; in the 'standard' one the
+NTK grows with them. The expectations of every activation (closed forms for
+relu, leaky_relu, abs, erf, gelu, sin, cos, identity; Gauss-Hermite quadrature
+for tanh, sigmoid, softplus, silu, elu and custom ones) are in
+:mod:`cyntk.kernels.dual`; ReLU's are written here in place for speed:
+with ``cos t = k / sqrt(q q')`` and ``p = pi - t``::
 
-    K_0(x, x')   = W_std^2 x.x'/d + b_std^2,             Theta_0 = K_0
-    K_{l+1}      = W_std^2 E[phi(u) phi(v)] + b_std^2
-    Theta_{l+1}  = K_{l+1} + W_std^2 E[phi'(u) phi'(v)] Theta_l
-
-with ``(u, v) ~ N(0, [[K_l(x, x), K_l(x, x')], [K_l(x, x'), K_l(x', x')]])``. The
-kernels do not depend on the hidden width. Closed forms, with
-``q = K_l(x, x)``, ``q' = K_l(x', x')``, ``k = K_l(x, x')``:
-
-* ReLU (arc-cosine kernel of degree 1 and 0, Cho & Saul 2009), with
-  ``cos t = k / sqrt(q q')``::
-
-      E[phi(u) phi(v)]   = sqrt(q q') (sin t + (pi - t) cos t) / (2 pi)
-      E[phi'(u) phi'(v)] = (pi - t) / (2 pi)
-
-* erf (Williams 1997)::
-
-      E[phi(u) phi(v)]   = (2/pi) arcsin(2k / sqrt((1 + 2q)(1 + 2q')))
-      E[phi'(u) phi'(v)] = (4/pi) / sqrt((1 + 2q)(1 + 2q') - 4k^2)
+    E[phi(u) phi(v)]   = sqrt(q q') (sin t + p cos t) / (2 pi)
+    E[phi'(u) phi'(v)] = p / (2 pi)
 
 For ``x2 = None`` the angle on the diagonal is exactly 0 (neural-tangents
 computes it with ``arctan2`` and gets ~1e-8 there, see
-``reference/ntk/README.txt``).
+``reference/ntk/README.txt``) and the NNGP diagonal is the exact variance.
 
-Evaluation (float64, exact up to rounding; agrees with neural-tangents to
-~1e-15 relative): the ReLU terms are computed in place with NumPy's SIMD ufuncs,
-with ``sin t = sqrt((1 - c)(1 + c))`` (as accurate as ``sin(arccos c)`` and
-much cheaper) and, for depth 1 (the paper's kernel), the layer-0 cosines from
-one GEMM of per-point unit vectors and the factored form
-``Theta = sqrt(q q') (W_std^2 / 2 pi) (sin t + 2 (pi - t) cos t) + b_std^2``,
+Evaluation (float64, exact up to rounding for the closed forms; agrees with
+neural-tangents to ~1e-15 relative): the ReLU terms are computed in place with
+NumPy's SIMD ufuncs, with ``sin t = sqrt((1 - c)(1 + c))`` (as accurate as
+``sin(arccos c)`` and much cheaper) and, for depth 1 in the 'ntk'
+parameterisation (the paper's kernel), the layer-0 cosines from one GEMM of
+per-point unit vectors and the factored form
+``Theta = sqrt(q q') (W_1^2 / 2 pi) (sin t + 2 (pi - t) cos t) + b_1^2``,
 whose rank-one factor and shift the tiled kernel products of
 :mod:`cyntk.kernels._flow` apply to the vectors (``InfiniteWidthKernel.tile_matvec``).
 
-The module also provides :class:`NTKDense`, the Keras layer in this
+The module also provides :class:`NTKDense`, the Keras layer in the 'ntk'
 parameterisation, and :func:`ntk_mlp`, which builds the finite network whose
 empirical NTK converges to these kernels.
 """
@@ -50,6 +50,8 @@ empirical NTK converges to these kernels.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -63,46 +65,121 @@ from cyntk.kernels._checks import (
     positive_int,
 )
 from cyntk.kernels.base import Kernel
+from cyntk.kernels.dual import CLOSED_FORMS, QUADRATURE, DualActivation, dual_activation
 
 __all__ = [
     "ACTIVATIONS",
+    "PARAMETERIZATIONS",
+    "Architecture",
+    "NNGPAndNTK",
     "infinite_width_kernel",
     "InfiniteWidthKernel",
     "NTKDense",
     "ntk_mlp",
 ]
 
-#: Activations with closed-form infinite-width kernels.
-ACTIVATIONS = ("relu", "erf")
+#: Activations by name: closed forms first, then the Gauss-Hermite ones.
+ACTIVATIONS = tuple(CLOSED_FORMS) + tuple(QUADRATURE)
+#: Parameterisations of the Dense layers.
+PARAMETERIZATIONS = ("ntk", "standard")
 _KINDS = ("ntk", "nngp", "both")
+_RELU = CLOSED_FORMS["relu"]
 
 
-def _erf_expectations(q1, q2, k, same):
-    """E[erf(u) erf(v)] and E[erf'(u) erf'(v)] (arrays (P1, P2))."""
-    a = np.outer(1.0 + 2.0 * q1, 1.0 + 2.0 * q2)
-    arg = np.clip(2.0 * k / np.sqrt(a), -1.0, 1.0)
-    e_phi = (2.0 / np.pi) * np.arcsin(arg)
-    det = a - 4.0 * k ** 2
-    if same:
-        # exact on the diagonal: (1 + 2q)^2 - 4q^2 = 1 + 4q
-        np.fill_diagonal(det, 1.0 + 4.0 * q1)
-    e_dphi = (4.0 / np.pi) / np.sqrt(np.maximum(det, np.finfo(np.float64).tiny))
-    return e_phi, e_dphi
+class NNGPAndNTK(NamedTuple):
+    """``kind='both'`` result: ``.nngp`` and ``.ntk`` (unpacks in that order: ``nngp, ntk = ...``)."""
+
+    nngp: np.ndarray
+    ntk: np.ndarray
 
 
-def _relu_diag(q):
-    return q / 2.0
+@dataclass(frozen=True)
+class Architecture:
+    """Validated description of the network (see the module docstring).
+
+    Attributes:
+        activation: the :class:`~cyntk.kernels.dual.DualActivation`.
+        depth: number of hidden layers.
+        w2: ``W_std_l^2`` for the Dense layers ``l = 0..depth`` (the last is the readout).
+        b2: ``b_std_l^2`` (0 where a layer has no bias).
+        bias: whether each Dense layer has a bias.
+        parameterization: ``'ntk'`` or ``'standard'``.
+        widths: fan-ins ``n_1..n_depth`` of the Dense layers after the first
+            ('standard' only; None for 'ntk').
+    """
+
+    activation: DualActivation
+    depth: int
+    w2: tuple
+    b2: tuple
+    bias: tuple
+    parameterization: str
+    widths: tuple | None
 
 
-def _erf_diag(q):
-    return (2.0 / np.pi) * np.arcsin(2.0 * q / (1.0 + 2.0 * q))
+def _per_layer(value, name, n, allow_none=False):
+    """A scalar or a sequence of length ``n`` -> tuple of ``n`` non-negative floats (or None)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = list(value)
+        if len(values) != n:
+            raise ValueError(f"`{name}` must be a number or a sequence of {n} numbers (one per Dense "
+                             f"layer, the readout last); received {len(values)} values.")
+    else:
+        values = [value] * n
+    out = []
+    for i, v in enumerate(values):
+        if v is None and allow_none:
+            out.append(None)
+        else:
+            out.append(nonnegative_float(v, f"{name}[{i}]" if n > 1 else name))
+    return tuple(out)
 
 
-#: (cross expectations, diagonal map) per activation; ReLU's cross terms are evaluated in place by
-#: :func:`_relu1_core` (depth 1) and :func:`_relu_layer` (deeper networks)
-_EXPECTATIONS = {"relu": (None, _relu_diag), "erf": (_erf_expectations, _erf_diag)}
+def _iw_params(activation="relu", W_std=1.0, b_std=0.0, depth=1, kind="ntk", *,
+               readout_W_std=None, readout_b_std=None, readout_bias=True,
+               parameterization="ntk", width=None, quad_deg=64, kinds=_KINDS):
+    """Validate the shared arguments of :func:`infinite_width_kernel` and :class:`InfiniteWidthKernel`."""
+    if isinstance(quad_deg, bool) or not isinstance(quad_deg, (int, np.integer)) or quad_deg < 1:
+        raise ValueError(f"`quad_deg` (Gauss-Hermite nodes per axis) must be a positive integer; "
+                         f"received {quad_deg!r}.")
+    act = dual_activation(activation, int(quad_deg))
+    kind = one_of(kind, "kind", kinds)
+    parameterization = one_of(parameterization, "parameterization", PARAMETERIZATIONS)
+    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)) or depth < 0:
+        raise ValueError(f"`depth` must be a non-negative integer (number of hidden layers); "
+                         f"received {depth!r}.")
+    depth = int(depth)
+    w = list(_per_layer(W_std, "W_std", depth + 1))
+    b = list(_per_layer(b_std, "b_std", depth + 1, allow_none=True))
+    if readout_W_std is not None:
+        w[-1] = nonnegative_float(readout_W_std, "readout_W_std")
+    if readout_b_std is not None:
+        b[-1] = nonnegative_float(readout_b_std, "readout_b_std")
+    if not isinstance(readout_bias, (bool, np.bool_)):
+        raise ValueError(f"`readout_bias` must be True or False; received {readout_bias!r}.")
+    if not readout_bias:
+        b[-1] = None
+    widths = None
+    if parameterization == "standard":
+        if width is None and depth > 0:
+            raise ValueError("`width` (hidden width, or one per hidden layer) is required for "
+                             "parameterization='standard', whose NTK grows with the width; "
+                             "received None.")
+        if depth > 0:
+            ws = list(width) if isinstance(width, (list, tuple, np.ndarray)) else [width] * depth
+            if len(ws) != depth:
+                raise ValueError(f"`width` must be an integer or {depth} integers (one per hidden "
+                                 f"layer); received {len(ws)} values.")
+            widths = tuple(positive_int(v, "width") for v in ws)
+        else:
+            widths = ()
+    arch = Architecture(act, depth, tuple(v * v for v in w),
+                        tuple(0.0 if v is None else v * v for v in b),
+                        tuple(v is not None for v in b), parameterization, widths)
+    return arch, kind
 
 
+# ----------------------------------------------------------------------------- recursion
 def _rsqrt(q):
     """1/sqrt(q), 0 where q = 0 (then the angle's cosine is 0, as in the reference form)."""
     out = np.zeros_like(q)
@@ -111,13 +188,13 @@ def _rsqrt(q):
 
 
 def _relu_layer(k, theta, q1, q2, same, w2, b2):
-    """One ReLU layer of the recursion, in place: ``K_l -> K_{l+1}``, ``Theta_l -> Theta_{l+1}``.
+    """One ReLU layer and the next Dense ('ntk'), in place: ``K_l -> K_{l+1}``, ``Theta_l -> Theta_{l+1}``.
 
     With ``c = cos t = K_l / sqrt(q q')`` (clipped to [-1, 1], exactly 1 on the
     diagonal of a set with itself) and ``p = pi - t``::
 
-        K_{l+1}     = (W_std^2 / 2 pi) sqrt(q q') (sin t + p c) + b_std^2
-        Theta_{l+1} = K_{l+1} + (W_std^2 / 2 pi) p Theta_l
+        K_{l+1}     = (W_{l+1}^2 / 2 pi) sqrt(q q') (sin t + p c) + b_{l+1}^2
+        Theta_{l+1} = K_{l+1} + (W_{l+1}^2 / 2 pi) p Theta_l
 
     with ``sin t = sqrt((1 - c)(1 + c))`` (``1 - c`` and ``1 + c`` are exact
     where they are small, so this is as accurate as ``sin(arccos c)`` and
@@ -132,6 +209,7 @@ def _relu_layer(k, theta, q1, q2, same, w2, b2):
             ``Theta_0 = K_0``).
         q1, q2: float64 (P1,), (P2,) ``K_l(x, x)`` of the two point sets.
         same: the tile is a point set with itself.
+        w2, b2: ``W_{l+1}^2``, ``b_{l+1}^2`` of the next Dense layer.
 
     Returns:
         ``(K_{l+1}, Theta_{l+1})`` arrays (P1, P2) (``Theta`` None when not asked).
@@ -165,39 +243,39 @@ def _relu_layer(k, theta, q1, q2, same, w2, b2):
     return c, theta
 
 
-def _iw_state(x, activation, w2, b2, depth):
+def _iw_state(x, arch):
     """Per-point state of float64 points (P, d) for the recursion.
 
     ``(x, h, q_0, ..., q_depth)``: ``q_l = K_l(x, x)`` (every layer's variance)
-    and ``h = [W_std x / sqrt(d), b_std] / sqrt(q_0)``, the unit vectors whose
+    and ``h = [W_0 x / sqrt(d), b_0] / sqrt(q_0)``, the unit vectors whose
     inner products are the layer-0 cosines ``K_0(x, x') / sqrt(q_0 q_0')``
     (rows with ``q_0 = 0`` are 0, so that cosine is 0 as in the reference
     form). Every entry has the points on its first axis.
     """
     x = np.ascontiguousarray(x, dtype=np.float64)
     d = x.shape[1]
+    w2, b2 = arch.w2[0], arch.b2[0]
     q = w2 * np.sum(x * x, axis=1) / d + b2
     h = np.empty((len(x), d + 1))
     h[:, :d] = x * math.sqrt(w2 / d)
     h[:, d] = math.sqrt(b2)
     h *= _rsqrt(q)[:, None]
     qs = [q]
-    diag = _EXPECTATIONS[activation][1]
-    for _ in range(int(depth)):
-        q = w2 * diag(q) + b2
+    for layer in range(arch.depth):
+        q = arch.w2[layer + 1] * arch.activation.variance(q) + arch.b2[layer + 1]
         qs.append(q)
     return (x, h, *qs)
 
 
 def _relu1_core(st1, st2, kind, w2):
-    """Depth-1 ReLU kernel in factored form ``Theta = (l l'^T) * T + b_std^2``.
+    """Depth-1 ReLU kernel ('ntk') in factored form ``Theta = (l l'^T) * T + b_1^2``.
 
     With ``c = cos t`` the layer-0 cosine (one GEMM of the unit vectors of
     :func:`_iw_state`), ``p = pi - t``, ``s = sin t = sqrt((1 - c)(1 + c))`` and
-    ``l = sqrt(W_std^2 q_0 / 2 pi)``::
+    ``l = sqrt(W_1^2 q_0 / 2 pi)`` (``W_1`` the readout's)::
 
-        NNGP  K_1     = l l' (s + p c) + b_std^2
-        NTK   Theta_1 = K_1 + (W_std^2 / 2 pi) p K_0 = l l' (s + 2 p c) + b_std^2
+        NNGP  K_1     = l l' (s + p c) + b_1^2
+        NTK   Theta_1 = K_1 + (W_1^2 / 2 pi) p K_0 = l l' (s + 2 p c) + b_1^2
 
     (``K_0 = sqrt(q_0 q_0') c``). The rank-one factor ``l l'^T`` and the shift
     are left to the caller, which can apply them to the vectors of a kernel
@@ -232,138 +310,180 @@ def _relu1_core(st1, st2, kind, w2):
     return l1, t, (l1 if same else np.sqrt(a * st2[2]))
 
 
-def _iw_block(st1, st2, activation, w2, b2, depth, kind):
-    """The recursion on one block of points (``st2 = None``: the set ``st1`` with itself).
+def _fast_relu1(arch):
+    return arch.activation is _RELU and arch.depth == 1 and arch.parameterization == "ntk"
 
-    Args:
-        st1, st2: states of :func:`_iw_state` (``st2`` None for the set with itself).
 
-    Returns:
-        the NNGP, the NTK or both (``kind``), float64 (P1, P2).
-    """
-    same = st2 is None
-    x1, qs1 = st1[0], st1[2:]
-    x2, qs2 = (None, None) if same else (st2[0], st2[2:])
-    if activation == "relu" and depth == 1:
-        l1, t, l2 = _relu1_core(st1, st2, kind, w2)
-        scale = np.multiply.outer(l1, l2)       # the same vector on both sides keeps it symmetric
-        out = []
-        for knd, blk in (zip(("ntk", "nngp"), t) if kind == "both" else ((kind, t),)):
-            blk *= scale
-            blk += b2
-            if same and knd == "nngp":
-                np.fill_diagonal(blk, qs1[1])
-            out.append(blk)
-        return out[0] if kind != "both" else (out[1], out[0])
-    # K_0; x1 @ x1.T is computed by a symmetric rank-k update (exactly symmetric)
-    k = x1 @ (x1 if same else x2).T
-    k *= w2 / x1.shape[1]
-    k += b2
-    if same:
-        np.fill_diagonal(k, qs1[0])
-    need_ntk = kind != "nngp"
-    if int(depth) == 0:
-        return {"ntk": k, "nngp": k, "both": (k, k.copy())}[kind]
-    if activation == "relu":
-        theta = k if (need_ntk and kind == "ntk") else (k.copy() if need_ntk else None)
-        for layer in range(int(depth)):
-            k, theta = _relu_layer(k, theta, qs1[layer], qs1[layer] if same else qs2[layer],
-                                   same, w2, b2)
-            if same:
-                np.fill_diagonal(k, qs1[layer + 1])
-    else:
-        cross, _ = _EXPECTATIONS[activation]
-        theta = k.copy() if need_ntk else None
-        for layer in range(int(depth)):
-            q1 = qs1[layer]
-            q2 = q1 if same else qs2[layer]
-            e_phi, e_dphi = cross(q1, q2, k, same)
-            k_new = w2 * e_phi + b2
-            if need_ntk:
-                theta = k_new + w2 * e_dphi * theta
-            k = k_new
-            if same:
-                np.fill_diagonal(k, qs1[layer + 1])
+def _result(k, theta, kind):
     if kind == "ntk":
         return theta
     if kind == "nngp":
         return k
-    return k, theta
+    return NNGPAndNTK(k, theta)
 
 
-def _iw_params(activation, W_std, b_std, depth, kind, kinds=_KINDS):
-    activation = one_of(activation, "activation", ACTIVATIONS)
-    kind = one_of(kind, "kind", kinds)
-    w_std = nonnegative_float(W_std, "W_std")
-    b_std = nonnegative_float(b_std, "b_std")
-    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)) or depth < 0:
-        raise ValueError(f"`depth` must be a non-negative integer (number of hidden layers); "
-                         f"received {depth!r}.")
-    return activation, w_std, b_std, int(depth), kind
+def _iw_block(st1, st2, arch, kind):
+    """The recursion on one block of points (``st2 = None``: the set ``st1`` with itself).
+
+    Args:
+        st1, st2: states of :func:`_iw_state` (``st2`` None for the set with itself).
+        arch: the :class:`Architecture`.
+        kind: ``'ntk'``, ``'nngp'`` or ``'both'``.
+
+    Returns:
+        the NNGP, the NTK or :class:`NNGPAndNTK` (``kind``), float64 (P1, P2).
+    """
+    same = st2 is None
+    x1, qs1 = st1[0], st1[2:]
+    x2, qs2 = (None, None) if same else (st2[0], st2[2:])
+    depth, w2, b2 = arch.depth, arch.w2, arch.b2
+    if _fast_relu1(arch):
+        l1, t, l2 = _relu1_core(st1, st2, kind, w2[1])
+        scale = np.multiply.outer(l1, l2)       # the same vector on both sides keeps it symmetric
+        out = {}
+        for knd, blk in (zip(("ntk", "nngp"), t) if kind == "both" else ((kind, t),)):
+            blk *= scale
+            blk += b2[1]
+            if same and knd == "nngp":
+                np.fill_diagonal(blk, qs1[1])
+            out[knd] = blk
+        return _result(out.get("nngp"), out.get("ntk"), kind)
+    need_ntk = kind != "nngp"
+    standard = arch.parameterization == "standard"
+    # S_0 = x.x'/d; x1 @ x1.T is computed by a symmetric rank-k update (exactly symmetric)
+    s0 = x1 @ (x1 if same else x2).T
+    d = x1.shape[1]
+    k = s0 * (w2[0] / d)
+    k += b2[0]
+    if same:
+        np.fill_diagonal(k, qs1[0])
+    if arch.activation is _RELU and not standard and depth > 0:
+        # Theta_0 = K_0, updated in place when only the NTK is asked
+        theta = k if kind == "ntk" else (k.copy() if need_ntk else None)
+        for layer in range(depth):
+            k, theta = _relu_layer(k, theta, qs1[layer], qs1[layer] if same else qs2[layer],
+                                   same, w2[layer + 1], b2[layer + 1])
+            if same:
+                np.fill_diagonal(k, qs1[layer + 1])
+        return _result(k, theta, kind)
+    theta = None
+    if need_ntk:
+        theta = (s0 + 1.0 if arch.bias[0] else s0) if standard else k.copy()
+    for layer in range(depth):
+        q1 = qs1[layer]
+        q2 = q1 if same else qs2[layer]
+        e_phi, e_dphi = arch.activation.expectations(q1, q2, k, same)
+        nxt = layer + 1
+        k = w2[nxt] * e_phi + b2[nxt]
+        if same:
+            np.fill_diagonal(k, qs1[nxt])
+        if need_ntk:
+            theta *= e_dphi
+            theta *= w2[nxt]
+            if standard:
+                theta += arch.widths[layer] * e_phi
+                if arch.bias[nxt]:
+                    theta += 1.0
+            else:
+                theta += k
+    return _result(k, theta, kind)
 
 
-def infinite_width_kernel(x1, x2=None, *, activation: str = "relu", W_std: float = 1.0,
-                          b_std: float = 0.0, depth: int = 1, kind: str = "ntk"):
-    """Infinite-width NNGP / NTK of a fully connected network (NTK parameterisation).
+def infinite_width_kernel(x1, x2=None, *, activation="relu", W_std=1.0, b_std=0.0,
+                          depth: int = 1, kind: str = "ntk", readout_W_std=None,
+                          readout_b_std=None, readout_bias: bool = True,
+                          parameterization: str = "ntk", width=None, quad_deg: int = 64):
+    """Infinite-width NNGP / NTK of a fully connected network.
 
     See the module docstring for the architecture and the recursion; the result
     equals neural-tangents' ``stax`` ``kernel_fn(x1, x2, kind)`` for
-    ``serial(*[Dense(w, W_std, b_std), phi] * depth, Dense(1, W_std, b_std))``.
+    ``serial(Dense(w, W_std_0, b_std_0), phi, ..., Dense(1, W_std_depth, b_std_depth))``.
+    ``infinite_width_kernel(x1, x2, **kw) == InfiniteWidthKernel(**kw)(x1, x2)``
+    for every keyword ``kw`` of the class (the same names, defaults and checks).
 
     Args:
         x1: real array (P1, d).
         x2: real array (P2, d); ``None`` means ``x1`` (then the diagonal uses
             the exact angle 0).
-        activation: ``'relu'`` or ``'erf'``.
-        W_std: weight standard deviation (>= 0).
-        b_std: bias standard deviation (>= 0).
+        activation: a name of :data:`ACTIVATIONS` (closed forms: relu,
+            leaky_relu (slope 0.2), abs, erf, gelu (exact), sin, cos, identity;
+            Gauss-Hermite: tanh, sigmoid, softplus, silu, elu) or a
+            :class:`~cyntk.kernels.dual.DualActivation`.
+        W_std: weight standard deviation (>= 0): one for every Dense layer, or
+            a sequence of ``depth + 1`` (the readout last).
+        b_std: bias standard deviation (>= 0): one, or ``depth + 1`` of them;
+            a ``None`` entry is a layer without bias.
         depth: number of hidden (nonlinear) layers (>= 0; 0 is a linear model).
-        kind: ``'ntk'``, ``'nngp'`` or ``'both'`` (returns ``(nngp, ntk)``).
+        kind: ``'ntk'``, ``'nngp'`` or ``'both'`` (an :class:`NNGPAndNTK`
+            named tuple: ``.nngp``, ``.ntk``; unpacks as ``nngp, ntk``).
+        readout_W_std: the readout's ``W_std`` (overrides the last of ``W_std``).
+        readout_b_std: the readout's ``b_std`` (overrides the last of ``b_std``).
+        readout_bias: False for a readout without bias.
+        parameterization: ``'ntk'`` (``W_std/sqrt(n) W``, width-independent
+            kernels) or ``'standard'`` (``W ~ N(0, W_std^2/n)``; needs ``width``).
+        width: hidden width, or one per hidden layer ('standard' only).
+        quad_deg: Gauss-Hermite nodes per axis for the quadrature activations.
 
     Returns:
-        float64 array (P1, P2) (or a tuple of two for ``kind='both'``); the
-        kernel of each output component (``Theta_IJ = delta_IJ Theta``).
+        float64 array (P1, P2) (an :class:`NNGPAndNTK` for ``kind='both'``);
+        the kernel of each output component (``Theta_IJ = delta_IJ Theta``).
     """
-    activation, w_std, b_std, depth, kind = _iw_params(activation, W_std, b_std, depth, kind)
-    w2, b2 = w_std ** 2, b_std ** 2
+    arch, kind = _iw_params(activation, W_std, b_std, depth, kind, readout_W_std=readout_W_std,
+                            readout_b_std=readout_b_std, readout_bias=readout_bias,
+                            parameterization=parameterization, width=width, quad_deg=quad_deg)
     x1 = as_real_points(x1, "x1")
     same = x2 is None
     if not same:
         x2 = as_real_points(x2, "x2")
         matching_widths(x1, x2)
-    st1 = _iw_state(x1, activation, w2, b2, depth)
-    st2 = None if same else _iw_state(x2, activation, w2, b2, depth)
-    return _iw_block(st1, st2, activation, w2, b2, depth, kind)
+    st1 = _iw_state(x1, arch)
+    st2 = None if same else _iw_state(x2, arch)
+    return _iw_block(st1, st2, arch, kind)
 
 
 class InfiniteWidthKernel(Kernel):
     """Infinite-width NTK (or NNGP) of a fully connected network, as a kernel.
 
     ``Theta_IJ(x, x') = delta_IJ Theta(x, x')`` with ``Theta`` from
-    :func:`infinite_width_kernel` (recursion and closed forms in
-    :mod:`cyntk.kernels.analytic`): the network has ``depth`` hidden layers of
-    activation ``activation``, weights ``W_std / sqrt(fan_in) * N(0, 1)`` and
-    biases ``b_std * N(0, 1)``. The paper's "ReLU NTK" is
+    :func:`infinite_width_kernel` (recursion in :mod:`cyntk.kernels.analytic`,
+    activations in :mod:`cyntk.kernels.dual`), which takes the same keyword
+    arguments. The paper's "ReLU NTK" is
     ``InfiniteWidthKernel('relu', W_std=80.52, b_std=5.716, depth=1)``.
 
     Args:
-        activation: ``'relu'`` or ``'erf'``.
-        W_std: weight standard deviation.
-        b_std: bias standard deviation.
+        activation: a name of :data:`ACTIVATIONS` or a ``DualActivation``.
+        W_std: weight standard deviation (one, or ``depth + 1``).
+        b_std: bias standard deviation (one, or ``depth + 1``; None: no bias).
         depth: number of hidden layers.
         kind: ``'ntk'`` or ``'nngp'``.
+        readout_W_std, readout_b_std, readout_bias: the readout's scales / bias.
+        parameterization: ``'ntk'`` or ``'standard'``.
+        width: hidden width(s) ('standard' only).
+        quad_deg: Gauss-Hermite nodes per axis (quadrature activations).
     """
 
     component_diagonal = True
 
-    def __init__(self, activation: str = "relu", *, W_std: float = 1.0, b_std: float = 0.0,
-                 depth: int = 1, kind: str = "ntk"):
-        (self.activation, self.W_std, self.b_std, self.depth,
-         self.kind) = _iw_params(activation, W_std, b_std, depth, kind, kinds=("ntk", "nngp"))
+    def __init__(self, activation="relu", *, W_std=1.0, b_std=0.0, depth: int = 1,
+                 kind: str = "ntk", readout_W_std=None, readout_b_std=None,
+                 readout_bias: bool = True, parameterization: str = "ntk", width=None,
+                 quad_deg: int = 64):
+        self._config = dict(activation=activation, W_std=W_std, b_std=b_std, depth=depth,
+                            kind=kind, readout_W_std=readout_W_std, readout_b_std=readout_b_std,
+                            readout_bias=readout_bias, parameterization=parameterization,
+                            width=width, quad_deg=quad_deg)
+        self.architecture, self.kind = _iw_params(
+            activation, W_std, b_std, depth, kind, readout_W_std=readout_W_std,
+            readout_b_std=readout_b_std, readout_bias=readout_bias,
+            parameterization=parameterization, width=width, quad_deg=quad_deg,
+            kinds=("ntk", "nngp"))
+        self.activation = self.architecture.activation.name
+        self.depth = self.architecture.depth
+        self.W_std = W_std
+        self.b_std = b_std
 
     def get_config(self) -> dict:
-        return {"activation": self.activation, "W_std": self.W_std, "b_std": self.b_std,
-                "depth": self.depth, "kind": self.kind}
+        return dict(self._config)
 
     def _block(self, x1, x2):
         return self.tile_block(self.tile_state(x1), None if x2 is None else self.tile_state(x2))
@@ -376,12 +496,11 @@ class InfiniteWidthKernel(Kernel):
         every entry has the points on its first axis, so a tile's state is
         ``tuple(a[rows] for a in state)``.
         """
-        return _iw_state(x, self.activation, self.W_std ** 2, self.b_std ** 2, self.depth)
+        return _iw_state(x, self.architecture)
 
     def tile_block(self, state1, state2=None) -> np.ndarray:
         """Block (P1, P2) between two (sliced) states of :meth:`tile_state`; ``state2=None``: same set."""
-        return _iw_block(state1, state2, self.activation, self.W_std ** 2, self.b_std ** 2,
-                         self.depth, self.kind)
+        return _iw_block(state1, state2, self.architecture, self.kind)
 
     def tile_matvec(self, state1, state2, v2, v1=None):
         """``(Theta v2, Theta^T v1)`` of one tile without forming more than its core.
@@ -396,11 +515,12 @@ class InfiniteWidthKernel(Kernel):
             (the paper's) the rank-one factor and shift of :func:`_relu1_core`
             are applied to the vectors: ``Theta v = l * (T (l' * v)) + b^2 sum(v)``.
         """
-        if not (self.activation == "relu" and self.depth == 1):
+        arch = self.architecture
+        if not _fast_relu1(arch):
             blk = self.tile_block(state1, state2)
             _check_finite(blk, self)
             return blk @ v2, (None if v1 is None else blk.T @ v1)
-        w2, b2 = self.W_std ** 2, self.b_std ** 2
+        w2, b2 = arch.w2[1], arch.b2[1]
         l1, t, l2 = _relu1_core(state1, state2, self.kind, w2)
         _check_finite(t, self)
         u1 = t @ (l2[:, None] * v2)
@@ -505,30 +625,57 @@ def erf(x):
     return tf.math.erf(x)
 
 
+@keras.saving.register_keras_serializable(package="cyntk")
+def gelu_exact(x):
+    """Exact gelu ``x Phi(x) = x (1 + erf(x / sqrt 2)) / 2`` with the constant in the input's dtype.
+
+    (Keras' ``'gelu'`` rounds ``1/sqrt 2`` to float32 first, ~5e-9 off in float64.)
+    """
+    x = tf.convert_to_tensor(x)
+    return 0.5 * x * (1.0 + tf.math.erf(x * tf.constant(math.sqrt(0.5), x.dtype)))
+
+
+_KERAS_ACTIVATIONS = {"erf": erf, "gelu_exact": gelu_exact, "sin": tf.math.sin, "cos": tf.math.cos,
+                      "abs": tf.math.abs, "linear": None}
+
+
 def _activation_fn(activation):
-    if activation == "erf":
-        return erf
+    if isinstance(activation, DualActivation) or activation in ACTIVATIONS:
+        dual = dual_activation(activation)
+        if dual.keras_name is None:
+            raise ValueError(f"activation {dual.name!r} has no Keras counterpart (`keras_name`); "
+                             "pass a Keras activation to ntk_mlp instead.")
+        activation = dual.keras_name
+    if isinstance(activation, str) and activation in _KERAS_ACTIVATIONS:
+        return _KERAS_ACTIVATIONS[activation]
+    if activation == "leaky_relu":
+        return keras.activations.leaky_relu          # negative slope 0.2, as dual.CLOSED_FORMS
     return keras.activations.get(activation)
 
 
-def ntk_mlp(input_dim: int, width: int, depth: int, *, activation: str = "relu",
-            W_std: float = 1.0, b_std: float = 0.0, n_outputs: int = 1, dtype: str = "float64",
-            seed: int | None = None) -> keras.Sequential:
-    """Fully connected network in the NTK parameterisation.
+def ntk_mlp(input_dim: int, width, depth: int, *, activation="relu", W_std=1.0, b_std=0.0,
+            n_outputs: int = 1, dtype: str = "float64", seed: int | None = None,
+            readout_W_std=None, readout_b_std=None, readout_bias: bool = True,
+            parameterization: str = "ntk") -> keras.Sequential:
+    """Fully connected network, the finite-width counterpart of :func:`infinite_width_kernel`.
 
-    ``depth`` hidden :class:`NTKDense` layers of ``width`` units with
-    ``activation`` and a linear :class:`NTKDense` readout of ``n_outputs`` units:
-    the finite-width counterpart of :func:`infinite_width_kernel`. Its empirical
-    NTK converges to the analytic one as ``width`` grows (fluctuations
-    ~ 1/sqrt(width)).
+    ``depth`` hidden layers of ``width`` units with ``activation`` and a linear
+    readout of ``n_outputs`` units, with the architecture arguments of
+    :func:`infinite_width_kernel`. In the 'ntk' parameterisation the layers are
+    :class:`NTKDense` (``(W_std/sqrt(n)) h @ W + b_std b``, ``W, b ~ N(0, 1)``);
+    in the 'standard' one Keras ``Dense`` with ``W ~ N(0, W_std^2/n)`` and
+    ``b ~ N(0, b_std^2)``. Its empirical NTK converges to the analytic one as
+    ``width`` grows (fluctuations ~ 1/sqrt(width); in the 'standard'
+    parameterisation relative to the kernel, which grows with the width).
 
     Args:
         input_dim: input width d.
-        width: hidden width.
+        width: hidden width (one for every hidden layer, or one per layer).
         depth: number of hidden layers (>= 0).
-        activation: ``'relu'``, ``'erf'`` or any Keras activation.
-        W_std: weight scale.
-        b_std: bias scale.
+        activation: a name of :data:`ACTIVATIONS` ('gelu' is the exact gelu)
+            or any Keras activation.
+        W_std, b_std, readout_W_std, readout_b_std, readout_bias,
+            parameterization: as in :func:`infinite_width_kernel`.
         n_outputs: output width.
         dtype: Keras dtype of the variables and computation.
         seed: base seed (layer l uses ``seed + 2 l``).
@@ -537,14 +684,33 @@ def ntk_mlp(input_dim: int, width: int, depth: int, *, activation: str = "relu",
         a built ``keras.Sequential`` mapping (B, input_dim) to (B, n_outputs).
     """
     input_dim = positive_int(input_dim, "input_dim")
-    width = positive_int(width, "width")
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
         raise ValueError(f"`depth` must be a non-negative integer; received {depth!r}.")
+    widths = list(width) if isinstance(width, (list, tuple)) else [width] * int(depth)
+    widths = [positive_int(w, "width") for w in widths]
+    if len(widths) != int(depth):
+        raise ValueError(f"`width` must be an integer or {depth} integers (one per hidden layer); "
+                         f"received {len(widths)} values.")
+    arch, _ = _iw_params("identity", W_std, b_std, depth, "ntk", readout_W_std=readout_W_std,
+                         readout_b_std=readout_b_std, readout_bias=readout_bias,
+                         parameterization=parameterization, width=widths or None)
     act = _activation_fn(activation)
     layers = [keras.Input((input_dim,), dtype=dtype)]
-    for i in range(int(depth)):
-        layers.append(NTKDense(width, W_std=W_std, b_std=b_std, activation=act, dtype=dtype,
-                               seed=None if seed is None else seed + 2 * i))
-    layers.append(NTKDense(n_outputs, W_std=W_std, b_std=b_std, dtype=dtype,
-                           seed=None if seed is None else seed + 2 * int(depth)))
+    fan_in = input_dim
+    for i in range(int(depth) + 1):
+        units = n_outputs if i == int(depth) else widths[i]
+        layer_act = act if i < int(depth) else None
+        w_std, b_std_l = math.sqrt(arch.w2[i]), math.sqrt(arch.b2[i])
+        s = None if seed is None else seed + 2 * i
+        if arch.parameterization == "ntk":
+            layers.append(NTKDense(units, W_std=w_std, b_std=b_std_l, activation=layer_act,
+                                   use_bias=arch.bias[i], dtype=dtype, seed=s))
+        else:
+            layers.append(keras.layers.Dense(
+                units, activation=layer_act, use_bias=arch.bias[i], dtype=dtype,
+                kernel_initializer=keras.initializers.RandomNormal(0.0, w_std / math.sqrt(fan_in),
+                                                                   seed=s),
+                bias_initializer=keras.initializers.RandomNormal(
+                    0.0, b_std_l, seed=None if s is None else s + 1)))
+        fan_in = units
     return keras.Sequential(layers)
