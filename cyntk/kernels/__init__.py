@@ -10,7 +10,11 @@ Public API:
 * :class:`GaussianFSKernel`, :class:`DeltaKernel` -- the paper's fixed kernels
   in the Fubini-Study distance.
 * :class:`InfiniteWidthKernel`, :func:`infinite_width_kernel` -- analytic
-  NNGP/NTK of ReLU/erf networks (NTK parameterisation).
+  NNGP/NTK of fully connected networks for any elementwise activation
+  (closed forms or Gauss-Hermite, :mod:`cyntk.kernels.dual`), NTK and standard
+  parameterisations.
+* :class:`InfiniteWidthMetricKernel` -- the infinite-width metric-NTK
+  ``M(x) Theta_inf M(x')^T`` of a multiplicative metric model.
 * :class:`EmpiricalNTKKernel` -- empirical NTK of a model at a weight snapshot.
 * :class:`CosineNetwork`, :func:`cosine_ntk`, :func:`cosine_normalisation`,
   :class:`CosineNTKKernel` -- the cosine network of paper section 2.3.2.
@@ -28,6 +32,7 @@ Public API:
 from cyntk.kernels.analytic import (
     ACTIVATIONS,
     InfiniteWidthKernel,
+    NNGPAndNTK,
     NTKDense,
     infinite_width_kernel,
     ntk_mlp,
@@ -41,7 +46,9 @@ from cyntk.kernels.cosine import (
     cosine_ntk,
     paper_cosine_normalisation,
 )
+from cyntk.kernels.dual import DualActivation, dual_activation
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
+from cyntk.kernels.infinite_metric import InfiniteWidthMetricKernel, network_infinite_width_kernel
 from cyntk.kernels.ntk import IMPLEMENTATIONS, OUTPUTS, EmpiricalNTKKernel, metric_ntk, metric_ntk_vp
 from cyntk.kernels.kernel_model import KernelModel, NonPositiveMetricError
 from cyntk.kernels.local import ManifoldGaussianKernel, local_flow_velocity, sigma_sweep
@@ -66,6 +73,11 @@ __all__ = [
     # analytic infinite-width kernels and NTK-parameterised networks
     "infinite_width_kernel",
     "ACTIVATIONS",
+    "NNGPAndNTK",
+    "DualActivation",
+    "dual_activation",
+    "InfiniteWidthMetricKernel",
+    "network_infinite_width_kernel",
     "NTKDense",
     "ntk_mlp",
     # cosine network (paper section 2.3.2)
