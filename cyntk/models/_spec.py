@@ -20,12 +20,13 @@ It is built from any of the inputs the models accept:
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from cyntk.geometry.files import IncompleteFileSetError, check_file_set, read_pickle
 
 __all__ = ["ManifoldSpec", "manifold_spec"]
 
@@ -278,11 +279,15 @@ def _load_basis_path(path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "basis.pickle"
+    status, reason, _ = check_file_set(path.parent / "cyntk.json")
+    if status == "incomplete":
+        raise IncompleteFileSetError(f"`manifold`: the dataset directory {path.parent} is incomplete "
+                                     f"({reason}); re-create it (`cyntk sample ... -o DIR`).")
     if not path.is_file():
         raise ValueError(f"`manifold` path must be a cymetric basis.pickle or a directory containing "
                          f"one; received {str(path)!r}, which does not exist.")
-    with open(path, "rb") as fh:
-        basis = pickle.load(fh)
+    basis = read_pickle(path, what="a cymetric basis (pickled dict)",
+                        fix="re-create it (`cyntk sample ... -o DIR`) or pass the manifold itself.")
     if not isinstance(basis, dict):
         raise TypeError(f"{str(path)!r} must hold a pickled dict (cymetric basis); received "
                         f"{type(basis).__name__}.")
