@@ -90,3 +90,5 @@ def test_cyntk_demo_tiny_writes_every_promised_file(tmp_path):
     for k in ("gaussian", "delta", "relu"):
         assert np.isfinite(res["kernel_flows"][k]["train_gain"])
     assert "sigma" in (out / "summary.md").read_text().lower()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and "figures/fig2_clustering.png" in manifest["files"]

@@ -13,7 +13,9 @@ Steps (each prints a progress line):
 
 Outputs in the output directory: ``figures/*.png``, ``tensorboard/`` (open with
 ``tensorboard --logdir``), ``data/`` (dataset.npz + basis.pickle),
-``results.json`` (every number) and ``summary.md``.
+``results.json`` (every number) and ``summary.md``. ``manifest.json`` says
+"incomplete" while the demo runs and lists the size and SHA-256 of
+``results.json``, ``summary.md`` and the figures once it has finished.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cyntk.experiments._io import save_figure, save_json
-from cyntk.geometry import atomic_write, fermat_quintic, make_dataset
+from cyntk.geometry import atomic_write, begin_file_set, fermat_quintic, finish_file_set, make_dataset
 
 __all__ = ["DEMO_SCALES", "DEMO_FLOW_HYPERPARAMETERS", "run_demo"]
 
@@ -63,6 +65,7 @@ def run_demo(output="cyntk-demo", *, scale: str = "default", seed: int = 0, log=
     out = Path(output)
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
+    begin_file_set(out / "manifest.json", {"demo_scale": scale, "seed": seed})
     results = {"scale": scale, "seed": seed}
     t_start = time.perf_counter()
 
@@ -120,6 +123,8 @@ def run_demo(output="cyntk-demo", *, scale: str = "default", seed: int = 0, log=
     save_json(results, out / "results.json")
     summary = _summary(results, gains_table(flows))
     atomic_write(out / "summary.md", lambda fh: fh.write(summary), "w")
+    members = ["results.json", "summary.md"] + sorted(f"figures/{p.name}" for p in figs.glob("*.png"))
+    finish_file_set(out / "manifest.json", members, {"demo_scale": scale, "seed": seed})
     step(f"done: wrote {out}/summary.md, results.json, figures/, tensorboard/, data/")
     return results
 
