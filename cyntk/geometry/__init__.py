@@ -4,6 +4,17 @@ Points, charts, pullbacks, Omega, weights, kappa and cymetric dataset files for
 hypersurfaces in one projective space, following CONVENTIONS.md exactly.
 """
 
+from cyntk.geometry.cicy import CompleteIntersection
+from cyntk.geometry.cicy_io import manifold_from_basis
+from cyntk.geometry.cicy_manifolds import (
+    CICY_MANIFOLDS,
+    bicubic,
+    generic_cicy,
+    multidegree_monomials,
+    parse_configuration,
+    tetraquadric,
+)
+from cyntk.geometry.intersection import intersection_tensor, mixed_determinant
 from cyntk.geometry.components import (
     component_labels,
     components_from_hermitian,
@@ -51,6 +62,10 @@ __all__ = [
     # hypersurfaces
     "Hypersurface", "fermat_quintic", "dwork_quintic", "fermat_quartic", "fermat_cubic",
     "get_manifold", "MANIFOLDS",
+    # complete intersections in products of projective spaces
+    "CompleteIntersection", "tetraquadric", "bicubic", "generic_cicy", "multidegree_monomials",
+    "parse_configuration", "CICY_MANIFOLDS", "manifold_from_basis", "intersection_tensor",
+    "mixed_determinant",
     # datasets and cymetric files
     "CYDataset", "make_dataset", "load_basis", "save_basis",
     # points on the variety

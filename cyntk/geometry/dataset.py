@@ -39,6 +39,7 @@ from cyntk.geometry.files import (
     read_npz,
     read_pickle,
 )
+from cyntk.geometry.cicy_io import manifold_from_basis
 from cyntk.geometry.hypersurface import Hypersurface
 from cyntk.geometry.projective import to_real
 from cyntk.geometry.variety import FILE_VARIETY_TOL, check_on_variety
@@ -258,7 +259,7 @@ class CYDataset:
         basis = load_basis(basis_path)
         name = info.get("manifold", d.name)   # cyntk.json (complete or pre-manifest)
         try:
-            manifold = Hypersurface.from_basis(basis, name=str(name))
+            manifold = manifold_from_basis(basis, name=str(name))
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptFileError(f"{basis_path} does not describe a hypersurface: {exc} "
                                    f"{_FIX_DATASET}") from exc
@@ -302,6 +303,10 @@ class CYDataset:
         if not np.all(np.isfinite(pbv)):
             raise ValueError(f"{ds_path}: val_pullbacks contain NaN or inf. {_FIX_DATASET}")
         if check_points:
+            if hasattr(manifold, "weight_normalisation"):   # cymetric's data-dependent constant (cicy.py)
+                c = manifold.weight_normalisation(np.concatenate([arr["y_train"][:, 0], arr["y_val"][:, 0]]),
+                                                  np.concatenate([gt["weights"], gv["weights"]]))
+                gt["weights"], gv["weights"] = c * gt["weights"], c * gv["weights"]
             for key, stored, fresh in (
                     ("y_train[:, 0] (weights)", arr["y_train"][:, 0], gt["weights"]),
                     ("y_train[:, 1] (|Omega|^2)", arr["y_train"][:, 1], gt["omega_sq"]),
