@@ -269,3 +269,27 @@ def test_reproduce_killed_and_interrupted_at_every_stage(tmp_path, marks):
     assert rc == 0 and "incomplete" in stdout and "result.json" in stdout
     assert loaded()[:2] == (0, "[40, [40, 40]]")
     assert np.isfinite(os.path.getsize(d / "result.npz"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_plain_cyntk_sample_interrupted_while_sampling(tmp_path, signum):
+    """The unmodified entry point, interrupted mid-run: the earlier dataset stays complete."""
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "cyntk", "sample", "quartic", "-o", str(out), "--seed", "4"]
+    assert subprocess.run(cmd + ["-n", "300"], capture_output=True, timeout=60).returncode == 0
+    before = CYDataset.load(out).points_train.copy()
+    proc = subprocess.Popen(cmd + ["-n", "3000000", "--seed", "5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "sampling" not in seen:                  # the progress bar has started
+        ch = proc.stderr.read(1)
+        assert ch, f"cyntk sample ended early: {seen}"
+        seen += ch
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    if signum == signal.SIGINT:
+        _assert_one_line_interrupt(proc.returncode, err.replace("\r", "\n"))
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    np.testing.assert_array_equal(CYDataset.load(out).points_train, before)
+    assert _hidden(out) == []

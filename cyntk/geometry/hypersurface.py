@@ -462,27 +462,29 @@ class Hypersurface:
         out, have = [], 0
         accept = 1.0 if chart is None else 1.0 / self.n_charts
         tries = 0
-        while have < n_points:
-            want = n_points - have
-            m = min(_CHUNK_POINTS, int(math.ceil(want / max(accept, 1e-6) * 1.05)) + self.degree)
-            z = self._sample_chunk(m, rng, newton_steps)
-            if chart is not None:
-                c = self.charts(z)
-                keep = (c[:, 0] == chart[0]) & (c[:, 1] == chart[1])
-                frac = keep.mean()
-                accept = 0.5 * accept + 0.5 * max(frac, 1e-4) if tries else max(frac, 1e-4)
-                z = z[keep]
-            tries += 1
-            if tries > 10_000:
-                raise RuntimeError(f"sampling produced too few points in chart {chart}; "
-                                   f"acceptance rate ~{accept:.2e}.")
-            z = z[:want]
-            out.append(z)
-            have += len(z)
+        try:
+            while have < n_points:
+                want = n_points - have
+                m = min(_CHUNK_POINTS, int(math.ceil(want / max(accept, 1e-6) * 1.05)) + self.degree)
+                z = self._sample_chunk(m, rng, newton_steps)
+                if chart is not None:
+                    c = self.charts(z)
+                    keep = (c[:, 0] == chart[0]) & (c[:, 1] == chart[1])
+                    frac = keep.mean()
+                    accept = 0.5 * accept + 0.5 * max(frac, 1e-4) if tries else max(frac, 1e-4)
+                    z = z[keep]
+                tries += 1
+                if tries > 10_000:
+                    raise RuntimeError(f"sampling produced too few points in chart {chart}; "
+                                       f"acceptance rate ~{accept:.2e}.")
+                z = z[:want]
+                out.append(z)
+                have += len(z)
+                if bar is not None:
+                    bar.update(len(z))
+        finally:                        # also on Ctrl-C: the bar ends before any message
             if bar is not None:
-                bar.update(len(z))
-        if bar is not None:
-            bar.close()
+                bar.close()
         return np.concatenate(out, axis=0)
 
     def _check_chart(self, chart):
