@@ -167,3 +167,58 @@ def test_result_files_and_store_items_are_named(tmp_path):
     fresh = ResultStore(tmp_path / "partial")
     with pytest.warns(RuntimeWarning, match=r"k1.npz: cannot read .*recomputed now"):
         assert fresh.get("k1") is None
+
+
+# ------------------------------------------------------------ constructors and options
+ODD = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.integers(-10**12, 10**12),
+                st.floats(allow_nan=True, allow_infinity=True), st.complex_numbers(max_magnitude=10),
+                st.lists(st.integers(-2, 3), max_size=2))
+OPTS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def _works_or_names(fn, names):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return fn()
+        except (ValueError, TypeError) as exc:
+            assert any(n in str(exc) for n in names), f"{type(exc).__name__} names none of {names}: {exc}"
+            return None
+
+
+@OPTS
+@given(kappa=ODD, sigma=ODD, volk=ODD, nonfinite=ODD, dtype=st.one_of(ODD, st.sampled_from(["float32", "float64"])))
+def test_metric_model_options(kappa, sigma, volk, nonfinite, dtype):
+    model = _works_or_names(lambda: FSModel(M, kappa=kappa, sigma=sigma, volk=volk, nonfinite=nonfinite,
+                                            dtype=dtype),
+                            ("kappa", "sigma", "volk", "nonfinite", "dtype", "loss weight"))
+    if model is not None:
+        assert np.all(np.isfinite(np.asarray(model(X[:3]))))
+
+
+@OPTS
+@given(sigma=ODD)
+def test_gaussian_kernel_options(sigma):
+    _works_or_names(lambda: GaussianFSKernel(sigma), ("sigma",))
+
+
+@OPTS
+@given(x=st.one_of(st.sampled_from([X, X_OFF, X[:, :9], X[:1], X.astype(np.complex128)]), ODD),
+       tile_size=st.one_of(st.just(16), ODD), n_threads=st.one_of(st.just(1), ODD))
+def test_kernel_model_options(x, tile_size, n_threads):
+    _works_or_names(lambda: KernelModel(GaussianFSKernel(0.2), x, M, tile_size=tile_size, n_threads=n_threads),
+                    ("x_train", "tile_size", "n_threads"))
+
+
+@OPTS
+@given(names=st.one_of(ODD, st.lists(st.text(max_size=6), max_size=2)), scale=ODD)
+def test_reproduce_options(tmp_path_factory, names, scale):
+    from cyntk.experiments.runner import EXPERIMENTS, reproduce
+
+    listed = names if isinstance(names, list) else [names]
+    if any(isinstance(n, str) and (n in EXPERIMENTS or n == "all") for n in listed):
+        return                                  # a real experiment run is not a hostile input
+    out = tmp_path_factory.mktemp("rep")
+    _works_or_names(lambda: reproduce(names, scale=scale, output=out, log=lambda *_: None),
+                    ("experiment", "scale", "names"))

@@ -199,6 +199,11 @@ def reproduce(names, *, scale: str = "quick", output="cyntk-results", force: boo
     _load_registry()
     if isinstance(names, str):
         names = [names]
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"`names` must be an experiment name or a non-empty list of names (see "
+                        f"EXPERIMENTS, or 'all'); received {names!r}.")
+    if not isinstance(scale, str):
+        raise TypeError(f"`scale` must be 'quick' or 'paper'; received {scale!r}.")
     if "all" in names:
         names = list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
