@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="sample points on a Calabi-Yau and write a cymetric dataset directory")
-    s.add_argument("manifold", help="quintic | dwork | quartic (K3) | cubic (torus)")
+    s.add_argument("manifold", help="quintic | dwork | quartic (K3) | cubic (torus) | tetraquadric | bicubic | "
+                                    "cicy (with --configuration)")
     s.add_argument("-n", "--n-points", type=_int_at_least("--n-points", 2), default=100_000,
                    help="total points (train + val)")
     s.add_argument("-o", "--output", required=True, help="output directory (dataset.npz, basis.pickle)")
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-split", type=_float_in("--val-split", 0.0, 1.0), default=0.1, help="validation fraction (default 0.1)")
     s.add_argument("--chart", type=_chart, default=None,
                    help="keep only points in chart 'PATCH,ELIM' (fixed-chart sampling)")
+    s.add_argument("--configuration", default=None,
+                   help="cicy only: 'n1|q11,q12;n2|q21,q22' (factor dimension | equation degrees), e.g. '5|3,3', "
+                        "or a JSON file with 'ambient' and 'configuration'")
+    s.add_argument("--coefficient-seed", type=_int_at_least("--coefficient-seed", 0), default=None,
+                   help="tetraquadric/bicubic/cicy: seed of the random coefficients (defaults 11/0/0)")
     s.set_defaults(func=_cmd_sample)
 
     d = sub.add_parser("demo", help="a small end-to-end study on the Fermat quintic (a few minutes)")
@@ -133,7 +139,12 @@ def _cmd_sample(args) -> int:
     if int((1.0 - args.val_split) * args.n_points) < 1:
         raise ValueError(f"--val-split {args.val_split} leaves no training point of --n-points "
                          f"{args.n_points}; use a smaller --val-split or more points.")
-    manifold = get_manifold(args.manifold, psi=args.psi, kmoduli=args.kmoduli)
+    if str(args.manifold).lower() in ("tetraquadric", "bicubic", "cicy"):
+        from cyntk.geometry.cicy_manifolds import get_cicy
+        manifold = get_cicy(args.manifold, configuration=args.configuration, kmoduli=args.kmoduli,
+                            seed=args.coefficient_seed)
+    else:
+        manifold = get_manifold(args.manifold, psi=args.psi, kmoduli=args.kmoduli)
     t0 = time.perf_counter()
     ds = make_dataset(manifold, args.n_points, val_split=args.val_split, seed=args.seed,
                       chart=args.chart, progress=True)

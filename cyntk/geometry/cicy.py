@@ -212,6 +212,11 @@ class CompleteIntersection:
         return bool(np.all(self.configuration.sum(axis=1) == self.ambient + 1))
 
     @property
+    def intersection_number(self) -> float:
+        """``Vol_K = int_X J^nfold`` at ``kmoduli`` (the name :class:`Hypersurface` uses)."""
+        return self.volume_k
+
+    @property
     def degree(self):
         """Multidegrees, int64 (m, K) (the configuration matrix)."""
         return self.configuration

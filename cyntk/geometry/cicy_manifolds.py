@@ -19,7 +19,7 @@ import numpy as np
 from cyntk.geometry.cicy import CompleteIntersection, _gm
 
 __all__ = ["multidegree_monomials", "generic_cicy", "tetraquadric", "bicubic", "parse_configuration",
-           "CICY_MANIFOLDS"]
+           "CICY_MANIFOLDS", "get_cicy"]
 
 
 def multidegree_monomials(ambient, degrees) -> np.ndarray:
@@ -109,3 +109,37 @@ def parse_configuration(text):
 
 #: named complete intersections (factories with ``seed=`` and ``kmoduli=``)
 CICY_MANIFOLDS = {"tetraquadric": tetraquadric, "bicubic": bicubic}
+
+
+def get_cicy(name: str, *, configuration=None, kmoduli=None, seed=None) -> CompleteIntersection:
+    """A named complete intersection (``tetraquadric``, ``bicubic``) or ``cicy`` with a configuration.
+
+    Args:
+        name: ``'tetraquadric'``, ``'bicubic'`` or ``'cicy'``.
+        configuration: for ``'cicy'``: a string or JSON path (:func:`parse_configuration`).
+        kmoduli: one float (every factor) or one per factor; default ones (or the file's).
+        seed: coefficient seed (default: 11 tetraquadric, 0 otherwise, or the file's).
+    """
+    key = str(name).lower()
+    if key == "cicy":
+        if configuration is None:
+            raise ValueError("manifold 'cicy' needs a configuration, e.g. '5|3,3' (two cubics in P^5) or a "
+                             "JSON file {\"ambient\": [5], \"configuration\": [[3, 3]]}.")
+        cfg = parse_configuration(configuration)
+        amb = cfg["ambient"]
+        seed = cfg.get("seed", 0) if seed is None else seed
+        kmoduli = cfg.get("kmoduli") if kmoduli is None else kmoduli
+        if kmoduli is not None and np.ndim(kmoduli) == 0:
+            kmoduli = np.full(len(amb), float(kmoduli))
+        return generic_cicy(amb, cfg["configuration"], seed=seed, kmoduli=kmoduli)
+    if key not in CICY_MANIFOLDS:
+        raise ValueError(f"Unknown complete intersection {name!r}; expected one of "
+                         f"{sorted(CICY_MANIFOLDS) + ['cicy']}.")
+    if configuration is not None:
+        raise ValueError(f"a configuration applies only to manifold 'cicy'; received one for {name!r}.")
+    factory = CICY_MANIFOLDS[key]
+    m = factory()
+    if kmoduli is not None and np.ndim(kmoduli) == 0:
+        kmoduli = np.full(m.nproj, float(kmoduli))
+    kw = {} if seed is None else {"seed": seed}
+    return factory(kmoduli=kmoduli, **kw)
