@@ -211,7 +211,10 @@ def check_file_set(manifest, *, checksums: bool = True) -> tuple[str, str, dict]
     if not content.get("complete"):
         return ("incomplete", f"{manifest} says its writing (started {content.get('started', '?')}) "
                 "never finished: it was interrupted", content)
-    for name, entry in dict(content.get("files", {})).items():
+    members = content.get("files", {})
+    if not isinstance(members, dict) or not all(isinstance(e, dict) for e in members.values()):
+        return "incomplete", f"its manifest {manifest} does not list its files properly", content
+    for name, entry in members.items():
         p = manifest.parent / name
         if not p.is_file():
             return "incomplete", f"member {p} is missing", content

@@ -35,6 +35,13 @@ def relative_residual(manifold, z) -> np.ndarray:
     own = getattr(manifold, "relative_residual", None)
     if callable(own):
         return np.asarray(own(z), dtype=np.float64)
+    mono, coef = getattr(manifold, "monomials", None), getattr(manifold, "coefficients", None)
+    if mono is not None and coef is not None and np.ndim(mono) == 2 and np.ndim(z) == 2:
+        # one pass over the terms c_m z^M_m gives both |Q| and the scale sum_m |c_m z^M_m|
+        terms = _terms(np.asarray(z, dtype=np.complex128), np.asarray(mono, dtype=np.int64)) * coef
+        q, scale = np.abs(terms.sum(axis=1)), np.abs(terms).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(scale > 0, q / np.where(scale > 0, scale, 1.0), np.where(q > 0, np.inf, 0.0))
     q = np.abs(np.asarray(manifold.Q(z)))
     scale = np.asarray(manifold.monomial_scale(z), dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -76,3 +83,17 @@ def check_on_variety(manifold, z, name: str = "z", tol: float | None = None) -> 
             f"perturbed points back with `project`, or pass `check_variety=False` if you know what "
             f"you are doing.")
     return r
+
+
+def _terms(z, mono):
+    """``prod_l z_l**mono[m, l]`` (P, M) from a table of powers (cheaper than complex ``np.power``)."""
+    P, N = z.shape
+    d = int(mono.max()) if mono.size else 0
+    table = np.empty((d + 1, P, N), dtype=np.complex128)
+    table[0] = 1.0
+    for k in range(1, d + 1):
+        table[k] = table[k - 1] * z
+    terms = np.ones((P, len(mono)), dtype=np.complex128)
+    for col in range(N):
+        terms *= table[mono[:, col], :, col].T
+    return terms
