@@ -32,7 +32,10 @@ from cyntk.callbacks.spectra import (
     wasserstein,
 )
 
-__all__ = ["MetricNTKCallback", "BLOCKS"]
+__all__ = ["MetricNTKCallback", "BLOCKS", "ON_ERROR"]
+
+#: Accepted values of ``on_error``: a failed record warns and training goes on, or raises.
+ON_ERROR = ("warn", "raise")
 
 #: The three kernel blocks, in the order train-train, test-test, train-test.
 BLOCKS = ("train_train", "test_test", "train_test")
@@ -212,8 +215,11 @@ class MetricNTKCallback(keras.callbacks.Callback):
                  log_floor: float = 1e-10, train_targets=None, signal_fn=None,
                  log_all_blocks: bool = False, histogram_bins: int = 30, image_every: int | None = None,
                  save_kernels: bool = False, track_last: bool = True, ntk_fn=None, ntk_kwargs=None,
-                 verbose: int = 0):
+                 verbose: int = 0, model=None, on_error: str = "warn"):
         super().__init__()
+        if on_error not in ON_ERROR:
+            raise ValueError(f"`on_error` must be one of {ON_ERROR}; received {on_error!r}.")
+        self.on_error = on_error
         self.every = _checks.positive_int(every, "every", "record every `every` epochs")
         if block not in BLOCKS:
             raise ValueError(f"`block` must be one of {BLOCKS}; received {block!r}.")
@@ -303,6 +309,11 @@ class MetricNTKCallback(keras.callbacks.Callback):
         self._theta_last = None        # float64 kernel of the latest record (in memory only)
         self._ref64 = None             # float64 reference kernel
         self._kernel_dtype = np.float64
+        self._live = False             # a record was made in this process (not only loaded)
+        if model is not None:
+            self.set_model(model)
+            self._inspect_model()
+            self._record(0 if self.history.last_epoch is None else self.history.last_epoch, None)
 
     # ================================================================ config
     @property
@@ -440,6 +451,7 @@ class MetricNTKCallback(keras.callbacks.Callback):
 
     def _load_resume(self, resume):
         if resume is False or resume is None:
+            self._keep_old_history()
             return None
         if resume is True:
             if self.history_path is None:
@@ -454,6 +466,29 @@ class MetricNTKCallback(keras.callbacks.Callback):
                 raise FileNotFoundError(f"`resume`={str(resume)!r}: no such metric-NTK history file.")
             return MetricNTKHistory.load(path)
         raise TypeError(f"`resume` must be False, True or the path of a history file; received {resume!r}.")
+
+    def _keep_old_history(self):
+        """A new history never replaces an old one: the old files are renamed with a timestamp."""
+        path = self.history_path
+        if path is None or not (path.is_file() or path.with_suffix(".json").is_file()):
+            return
+        from cyntk.callbacks.history import reference_path
+
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = []
+        kernels = path.parent / "kernels"
+        for old in (path, path.with_suffix(".json"), reference_path(path)):
+            if old.is_file():
+                new = old.with_name(old.name.replace(path.stem, f"{path.stem}.{stamp}", 1))
+                old.replace(new)
+                moved.append(new.name)
+        if kernels.is_dir() and self.save_kernels:
+            new = kernels.with_name(f"kernels.{stamp}")
+            kernels.replace(new)
+            moved.append(new.name + "/")
+        warnings.warn(f"MetricNTKCallback: {str(path)!r} already held a metric-NTK history; it was kept as "
+                      f"{', '.join(moved)} in {str(path.parent)!r} and a new history starts (pass "
+                      "resume=True to continue the old one instead).", UserWarning, stacklevel=3)
 
     def _check_resumed(self, loaded, x_train, x_test):
         for key, value in (("x_train", x_train), ("x_test", x_test)):
@@ -474,17 +509,40 @@ class MetricNTKCallback(keras.callbacks.Callback):
         return loaded.arrays["x_train"].astype(np.float64), loaded.arrays["x_test"].astype(np.float64)
 
     # ================================================================ hooks
+    def set_model(self, model):
+        previous = getattr(self, "_model", None)
+        if previous is not None and model is not previous and self._live:
+            raise ValueError(f"MetricNTKCallback was given the model {previous.name!r} (at construction "
+                             f"or in an earlier fit) and now receives {model.name!r}; one callback "
+                             "tracks one model. Create a new callback for the other model.")
+        self._model = model
+
     def on_train_begin(self, logs=None):
         self._fit_started = False
         self._offset = 0
         self._last_label = None
         self._inspect_model()
+        if not self.history.epochs:
+            steps = _optimizer_steps(self.model)
+            if steps:
+                warnings.warn(
+                    f"MetricNTKCallback: the model has already taken {steps} optimizer steps when the "
+                    "callback first sees it, so its reference kernel ('epoch 0') is not the kernel at "
+                    "initialisation (e.g. cymetric's train_model passes callbacks only to the second "
+                    "fit of each epoch). Pass `model=` to MetricNTKCallback to record the reference "
+                    "when the callback is created.", stacklevel=2)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._fit_started:
             return
         self._fit_started = True
         last = self.history.last_epoch
+        if self._live and last is not None and epoch == 0:
+            # another fit of the same training (cymetric's train_model calls fit twice per
+            # epoch): the numbering continues, and the weights may have moved in between
+            self._offset = last
+            self._last_label = last
+            return
         if last is not None and epoch == 0 and last > 0:
             self._offset = last  # a fit restarted at epoch 0 continues the numbering
         elif last is not None and epoch < last:
@@ -495,7 +553,8 @@ class MetricNTKCallback(keras.callbacks.Callback):
                 self._theta_last = None
         label = epoch + self._offset
         if label in self.history.epochs:
-            self._check_resume_point(label)
+            if not self._live:
+                self._check_resume_point(label)
         else:
             self._record(label, None)
         self._last_label = label
@@ -511,6 +570,11 @@ class MetricNTKCallback(keras.callbacks.Callback):
             self._record(self._last_label, None)
         if self.log_dir is not None and len(self.history):
             self._write_image()
+        if self._writer is not None:
+            self._writer.flush()      # kept open: one event file per training, across fit calls
+
+    def close(self):
+        """Close the TensorBoard writer (it is also closed when the callback is collected)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -557,7 +621,14 @@ class MetricNTKCallback(keras.callbacks.Callback):
         shape = tuple(out.shape)
         dtype = keras.backend.standardize_dtype(out.dtype)
         if dtype.startswith("complex") and len(shape) == 3 and shape[1] == shape[2]:
-            kind, m = "metric", shape[1] * shape[2]
+            g = np.asarray(keras.ops.convert_to_numpy(out))
+            asym = float(np.max(np.abs(g - np.conj(np.swapaxes(g, -1, -2)))))
+            scale = max(float(np.max(np.abs(g))), np.finfo(np.float64).tiny)
+            if asym > 1e3 * np.finfo(g.real.dtype).eps * scale:
+                # not hermitian (e.g. cymetric's MatrixFSModel): Re and Im of every entry
+                kind, m = "complex", 2 * shape[1] * shape[2]
+            else:
+                kind, m = "metric", shape[1] * shape[2]
         elif dtype.startswith(("float", "bfloat")) and len(shape) == 2:
             kind, m = "vector", shape[1]
         else:
@@ -618,6 +689,29 @@ class MetricNTKCallback(keras.callbacks.Callback):
         return floors
 
     def _record(self, label: int, logs):
+        """One record; a failure is recorded, warned about and training goes on (``on_error``)."""
+        if self.on_error == "raise":
+            self._record_now(label, logs)
+            return
+        try:
+            self._record_now(label, logs)
+        except Exception as err:  # noqa: BLE001 - never kill the user's training (on_error="warn")
+            message = f"{type(err).__name__}: {err}"
+            self.history.meta.setdefault("errors", []).append({"epoch": int(label), "error": message})
+            warnings.warn(f"MetricNTKCallback: the record of epoch {label} failed and is skipped "
+                          f"({message}); training goes on. Pass on_error='raise' to stop instead.",
+                          RuntimeWarning, stacklevel=2)
+            if logs is not None:
+                logs["ntk_failed"] = 1.0
+                for k in self.log_keys:
+                    logs[k] = math.nan
+            if self.history_path is not None and self.history.epochs:
+                try:
+                    self.history.save(self.history_path)
+                except OSError:
+                    pass
+
+    def _record_now(self, label: int, logs):
         t0 = time.perf_counter()
         theta = self._kernel()
         finite = bool(np.all(np.isfinite(theta)))
@@ -634,6 +728,7 @@ class MetricNTKCallback(keras.callbacks.Callback):
         scalars["ntk_seconds"] = time.perf_counter() - t0
 
         self.history.append(label, scalars, spectra)
+        self._live = True
         self._theta_last = theta64
         if self.log_dir is not None:
             self._write_tensorboard(label, scalars, spectra, floors)
@@ -825,6 +920,16 @@ class MetricNTKCallback(keras.callbacks.Callback):
                           "weights restored from the checkpoint of that epoch?", stacklevel=2)
         self._theta_last = now
 
+
+
+def _optimizer_steps(model) -> int:
+    """How many steps the model's optimizer has taken (0 if unknown / not compiled)."""
+    opt = getattr(model, "optimizer", None)
+    it = getattr(opt, "iterations", None)
+    try:
+        return int(it.numpy()) if it is not None else 0
+    except Exception:  # noqa: BLE001 - any optimizer without a readable step count
+        return 0
 
 
 def _histogram_buckets(values, bins: int) -> np.ndarray:

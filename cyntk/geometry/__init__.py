@@ -4,6 +4,7 @@ Points, charts, pullbacks, Omega, weights, kappa and cymetric dataset files for
 hypersurfaces in one projective space, following CONVENTIONS.md exactly.
 """
 
+from cyntk.geometry.charts import chart_counts, select_chart
 from cyntk.geometry.cicy import CompleteIntersection
 from cyntk.geometry.cicy_io import manifold_from_basis
 from cyntk.geometry.cicy_manifolds import (
@@ -66,6 +67,8 @@ __all__ = [
     "CompleteIntersection", "tetraquadric", "bicubic", "generic_cicy", "multidegree_monomials",
     "parse_configuration", "CICY_MANIFOLDS", "manifold_from_basis", "intersection_tensor",
     "mixed_determinant",
+    # charts of a dataset
+    "chart_counts", "select_chart",
     # datasets and cymetric files
     "CYDataset", "make_dataset", "load_basis", "save_basis",
     # points on the variety

@@ -546,8 +546,18 @@ class KernelModel(keras.Model):
             weights = self.kernel.weights              # the kernel's snapshot theta0
         source_vars = list(base_metric.variables)
         trainable_ids = {id(v) for v in base_metric.trainable_variables}
-        self._base_model = _copy_model(base_metric, tf.cast(probe, base_metric.compute_dtype), weights)
-        self._base_model.trainable = False
+        try:
+            self._base_model = _copy_model(base_metric, tf.cast(probe, base_metric.compute_dtype), weights)
+            self._base_model.trainable = False
+        except TypeError:
+            # Not rebuildable from its config (e.g. cymetric's models): use the live model with a
+            # frozen weight snapshot, loaded for the duration of every fit/evaluate/predict and
+            # restored bit for bit afterwards. Kept out of Keras' tracking, so the KernelModel's
+            # variables stay its own and the user's model is not made non-trainable.
+            if weights is None:
+                weights = [np.array(v.numpy()) for v in source_vars]
+            object.__setattr__(self, "_base_model", base_metric)
+            object.__setattr__(self, "_live_base", (source_vars, [np.array(w) for w in weights]))
         if self.form == "primal":
             if base_metric is not kernel_model:
                 raise ValueError("`form='primal'` linearises the kernel's network; `base_metric` must "
@@ -1133,6 +1143,24 @@ class KernelModel(keras.Model):
             raise ValueError(msg) from err
         raise err
 
+    @contextlib.contextmanager
+    def _running(self):
+        """fit/evaluate/predict context: the float type, and a live base model's frozen weights."""
+        live = self.__dict__.get("_live_base")
+        with _floatx(self.compute_dtype):
+            if live is None:
+                yield
+                return
+            variables, frozen = live
+            saved = [np.array(v.numpy()) for v in variables]
+            try:
+                for v, w in zip(variables, frozen):
+                    v.assign(w)
+                yield
+            finally:
+                for v, w in zip(variables, saved):
+                    v.assign(w)
+
     def fit(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.fit`` over the train points (any order, any batch size).
 
@@ -1148,7 +1176,7 @@ class KernelModel(keras.Model):
         self._flow_error = None
         self._halted = False
         try:
-            with _floatx(self.compute_dtype):
+            with self._running():
                 history = super().fit(x, y, *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
@@ -1163,7 +1191,7 @@ class KernelModel(keras.Model):
         self._flow_error = None
         self._halted = False
         try:
-            with _floatx(self.compute_dtype):
+            with self._running():
                 out = super().train_on_batch(x, y, *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
@@ -1177,7 +1205,7 @@ class KernelModel(keras.Model):
         self.check_data(x, y)
         _check_sample_weight(kwargs.get("sample_weight", args[2] if len(args) > 2 else None), x)
         try:
-            with _floatx(self.compute_dtype):
+            with self._running():
                 return super().evaluate(x, y, *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
@@ -1186,7 +1214,7 @@ class KernelModel(keras.Model):
         """Metrics g (P, n, n) complex at any points of the model's chart(s)."""
         self.check_data(x)
         try:
-            with _floatx(self.compute_dtype):
+            with self._running():
                 return super().predict(x, *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
@@ -1197,6 +1225,11 @@ class KernelModel(keras.Model):
             raise NotImplementedError(
                 "saving a KernelModel whose EmpiricalNTKKernel network differs from its base metric "
                 "is not supported (the network is saved as the base metric); use base_metric=None.")
+        if self.__dict__.get("_live_base") is not None:
+            raise NotImplementedError(
+                f"this KernelModel freezes a live {type(self._base_model).__name__} by a weight snapshot "
+                "(the model cannot be rebuilt from a Keras config), so it cannot be saved; save the flow's "
+                "state with `alpha` and the base model's weights instead.")
         base = keras.saving.serialize_keras_object(self._base_model)
         base.pop("compile_config", None)        # the frozen base metric is never trained
         loss = self._loss_spec

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -55,15 +56,13 @@ from cyntk.kernels._checks import (
     optional_chunk_size,
 )
 from cyntk.kernels.base import Kernel
+from cyntk.kernels.recognise import StructurePlan, output_components, recognise
 from cyntk.kernels.structured import (
-    MultiplicativePlan,
     Traceable,
     dense_chain_plan,
-    multiplicative_structure,
     relaxed_function,
     verification_tolerance,
 )
-from cyntk.models.hermitian import components_from_hermitian_tf
 
 __all__ = ["IMPLEMENTATIONS", "OUTPUTS", "metric_ntk", "metric_ntk_vp", "EmpiricalNTKKernel"]
 
@@ -103,10 +102,10 @@ class _Outputs:
         self.m = m
 
     def __call__(self, y):
-        if self.kind == "metric":
+        if self.kind in ("metric", "complex"):
             if not y.dtype.is_complex:
                 y = tf.complex(y, tf.zeros_like(y))
-            return components_from_hermitian_tf(y)
+            return output_components(self.kind)(y)
         return tf.reshape(y, (-1, self.m))
 
 
@@ -137,6 +136,9 @@ def _resolve_outputs(model, x_probe, output: str) -> _Outputs:
     g = y.numpy()
     diff = float(np.max(np.abs(g - np.conj(np.swapaxes(g, -1, -2)))))
     scale = max(float(np.max(np.abs(g))), np.finfo(np.float64).tiny)
+    if diff > verification_tolerance(y.dtype) * scale and output == "auto":
+        # e.g. cymetric's MatrixFSModel, g = G + G @ H: every real degree of freedom counts
+        return _Outputs("complex", 2 * int(y.shape[1]) ** 2)
     if diff > verification_tolerance(y.dtype) * scale:
         raise ValueError(
             "`model` must return hermitian matrices (g = g^dagger) when output='metric'; received "
@@ -148,35 +150,56 @@ def _resolve_outputs(model, x_probe, output: str) -> _Outputs:
 
 # ----------------------------------------------------------------------------- generic plan
 class _GenericPlan:
-    """Per-variable Jacobians of each chunk, contracted by matrix products."""
+    """Per-variable Jacobians of each chunk, contracted by matrix products.
+
+    Two ways of forming the per-point Jacobians, same numbers:
+
+    * ``vectorised=True``: ``tf.vectorized_map`` (pfor) of a per-point
+      ``GradientTape.jacobian`` -- the fast way, but TensorFlow's pfor converter
+      cannot convert every op (e.g. cymetric's pullbacks, which scatter with
+      int64 indices);
+    * ``vectorised=False``: a ``tf.map_fn`` loop over points of per-point
+      Jacobians built with ``experimental_use_pfor=False`` (a ``while_loop``
+      of backward passes), which works for any differentiable op.
+    """
 
     cache_features = False
     name = "generic"
 
-    def __init__(self, model, outputs: _Outputs, dtype):
+    def __init__(self, model, outputs: _Outputs, dtype, *, vectorised: bool = True):
         self._model = weakref.ref(model)
         self.outputs = outputs
         self.dtype = dtype
         self.m = outputs.m
+        self.vectorised = bool(vectorised)
         self.variables = list(model.trainable_variables)
         n_params = sum(int(np.prod(v.shape)) for v in self.variables)
         self.bytes_per_point = self.m * n_params * dtype.size
         self.features = relaxed_function(self._features)
         self.block = relaxed_function(self._block)
 
+    @property
+    def path(self) -> str:
+        return "generic (vectorised)" if self.vectorised else "generic (per-point loop)"
+
     def _features(self, x):
         m = self.m
         model = _alive(self._model)
+        use_pfor = self.vectorised
 
         def per_point(xi):
             with tf.GradientTape() as tape:
                 f = self.outputs(model(xi[None], training=False))[0]
             jac = tape.jacobian(f, self.variables,
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO,
-                                experimental_use_pfor=True)
+                                experimental_use_pfor=use_pfor)
             return [tf.reshape(tf.cast(j, self.dtype), (m, -1)) for j in jac]
 
-        return tf.vectorized_map(per_point, tf.cast(x, self.dtype))
+        x = tf.cast(x, self.dtype)
+        if use_pfor:
+            return tf.vectorized_map(per_point, x, fallback_to_while_loop=True)
+        sig = [tf.TensorSpec((m, int(np.prod(v.shape))), self.dtype) for v in self.variables]
+        return tf.map_fn(per_point, x, fn_output_signature=sig)
 
     def _block(self, f1, f2):
         m = self.m
@@ -202,6 +225,7 @@ class _Engine:
         self.outputs = None
         self.plan = None
         self.reason = ""
+        self.path = None
         self._key = None
         self._vjp = self._jvp = None
         self._lock = threading.RLock()
@@ -230,36 +254,69 @@ class _Engine:
     def _select_plan(self, xp):
         model, outputs = self.model, self.outputs
         generic_dtype = tf.as_dtype(self.dtype)
-        if self.implementation == "generic":
-            return _GenericPlan(model, outputs, generic_dtype)
-        if outputs.kind == "metric":
-            input_map, reason = multiplicative_structure(model, xp)
-            if input_map is not None:
-                network = model.network
-                net_dtype = _variable_dtype(network, "model.network")
-                xn = tf.cast(input_map(xp), net_dtype)
-                y = network(xn, training=False)
-                inner = None
-                if y.shape.rank == 2 and y.shape[1] == outputs.m and not y.dtype.is_complex:
-                    inner, _ = dense_chain_plan(network, net_dtype, xn)
-                if inner is None:
-                    inner = _GenericPlan(network, _Outputs("vector", outputs.m), net_dtype)
-                self.reason = "multiplicative model" + ("" if inner.name == "generic" else
-                                                        " with a Dense-chain network")
-                real = model(xp, training=False).dtype.real_dtype
-                return MultiplicativePlan(model, inner, real, input_map)
-        else:
-            plan, reason = dense_chain_plan(model, self.dtype, xp)
-            if plan is not None:
-                self.reason = "Dense chain"
-                return plan
-        if self.implementation == "structured":
+        plan, reason = None, "implementation='generic' was asked for"
+        if self.implementation != "generic":
+            if outputs.kind in ("metric", "complex"):
+                plan, reason = self._structured(model, xp)
+            else:
+                plan, reason = dense_chain_plan(model, self.dtype, xp)
+                if plan is not None:
+                    plan.path = "structured (Dense chain)"
+        if plan is None and self.implementation == "structured":
             raise ValueError(
                 "`implementation='structured'` needs a chain of Dense/NTKDense layers with "
-                "elementwise activations or a multiplicative metric model g = G + G * H(network(x)); "
-                f"received {type(model).__name__} ({reason}). Use implementation='auto' or 'generic'.")
+                "elementwise activations, or a metric model built on one network (free, additive, "
+                "multiplicative or matrix combinations g = f(G, H(network(x))), or a potential "
+                f"g = G + d dbar phi); received {type(model).__name__} ({reason}). Use "
+                "implementation='auto' or 'generic'.")
+        if plan is None:
+            plan = self._generic(model, outputs, generic_dtype, xp, what=type(model).__name__)
         self.reason = reason
-        return _GenericPlan(model, outputs, generic_dtype)
+        self.path = plan.path
+        return plan
+
+    def _structured(self, model, xp):
+        """A :class:`StructurePlan` if the model is recognised, else ``(None, reason)``."""
+        maps, reason = recognise(model, xp, self.outputs, tf.as_dtype(self.dtype))
+        if maps is None:
+            return None, reason
+        st = maps.structure
+        net = st.network
+        net_dtype = _variable_dtype(net, "the model's network")
+        if st.kind == "value":
+            xn = tf.cast(st.input_map(xp), net_dtype)
+            inner, _ = dense_chain_plan(net, net_dtype, xn)
+            if inner is None:
+                inner = self._generic(net, _Outputs("vector", int(net(xn).shape[-1])), net_dtype, xn,
+                                      what=type(net).__name__)
+        else:
+            jet = st.jet
+            n2 = int(jet(tf.cast(xp[:1], net_dtype)).shape[-1])
+            inner = self._generic(jet, _Outputs("vector", n2), net_dtype, tf.cast(xp, net_dtype),
+                                  what="the potential's Hessian")
+        plan = StructurePlan(maps, inner, tf.as_dtype(self.dtype))
+        plan.m = self.outputs.m
+        return plan, ""
+
+    def _generic(self, model, outputs, dtype, xp, *, what):
+        """The vectorised generic plan, or the per-point loop where pfor cannot convert the model."""
+        plan = _GenericPlan(model, outputs, dtype)
+        try:
+            plan.features(tf.cast(xp[:2], dtype))
+            return plan
+        except Exception as exc:  # noqa: BLE001 - any pfor conversion failure: use the loop
+            first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}"
+        plan = _GenericPlan(model, outputs, dtype, vectorised=False)
+        try:
+            plan.features(tf.cast(xp[:2], dtype))
+        except Exception as exc:
+            raise ValueError(f"the metric-NTK of {what} cannot be computed: per-point Jacobians fail "
+                             f"both vectorised ({first}) and as a loop ({type(exc).__name__}: {exc}). "
+                             "Is the model differentiable in its trainable variables?") from exc
+        warnings.warn(f"metric_ntk: TensorFlow's vectorisation (pfor) cannot convert {what} ({first}); "
+                      "using a per-point Jacobian loop instead (same numbers, slower). This is said "
+                      "once per model.", RuntimeWarning, stacklevel=5)
+        return plan
 
     def _default_chunk(self, plan, n_points):
         if self.chunk_size is not None:

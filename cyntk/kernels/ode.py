@@ -128,7 +128,9 @@ class KernelFlowODE:
         groups = self._groups()
         same = groups[:, None] == groups[None, :]
         blk = blk * same[:, :, None, None]
-        return np.ascontiguousarray(blk.transpose(0, 2, 1, 3).reshape(N * m, N * m))
+        # float64 whatever the kernel's dtype (a float32 empirical NTK, say): the flow's ODE,
+        # its Hessians and eigenvalues are computed in float64
+        return np.ascontiguousarray(blk.transpose(0, 2, 1, 3).reshape(N * m, N * m), dtype=np.float64)
 
     # ------------------------------------------------------------------- pieces
     def metric(self, alpha):
