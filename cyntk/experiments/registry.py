@@ -139,3 +139,30 @@ register(Experiment(
 ))
 
 from cyntk.experiments import registry_flows  # noqa: E402,F401  (localflow, kahlerflows)
+
+
+from cyntk.experiments.widthlimit import plot_widthlimit, run_widthlimit  # noqa: E402
+
+
+def _widthlimit_summary(r):
+    parts = [f"metric-NTK distance to Theta_inf at init ~ width^{r['exponent']:.3f} (theory -1/2); "
+             + ", ".join(f"{int(w)}: {d:.3g}" for w, d in zip(r["widths"], r["init_frobenius_mean"]))]
+    for w in r.get("train_widths", []):
+        f = r[f"train/{w}/frobenius"]
+        parts.append(f"width {int(w)} trained: distance {f[0]:.3g} -> {f[-1]:.3g}, moved "
+                     f"{r[f'train/{w}/moved'][-1]:.3g}, sigma_val gain {r[f'train/{w}/sigma_gain']:.3g}")
+    return "\n    ".join(parts)
+
+
+register(Experiment(
+    name="widthlimit",
+    run=run_widthlimit,
+    plot=plot_widthlimit,
+    description="distance of the Figure-4 network's empirical metric-NTK to its infinite-width limit vs width "
+                "(fitted exponent, theory -1/2) and during training, with sigma_val",
+    scales={"quick": dict(widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=3, n_track=10,
+                          train_widths=(64, 256, 1024), n_points=5000, epochs=3),
+            "paper": dict(widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=5, n_track=10,
+                          train_widths=(64, 256, 1024, 4096), n_points=100_000, epochs=50, verbose=2)},
+    summary=_widthlimit_summary,
+))
