@@ -218,3 +218,22 @@ def test_validation_errors_and_warning():
     tq = tetraquadric(kmoduli=[1, 2, 3, 4])
     # J_t^3 = 3! sum_{a<b<c} d_abc t_a t_b t_c, d_abc = 2
     assert tq.volume_k == pytest.approx(12 * (1 * 2 * 3 + 1 * 2 * 4 + 1 * 3 * 4 + 2 * 3 * 4), rel=1e-14)
+
+
+def test_single_projective_space_is_the_k1_m1_case():
+    """A hypersurface in one P^n through CompleteIntersection gives Hypersurface's numbers."""
+    from cyntk.geometry import dwork_quintic
+
+    hs = dwork_quintic(psi=0.3)
+    ci = CompleteIntersection([hs.monomials], [hs.coefficients], [4], hs.kmoduli)
+    z = hs.sample_points(300, seed=4)
+    a, b = hs.geometry(z), ci.geometry(z)
+    np.testing.assert_array_equal(a["charts"], b["charts"])
+    for key in ("pullbacks", "omega", "omega_sq", "fs_metric_pb", "det_fs", "weights"):
+        assert _rel(b[key], a[key]) < 1e-13, key
+    assert ci.vol_j_norm == hs.vol_j_norm and ci.weight_constant == 6 * hs.degree
+    assert ci.kappa(z) == pytest.approx(hs.kappa(z), rel=1e-13)
+    hb, cb = hs.basis(0.5), ci.basis(0.5)
+    assert set(hb) == set(cb)
+    for k in hb:
+        np.testing.assert_array_equal(np.asarray(hb[k]), np.asarray(cb[k]), err_msg=k)

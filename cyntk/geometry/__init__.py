@@ -16,6 +16,7 @@ from cyntk.geometry.cicy_manifolds import (
     tetraquadric,
 )
 from cyntk.geometry.intersection import intersection_tensor, mixed_determinant
+from cyntk.geometry.product_distance import product_fs_distance, product_fs_distance_matrix
 from cyntk.geometry.components import (
     component_labels,
     components_from_hermitian,
@@ -66,7 +67,7 @@ __all__ = [
     # complete intersections in products of projective spaces
     "CompleteIntersection", "tetraquadric", "bicubic", "generic_cicy", "multidegree_monomials",
     "parse_configuration", "CICY_MANIFOLDS", "manifold_from_basis", "intersection_tensor",
-    "mixed_determinant",
+    "mixed_determinant", "product_fs_distance", "product_fs_distance_matrix",
     # charts of a dataset
     "chart_counts", "select_chart",
     # datasets and cymetric files
