@@ -315,11 +315,14 @@ def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec:
             raise TypeError(f"`kappa` must be a positive number; received {kappa!r}.") from None
     if isinstance(manifold, ManifoldSpec):
         return manifold if kappa is None else manifold.with_kappa(kappa)
+    from cyntk.models._cicy_spec import CICYSpec, is_cicy_like   # complete intersections, products
+    if is_cicy_like(manifold):
+        return CICYSpec.from_any(manifold, kappa)
     if isinstance(manifold, dict) and manifold.get(_CONFIG_MARKER):
         spec = ManifoldSpec.from_config(manifold)
         return spec if kappa is None else spec.with_kappa(kappa)
     if isinstance(manifold, (str, os.PathLike)):
-        return ManifoldSpec.from_basis(_load_basis_path(manifold), kappa)
+        return manifold_spec(_load_basis_path(manifold), kappa)
     if isinstance(manifold, dict):
         return ManifoldSpec.from_basis(manifold, kappa)
     if hasattr(manifold, "manifold") and hasattr(manifold, "kappa"):   # CYDataset

@@ -40,6 +40,7 @@ from cyntk.models import losses as L
 from cyntk.models._spec import ManifoldSpec, manifold_spec
 from cyntk.models._tfgeometry import (TFGeometry, _tangents_for, holomorphic_derivatives, jvp,
                                       local_ddbar)
+from cyntk.models._tfcicy import make_tf_geometry
 from cyntk.models.hermitian import hermitian_from_components_tf
 
 __all__ = ["MetricModel", "FSModel", "MultiplicativeModel", "PhiModel", "LOSS_TERMS",
@@ -127,7 +128,7 @@ class MetricModel(keras.Model):
             raise ValueError(f"`nonfinite` must be one of {NONFINITE_POLICIES}; received {nonfinite!r}.")
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.spec = spec
-        self.geometry = TFGeometry(spec, dtype)
+        self.geometry = make_tf_geometry(spec, dtype)   # TFGeometry, or TFCICYGeometry for a CICY
         self.nonfinite = nonfinite
         given = dict(sigma=sigma, kaehler=kaehler, transition=transition, volk=volk, ricci=ricci)
         weights = {k: _check_weight(k, self._default_weights[k] if v is None else v)
@@ -392,7 +393,7 @@ class MetricModel(keras.Model):
         if "transition" in terms:
             out["transition"] = self._transition_from(ev, trans, frame, training)
         if "volk" in terms:
-            fs_unit = frame["G"] / tf.constant(self.geometry.t, frame["G"].dtype)
+            fs_unit = frame["G_unit"] if "G_unit" in frame else frame["G"] / tf.constant(self.geometry.t, frame["G"].dtype)
             out["volk"] = L.volk_loss(g, fs_unit, w, om, self.spec.volk_target)
         if "ricci" in terms:
             R = self._ricci(x, patch, j, frame, g, training)
@@ -785,7 +786,7 @@ class MetricModel(keras.Model):
         if "network" in config:        # multiplicative and phi models
             config["network"] = keras.saving.deserialize_keras_object(config["network"],
                                                                      custom_objects=custom_objects)
-        config["manifold"] = ManifoldSpec.from_config(config["manifold"])
+        config["manifold"] = manifold_spec(config["manifold"])   # ManifoldSpec or CICYSpec config
         return cls(**config)
 
 
