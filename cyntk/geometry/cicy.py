@@ -388,8 +388,20 @@ class CompleteIntersection:
         return _pb(J, self.fs_metric_ambient(z, t))
 
     def pulled_back_blocks(self, z, J) -> np.ndarray:
-        """``J g_F J^dagger`` for every factor, complex128 (m, P, nfold, nfold)."""
-        return np.stack([_pb(J, gF) for gF in self.fs_blocks(z)])
+        """``J g_F J^dagger`` for every factor, complex128 (m, P, nfold, nfold).
+
+        Evaluated per factor as ``(J_F J_F^H/|z_F|^2 - v v^H/|z_F|^4)/pi``, ``v = J_F conj(z_F)``
+        (no ambient n x n matrices).
+        """
+        z = self._points(z)
+        out = np.empty((self.nproj, len(z), self.nfold, self.nfold), dtype=np.complex128)
+        for F, (s, e) in enumerate(self.factor_slices):
+            zf, Jf = z[:, s:e], J[:, :, s:e]
+            n2 = np.sum(np.abs(zf) ** 2, axis=1)[:, None, None]
+            v = np.einsum("pan,pn->pa", Jf, np.conj(zf))
+            out[F] = (Jf @ np.conj(np.swapaxes(Jf, 1, 2)) / n2
+                      - v[:, :, None] * np.conj(v)[:, None, :] / n2 ** 2) / np.pi
+        return out
 
     def mixed_dets(self, z, charts=None) -> np.ndarray:
         """cymetric's D_m for every assignment of :attr:`all_ts`, float64 (M, P)."""
@@ -538,20 +550,23 @@ def _derivative_tables(mono, coef, n):
 
 
 def _eval(z, exps, coefs):
-    """``sum_t coefs[i, t] prod_l z_l**exps[i, t, l]``, complex128 (P, I), in point chunks."""
-    out = np.empty((len(z), exps.shape[0]), dtype=np.complex128)
-    dmax = int(exps.max()) if exps.size else 0
+    """``sum_t coefs[i, t] prod_l z_l**exps[i, t, l]``, complex128 (P, I), in point chunks.
+
+    Integer powers by repeated multiplication (exact 0**0 = 1), gathered per coordinate.
+    """
     I, T, n = exps.shape
+    out = np.empty((len(z), I), dtype=np.complex128)
+    dmax = int(exps.max()) if exps.size else 0
     flat = exps.reshape(-1, n)
     for s in range(0, len(z), _EVAL_CHUNK):
         zc = z[s:s + _EVAL_CHUNK]
-        pw = np.ones((len(zc), n, dmax + 1), dtype=np.complex128)
+        pw = np.empty((n, len(zc), dmax + 1), dtype=np.complex128)      # pw[l, p, d] = z_pl**d
+        pw[:, :, 0] = 1.0
         for d in range(1, dmax + 1):
-            pw[:, :, d] = pw[:, :, d - 1] * zc
-        # prod_l pw[p, l, flat[m, l]]
-        terms = np.ones((len(zc), flat.shape[0]), dtype=np.complex128)
-        for l in range(n):
-            terms *= pw[:, l, flat[:, l]]
+            pw[:, :, d] = pw[:, :, d - 1] * zc.T
+        terms = np.take(pw[0], flat[:, 0], axis=1)
+        for l in range(1, n):
+            terms *= np.take(pw[l], flat[:, l], axis=1)
         out[s:s + _EVAL_CHUNK] = np.sum(terms.reshape(len(zc), I, T) * coefs[None], axis=-1)
     return out
 
