@@ -36,7 +36,8 @@ def relative_residual(manifold, z) -> np.ndarray:
     if callable(own):
         return np.asarray(own(z), dtype=np.float64)
     mono, coef = getattr(manifold, "monomials", None), getattr(manifold, "coefficients", None)
-    if mono is not None and coef is not None and np.ndim(mono) == 2 and np.ndim(z) == 2:
+    if (isinstance(mono, np.ndarray) and mono.ndim == 2 and isinstance(coef, np.ndarray) and coef.ndim == 1
+            and np.ndim(z) == 2):
         # one pass over the terms c_m z^M_m gives both |Q| and the scale sum_m |c_m z^M_m|
         terms = _terms(np.asarray(z, dtype=np.complex128), np.asarray(mono, dtype=np.int64)) * coef
         q, scale = np.abs(terms.sum(axis=1)), np.abs(terms).sum(axis=1)
