@@ -220,3 +220,28 @@ def test_new_history_keeps_the_old_one(rng, tmp_path):
 
     old = MetricNTKHistory.load(tmp_path / "metric_ntk" / kept[0])
     assert old.epochs == [0, 1]
+
+
+def test_kernel_model_leaves_floatx_alone_and_keeps_float64():
+    """fit/evaluate/predict feed float64 through Keras without switching the global floatx."""
+    from cyntk.kernels import GaussianFSKernel
+
+    M = fermat_quintic()
+    x = to_real(M.sample_points(12, seed=4, chart=(0, 1)))
+    y = KernelModel.targets(M, x)
+    assert keras.config.floatx() == "float32"
+    seen = []
+    probe = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: seen.append((keras.config.floatx(), keras.metrics.Mean().dtype)))
+    flow = KernelModel(GaussianFSKernel(0.05), x, M)
+    flow.compile(optimizer=keras.optimizers.SGD(learning_rate=2.0 ** -12))
+    flow.fit(x, y, batch_size=len(x), epochs=2, verbose=0, callbacks=[probe],
+             validation_data=(x, y))
+    assert seen == [("float32", "float32")] * 2
+    # the evaluated loss equals the float64 one computed from the float64 prediction
+    g = flow.predict(x, batch_size=len(x), verbose=0)
+    assert g.dtype == np.complex128
+    det = np.real(np.linalg.det(g))
+    eta = det / (flow.kappa * y[:, 1])
+    loss = flow.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)["sigma_loss"]
+    assert loss == pytest.approx(float(np.mean(np.abs(1 - eta))), rel=1e-12)

@@ -659,7 +659,10 @@ class MetricNTKCallback(keras.callbacks.Callback):
     def _kernel(self) -> np.ndarray:
         """Theta (P, P, m, m) on the train then test points (float64 copy)."""
         x = np.concatenate([self.x_train, self.x_test], axis=0)  # a fresh copy
-        theta = self._engine()(self.model, x, **self.ntk_kwargs)
+        kwargs = dict(self.ntk_kwargs)
+        if self._output_kind == "complex" and self.ntk_fn is None:
+            kwargs.setdefault("output", "complex")
+        theta = self._engine()(self.model, x, **kwargs)
         theta = np.asarray(theta.numpy() if hasattr(theta, "numpy") else theta)
         self._kernel_dtype = theta.dtype if theta.dtype in (np.float32, np.float64) else np.float64
         p = len(x)

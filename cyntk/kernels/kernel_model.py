@@ -90,8 +90,9 @@ finite (NaN targets, say) is always discarded and ``fit`` raises ``ValueError``.
 
 **Precision and batches.** The state and the kernels are float64. Keras casts
 float array inputs to ``keras.config.floatx()``; ``fit``, ``evaluate``,
-``predict`` and ``train_on_batch`` of this model feed them in the model's dtype
-instead. Keras also keeps an optimizer's learning rate in ``floatx()``, so dt
+``predict`` and ``train_on_batch`` of this model pass them through Keras as the
+bit patterns of their float64 values and restore them inside the steps, so
+nothing is rounded and no global setting (``floatx``) is changed. Keras also keeps an optimizer's learning rate in ``floatx()``, so dt
 is rounded to float32 unless ``keras.config.set_floatx("float64")`` was set
 before the optimizer was created (or dt is a float32 number such as 2**-12).
 Kernel products are tiled internally: pass a large ``batch_size`` (e.g. all
@@ -146,20 +147,46 @@ _MARKER = "cyntk-kernel-flow-error: "
 _BASE_CHUNK = 4096
 
 
-@contextlib.contextmanager
-def _floatx(dtype):
-    """Temporarily set Keras' floatx, so that Keras' data adapters keep the model's precision.
+def _encode(a):
+    """A float array as the int64 bit patterns of its float64 values (anything else unchanged).
 
-    Keras casts float array inputs of fit/evaluate/predict to ``floatx()``;
-    the kernel flow needs the points in float64 (the model's default dtype).
+    Keras' array data adapters cast float inputs of fit/evaluate/predict to
+    ``keras.config.floatx()`` (float32 by default), which would round the
+    points, targets and sample weights of the flow. Integer arrays pass through
+    unchanged, so the flow's steps receive the exact float64 values and
+    :func:`_decode` restores them; no global setting is touched.
     """
-    keras.config.dtype_policy()      # fix Keras' lazily created global dtype policy at the user's floatx
-    old = keras.config.floatx()
-    keras.config.set_floatx(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(old)
+    arr = _to_numpy(a)
+    if arr is None or arr.dtype == object or not np.issubdtype(arr.dtype, np.floating):
+        return a
+    return np.ascontiguousarray(arr, dtype=np.float64).view(np.int64)
+
+
+def _decode(t):
+    """Inverse of :func:`_encode` inside the steps: int64 bit patterns -> float64; floats cast."""
+    if t is None:
+        return None
+    t = tf.convert_to_tensor(t)
+    if t.dtype == tf.int64:
+        return tf.bitcast(t, tf.float64)
+    return tf.cast(t, tf.float64) if t.dtype.is_floating else t
+
+
+def _encode_args(args, kwargs, positions):
+    """Encode the named array arguments of a Keras entry point (given by keyword or position)."""
+    args = list(args)
+    for name, pos in positions.items():
+        if name in kwargs:
+            kwargs[name] = _encode_data(kwargs[name]) if name == "validation_data" else _encode(kwargs[name])
+        elif pos is not None and len(args) > pos:
+            args[pos] = _encode_data(args[pos]) if name == "validation_data" else _encode(args[pos])
+    return args, kwargs
+
+
+def _encode_data(vd):
+    if isinstance(vd, tuple) and 2 <= len(vd) <= 3:
+        return tuple(_encode(v) for v in vd)
+    return vd
 
 
 class NonPositiveMetricError(RuntimeError):
@@ -801,7 +828,7 @@ class KernelModel(keras.Model):
     # ------------------------------------------------------------------ call
     def call(self, x, training=None, j_elim=None):
         """Metric g (B, n, n) complex at real points x (B, 2N_c)."""
-        x = tf.cast(x, tf.float64)
+        x = _decode(x)
         if self.form == "dual":
             g0 = self._chunked(self._base_components, x, self.m)
             args = [x, self.alpha] + ([] if j_elim is None else [tf.cast(j_elim, tf.int64)])
@@ -917,7 +944,7 @@ class KernelModel(keras.Model):
 
     # ---------------------------------------------------------------- steps
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = (_decode(v) for v in keras.utils.unpack_x_y_sample_weight(data))
         idx = tf.py_function(self._np_lookup, [x], tf.int64)
         idx = tf.ensure_shape(idx, [None])
         x = tf.gather(self.x_train, idx)          # the exact (float64) train points
@@ -1053,7 +1080,7 @@ class KernelModel(keras.Model):
         return 0.0, lam_old, 0
 
     def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = (_decode(v) for v in keras.utils.unpack_x_y_sample_weight(data))
         g = self(x, training=False)
         terms = self.pointwise_loss(g, x, y)
         comps = components_from_hermitian_tf(tf.cast(g, tf.complex128))
@@ -1145,21 +1172,20 @@ class KernelModel(keras.Model):
 
     @contextlib.contextmanager
     def _running(self):
-        """fit/evaluate/predict context: the float type, and a live base model's frozen weights."""
+        """fit/evaluate/predict context: a live base model's frozen weights (no-op for a copied one)."""
         live = self.__dict__.get("_live_base")
-        with _floatx(self.compute_dtype):
-            if live is None:
-                yield
-                return
-            variables, frozen = live
-            saved = [np.array(v.numpy()) for v in variables]
-            try:
-                for v, w in zip(variables, frozen):
-                    v.assign(w)
-                yield
-            finally:
-                for v, w in zip(variables, saved):
-                    v.assign(w)
+        if live is None:
+            yield
+            return
+        variables, frozen = live
+        saved = [np.array(v.numpy()) for v in variables]
+        try:
+            for v, w in zip(variables, frozen):
+                v.assign(w)
+            yield
+        finally:
+            for v, w in zip(variables, saved):
+                v.assign(w)
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.fit`` over the train points (any order, any batch size).
@@ -1176,8 +1202,9 @@ class KernelModel(keras.Model):
         self._flow_error = None
         self._halted = False
         try:
+            args, kwargs = _encode_args(args, kwargs, {"sample_weight": 8, "validation_data": 5})
             with self._running():
-                history = super().fit(x, y, *args, **kwargs)
+                history = super().fit(_encode(x), _encode(y), *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
         if self._flow_error is not None:
@@ -1191,8 +1218,9 @@ class KernelModel(keras.Model):
         self._flow_error = None
         self._halted = False
         try:
+            args, kwargs = _encode_args(args, kwargs, {"sample_weight": 0})
             with self._running():
-                out = super().train_on_batch(x, y, *args, **kwargs)
+                out = super().train_on_batch(_encode(x), _encode(y), *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
         if self._flow_error is not None:
@@ -1202,11 +1230,16 @@ class KernelModel(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.evaluate`` on any points of the model's chart(s)."""
+        if kwargs.get("_use_cached_eval_dataset"):
+            # fit's validation pass: the data were checked and encoded by fit
+            with self._running():
+                return super().evaluate(x, y, *args, **kwargs)
         self.check_data(x, y)
         _check_sample_weight(kwargs.get("sample_weight", args[2] if len(args) > 2 else None), x)
         try:
+            args, kwargs = _encode_args(args, kwargs, {"sample_weight": 2})
             with self._running():
-                return super().evaluate(x, y, *args, **kwargs)
+                return super().evaluate(_encode(x), _encode(y), *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
 
@@ -1215,7 +1248,7 @@ class KernelModel(keras.Model):
         self.check_data(x)
         try:
             with self._running():
-                return super().predict(x, *args, **kwargs)
+                return super().predict(_encode(x), *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
 

@@ -69,7 +69,7 @@ __all__ = ["IMPLEMENTATIONS", "OUTPUTS", "metric_ntk", "metric_ntk_vp", "Empiric
 #: Accepted values of ``implementation``.
 IMPLEMENTATIONS = ("auto", "generic", "structured")
 #: Accepted values of ``output``.
-OUTPUTS = ("auto", "metric", "vector")
+OUTPUTS = ("auto", "metric", "vector", "complex")
 
 _BLOCK_BYTES = 2 ** 25      # one (B1, B2, m, m) block array (32 MiB)
 _FEATURE_BYTES = 2 ** 28    # per-chunk Jacobians of the generic path
@@ -136,15 +136,18 @@ def _resolve_outputs(model, x_probe, output: str) -> _Outputs:
     g = y.numpy()
     diff = float(np.max(np.abs(g - np.conj(np.swapaxes(g, -1, -2)))))
     scale = max(float(np.max(np.abs(g))), np.finfo(np.float64).tiny)
-    if diff > verification_tolerance(y.dtype) * scale and output == "auto":
-        # e.g. cymetric's MatrixFSModel, g = G + G @ H: every real degree of freedom counts
+    if output == "complex":
+        # any complex (P, n, n) output, e.g. cymetric's MatrixFSModel (g = G + G @ H is not
+        # hermitian): Re then Im of every entry, 2 n^2 real components
         return _Outputs("complex", 2 * int(y.shape[1]) ** 2)
     if diff > verification_tolerance(y.dtype) * scale:
         raise ValueError(
             "`model` must return hermitian matrices (g = g^dagger) when output='metric'; received "
             f"max|g - g^dagger| = {diff:.3g} (max|g| = {scale:.3g}) on the first {batch} points. "
-            "Build the metric with cyntk.models.hermitian_from_components_tf, or pass "
-            "output='vector' for a real (P, m) network.")
+            "Build the metric with cyntk.models.hermitian_from_components_tf, pass "
+            "output='complex' for a general complex (P, n, n) output (2 n^2 real components: Re then "
+            "Im of every entry; e.g. cymetric's MatrixFSModel), or output='vector' for a real (P, m) "
+            "network.")
     return _Outputs("metric", int(y.shape[1]) ** 2)
 
 
@@ -488,7 +491,8 @@ def metric_ntk(model, x1, x2=None, *, chunk_size: int | None = None,
         implementation: ``'auto'``, ``'structured'`` (error if the model has no
             recognised structure) or ``'generic'``.
         output: ``'metric'`` (model returns hermitian (P, n, n); m = n^2 real
-            components; an error if it is not hermitian), ``'vector'`` (real
+            components; an error if it is not hermitian), ``'complex'`` (any complex
+            (P, n, n), m = 2 n^2: Re then Im of every entry, row-major), ``'vector'`` (real
             (P, m), flattened if it has more axes) or ``'auto'`` (complex output ->
             metric, real -> vector).
 
