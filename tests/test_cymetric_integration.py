@@ -106,8 +106,7 @@ def test_dataset_written_by_cymetric_loads(cymetric, quintic_dir):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_metric_ntk_of_cymetric_models_equals_brute_force(cymetric, quintic_dir, name):
-    from cyntk.kernels import metric_ntk
-    from cyntk.kernels.ntk import _engine_for
+    from cyntk.kernels import metric_ntk, metric_ntk_path
 
     data, basis = _load(cymetric, quintic_dir)
     model = _model(cymetric, name, basis)
@@ -117,8 +116,7 @@ def test_metric_ntk_of_cymetric_models_equals_brute_force(cymetric, quintic_dir,
         output = "complex" if name == "MatrixFSModel" else "auto"    # G + G @ H is not hermitian
         theta = metric_ntk(model, x, output=output)
         generic = metric_ntk(model, x, implementation="generic", output=output)
-    engine = _engine_for(model, output=output, implementation="auto", chunk_size=None)
-    assert engine.path.startswith("structured"), engine.reason
+    assert metric_ntk_path(model, output=output).startswith("structured")
     ref = _brute_force_ntk(model, x)
     m = 18 if name == "MatrixFSModel" else 9
     assert theta.shape == (4, 4, m, m)
@@ -152,6 +150,7 @@ def test_callback_through_fit_is_bitwise_neutral(cymetric, quintic_dir, tmp_path
             assert np.all(np.isfinite(cbs[0].history.scalar("ntk_wasserstein_train_test")))
             assert not cbs[0].history.meta.get("errors")
             assert cbs[0].history.meta["m"] == (18 if name == "MatrixFSModel" else 9)
+            assert cbs[0].history.meta["ntk_path"].startswith("structured")
     for a, b in zip(*finals[-2:]) if len(finals) == 2 else ():
         np.testing.assert_array_equal(a, b)
 

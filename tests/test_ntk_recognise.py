@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import small_mlp
 from cyntk.callbacks import MetricNTKCallback
 from cyntk.geometry import chart_counts, fermat_quintic, select_chart, to_real
-from cyntk.kernels import EmpiricalNTKKernel, metric_ntk
+from cyntk.kernels import EmpiricalNTKKernel, metric_ntk, metric_ntk_path
 from cyntk.kernels.kernel_model import KernelModel
 from cyntk.kernels.ntk import _engine_for
 from cyntk.kernels.ode import stability_limit
@@ -44,13 +44,19 @@ def quintic_points():
     return M, to_real(M.sample_points(5, seed=3))
 
 
+class _Path:
+    def __init__(self, model):
+        self.path = metric_ntk_path(model)
+        self.reason = _engine_for(model, output="auto", implementation="auto", chunk_size=None).reason
+
+
 def _engine(model):
-    return _engine_for(model, output="auto", implementation="auto", chunk_size=None)
+    return _Path(model)
 
 
 def test_cyntk_multiplicative_and_phi_models_take_the_structured_path(quintic_points):
     M, x = quintic_points
-    mult = MultiplicativeModel(small_mlp(10, 9, width=8, features=True), M, kappa=0.0176, dtype="float64")
+    mult = _sigma_only(M)
     phi = PhiModel(small_mlp(10, 1, width=32, seed=1), M, dtype="float64")
     for model in (mult, phi):
         theta = metric_ntk(model, x)
@@ -154,9 +160,15 @@ def _data(rng, n=40):
     return M, x, KernelModel.targets(M, x)
 
 
+def _sigma_only(M):
+    """A small float64 multiplicative model trained on the sigma loss only (cheap to trace)."""
+    return MultiplicativeModel(small_mlp(10, 9, width=8, features=True), M, kappa=0.0176, sigma=1.0,
+                               kaehler=0.0, transition=0.0, volk=0.0, dtype="float64")
+
+
 def test_callback_across_fits_like_train_model(rng, tmp_path):
     M, x, y = _data(rng)
-    model = MultiplicativeModel(small_mlp(10, 9, width=8, features=True), M, kappa=0.0176, dtype="float64")
+    model = _sigma_only(M)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     theta0 = metric_ntk(model, np.concatenate([x[:3], x[3:6]]))
     cb = MetricNTKCallback(x[:3], x[3:6], log_dir=tmp_path, model=model)
@@ -173,14 +185,14 @@ def test_callback_across_fits_like_train_model(rng, tmp_path):
     with pytest.warns(UserWarning, match="optimizer steps"):
         model.fit(x, y, epochs=1, batch_size=40, verbose=0, callbacks=[cb2])
     with pytest.raises(ValueError, match="one callback"):
-        other = MultiplicativeModel(small_mlp(10, 9, width=8, features=True), M, kappa=0.0176, dtype="float64")
+        other = _sigma_only(M)
         other.compile(optimizer="adam")
         other.fit(x, y, epochs=1, batch_size=40, verbose=0, callbacks=[cb])
 
 
 def test_failed_record_does_not_stop_training(rng):
     M, x, y = _data(rng)
-    model = MultiplicativeModel(small_mlp(10, 9, width=8, features=True), M, kappa=0.0176, dtype="float64")
+    model = _sigma_only(M)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     calls = []
 
@@ -208,7 +220,7 @@ def test_failed_record_does_not_stop_training(rng):
 
 def test_new_history_keeps_the_old_one(rng, tmp_path):
     M, x, y = _data(rng)
-    model = MultiplicativeModel(small_mlp(10, 9, width=8, features=True), M, kappa=0.0176, dtype="float64")
+    model = _sigma_only(M)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.fit(x, y, epochs=1, batch_size=40, verbose=0,
               callbacks=[MetricNTKCallback(x[:3], x[3:6], log_dir=tmp_path)])

@@ -663,6 +663,15 @@ class MetricNTKCallback(keras.callbacks.Callback):
         if self._output_kind == "complex" and self.ntk_fn is None:
             kwargs.setdefault("output", "complex")
         theta = self._engine()(self.model, x, **kwargs)
+        if self.ntk_fn is None and "ntk_path" not in self.history.meta:
+            from cyntk.kernels import metric_ntk_path
+
+            path = metric_ntk_path(self.model, **{k: v for k, v in kwargs.items()
+                                                  if k in ("chunk_size", "implementation", "output")})
+            if path is not None:
+                self.history.meta["ntk_path"] = path
+                if self.verbose:
+                    print(f"MetricNTKCallback: metric-NTK computed by the {path} path")
         theta = np.asarray(theta.numpy() if hasattr(theta, "numpy") else theta)
         self._kernel_dtype = theta.dtype if theta.dtype in (np.float32, np.float64) else np.float64
         p = len(x)

@@ -5,6 +5,7 @@ Public API:
 * :func:`metric_ntk` -- empirical metric-NTK Theta (P1, P2, m, m) of any Keras
   metric model (generic per-variable Jacobians, or structured fast paths).
 * :func:`metric_ntk_vp` -- matrix-free product Theta(x_tgt, x_src) . v.
+* :func:`metric_ntk_path` -- which path (structured, vectorised, per-point loop) it takes.
 * :class:`Kernel` -- base class: ``kernel(x1, x2)`` -> (P1, P2) for
   component-diagonal kernels or (P1, P2, m, m) for full ones.
 * :class:`GaussianFSKernel`, :class:`DeltaKernel` -- the paper's fixed kernels
@@ -49,7 +50,14 @@ from cyntk.kernels.cosine import (
 from cyntk.kernels.dual import DualActivation, dual_activation
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
 from cyntk.kernels.infinite_metric import InfiniteWidthMetricKernel, network_infinite_width_kernel
-from cyntk.kernels.ntk import IMPLEMENTATIONS, OUTPUTS, EmpiricalNTKKernel, metric_ntk, metric_ntk_vp
+from cyntk.kernels.ntk import (
+    IMPLEMENTATIONS,
+    OUTPUTS,
+    EmpiricalNTKKernel,
+    metric_ntk,
+    metric_ntk_path,
+    metric_ntk_vp,
+)
 from cyntk.kernels.kernel_model import KernelModel, NonPositiveMetricError
 from cyntk.kernels.local import ManifoldGaussianKernel, local_flow_velocity, sigma_sweep
 from cyntk.kernels.ode import KernelFlowODE, integrate_flow, stability_limit
@@ -60,6 +68,7 @@ __all__ = [
     # empirical metric-NTK
     "metric_ntk",
     "metric_ntk_vp",
+    "metric_ntk_path",
     "multiplicative_map",
     "IMPLEMENTATIONS",
     "OUTPUTS",

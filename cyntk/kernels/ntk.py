@@ -41,6 +41,7 @@ written, so computing the NTK during training does not change training.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import warnings
@@ -64,7 +65,7 @@ from cyntk.kernels.structured import (
     verification_tolerance,
 )
 
-__all__ = ["IMPLEMENTATIONS", "OUTPUTS", "metric_ntk", "metric_ntk_vp", "EmpiricalNTKKernel"]
+__all__ = ["IMPLEMENTATIONS", "OUTPUTS", "metric_ntk", "metric_ntk_vp", "metric_ntk_path", "EmpiricalNTKKernel"]
 
 #: Accepted values of ``implementation``.
 IMPLEMENTATIONS = ("auto", "generic", "structured")
@@ -304,11 +305,16 @@ class _Engine:
     def _generic(self, model, outputs, dtype, xp, *, what):
         """The vectorised generic plan, or the per-point loop where pfor cannot convert the model."""
         plan = _GenericPlan(model, outputs, dtype)
+        tf_logger = logging.getLogger("tensorflow")
+        level = tf_logger.level
+        tf_logger.setLevel(logging.CRITICAL)        # pfor logs its failure as an ERROR; we say it below
         try:
             plan.features(tf.cast(xp[:2], dtype))
             return plan
         except Exception as exc:  # noqa: BLE001 - any pfor conversion failure: use the loop
-            first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}"
+            first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1].strip()[:200]}"
+        finally:
+            tf_logger.setLevel(level)
         plan = _GenericPlan(model, outputs, dtype, vectorised=False)
         try:
             plan.features(tf.cast(xp[:2], dtype))
@@ -509,6 +515,22 @@ def metric_ntk(model, x1, x2=None, *, chunk_size: int | None = None,
     return engine.kernel(p1, p2)
 
 
+def metric_ntk_path(model, *, chunk_size: int | None = None, implementation: str = "auto",
+                    output: str = "auto") -> str | None:
+    """How :func:`metric_ntk` computes the kernel of ``model`` with these options.
+
+    E.g. ``"structured (multiplicative metric model ...; inner kernel: Dense chain)"``,
+    ``"generic (vectorised)"`` or ``"generic (per-point loop)"`` (where TensorFlow's
+    pfor cannot convert the model); ``None`` before the first call.
+    """
+    try:
+        engine = _ENGINES.get(model, {}).get(tuple(sorted(
+            {"output": output, "implementation": implementation, "chunk_size": chunk_size}.items())))
+    except TypeError:
+        return None
+    return None if engine is None else engine.path
+
+
 def metric_ntk_vp(model, x_src, v, x_tgt=None, *, chunk_size: int | None = None,
                   output: str = "auto") -> np.ndarray:
     """Matrix-free kernel-vector product ``u = Theta(x_tgt, x_src) . v``.
@@ -610,6 +632,11 @@ class EmpiricalNTKKernel(Kernel):
     def implementation_(self):
         plan = self._engine.plan
         return None if plan is None else plan.name
+
+    @property
+    def path_(self):
+        """How the kernel is computed (see :func:`metric_ntk_path`); None before the first evaluation."""
+        return self._engine.path
 
     @property
     def weights(self):

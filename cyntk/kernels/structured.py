@@ -1,7 +1,7 @@
 """Structure-exploiting ("fast path") metric-NTK computations.
 
-Two structures are recognised by :func:`cyntk.kernels.metric_ntk`; both give the
-same numbers as the generic per-variable Jacobian contraction.
+The building blocks of the fast paths of :func:`cyntk.kernels.metric_ntk`; they
+give the same numbers as the generic per-variable Jacobian contraction.
 
 **Dense chains.** A model that is a chain of ``keras.layers.Dense`` /
 :class:`~cyntk.kernels.analytic.NTKDense` layers separated by elementwise maps
@@ -22,23 +22,18 @@ bias). The cotangents follow ``delta_L[I, j] = [I = j] s_L(z_L)_j`` and
 derivative of the elementwise map after layer l. Cost per pair of chunks:
 O(B1 B2 m^2 w) per layer.
 
-**Multiplicative metric models** (cymetric's MultFSModel, cyntk's
-``MultiplicativeModel``): ``g = G + G * H(o(x))`` with ``G = model.fs_metric(x)``,
-``o = model.network(x)`` (B, m) and ``H`` = :func:`hermitian_from_components_tf`.
-The components are affine in ``o``: ``c(g) = c(G) + M(x) o`` with the real
-(m, m) matrix ``M(x)[I, J] = c(G(x) * H(e_J))[I]`` (one nonzero per row on the
-diagonal of g, two elsewhere), hence ::
-
-    Theta_g(x, x') = M(x) Theta_o(x, x') M(x')^T,
-
-where ``Theta_o`` is the NTK of the network, itself computed by the Dense-chain
-path when possible.
+**Multiplicative metric models** ``g = G + G * H(o(x))``: the components are
+affine in the network output ``o``, ``c(g) = c(G) + M(x) o`` with the real
+(m, m) matrix ``M(x)[I, J] = c(G(x) * H(e_J))[I]`` (:func:`multiplicative_map`;
+one nonzero per row on the diagonal of g, two elsewhere), hence
+``Theta_g(x, x') = M(x) Theta_o(x, x') M(x')^T``. Which models have this form
+(and the other forms) is found by what they compute, in
+:mod:`cyntk.kernels.recognise`.
 """
 
 from __future__ import annotations
 
 import warnings
-import weakref
 from dataclasses import dataclass, field
 
 import keras
@@ -351,98 +346,3 @@ def patch_normalised_inputs(x):
     zk = tf.gather(z, patch, axis=1, batch_dims=1)
     zn = z / zk[:, None]
     return tf.concat([tf.math.real(zn), tf.math.imag(zn)], axis=-1)
-
-
-def _identity_inputs(x):
-    return x
-
-
-class MultiplicativePlan:
-    """``Theta_g = M(x) Theta_o(u(x), u(x')) M(x')^T`` on top of the plan of the network.
-
-    ``u`` maps the model's inputs to the network's inputs (identity, or the
-    patch normalisation of :func:`patch_normalised_inputs`).
-    """
-
-    name = "structured"
-
-    def __init__(self, model, inner, dtype, input_map=_identity_inputs):
-        self._model = weakref.ref(model)
-        self.inner = inner
-        self.dtype = dtype
-        self.m = inner.m
-        self.cache_features = inner.cache_features
-        self.input_map = input_map
-        self._map = relaxed_function(self._map_fn)
-        self._inputs = relaxed_function(lambda x: tf.cast(input_map(x), inner.dtype))
-        self.block = relaxed_function(self._block)
-
-    def _map_fn(self, x):
-        model = self._model()
-        if model is None:
-            raise RuntimeError("The model of this metric-NTK computation no longer exists.")
-        return tf.cast(multiplicative_map(model.fs_metric(x)), self.dtype)
-
-    def features(self, x):
-        return list(self.inner.features(self._inputs(x))) + [self._map(x)]
-
-    def _block(self, f1, f2):
-        theta = self.inner.block(f1[:-1], f2[:-1])          # (B1, B2, m, m)
-        m1, m2 = f1[-1], f2[-1]
-        theta = tf.cast(theta, m1.dtype)
-        return tf.einsum("aIK,abKL,bJL->abIJ", m1, theta, m2)
-
-
-def multiplicative_structure(model, x_probe):
-    """Check that ``model`` is ``g = G + G * H(network(u(x)))`` on ``x_probe``.
-
-    Tries the network input ``u(x) = x`` and the patch-normalised points.
-
-    Returns:
-        ``(input_map, "")`` on success, ``(None, reason)`` otherwise.
-    """
-    network = getattr(model, "network", None)
-    fs_metric = getattr(model, "fs_metric", None)
-    if network is None or not callable(fs_metric):
-        return None, "the model has no `network` and `fs_metric` (not a multiplicative model)"
-    if not _same_ids(model.trainable_variables, network.trainable_variables):
-        return None, "the model's trainable variables are not exactly those of its network"
-    try:
-        g = model(x_probe, training=False)
-        G = fs_metric(x_probe)
-    except Exception as exc:  # noqa: BLE001
-        return None, f"evaluating the model and its fs_metric failed ({type(exc).__name__}: {exc})"
-    maps = [_identity_inputs]
-    probes = [(x_probe, g, G)]
-    if x_probe.shape[-1] % 2 == 0:
-        maps.append(patch_normalised_inputs)
-        # A rescaled representative lambda z of the same projective points tells the two
-        # input maps apart (they agree on patch-normalised points).
-        n = x_probe.shape[-1] // 2
-        lam = 1.3 * np.exp(0.4j)
-        z = tf.complex(x_probe[:, :n], x_probe[:, n:]) * tf.constant(lam, G.dtype)
-        x_scaled = tf.cast(tf.concat([tf.math.real(z), tf.math.imag(z)], axis=-1), x_probe.dtype)
-        try:
-            probes.append((x_scaled, model(x_scaled, training=False), fs_metric(x_scaled)))
-        except Exception:  # noqa: BLE001 - the model rejects rescaled points; test x_probe only
-            pass
-    reason = "the model output is not G + G * H(network(x))"
-    net_dtype = network.trainable_variables[0].dtype
-    for input_map in maps:
-        ok = True
-        for xp, gp, Gp in probes:
-            try:
-                o = network(tf.cast(input_map(xp), net_dtype), training=False)
-                recon = Gp + Gp * hermitian_from_components_tf(tf.cast(o, Gp.dtype.real_dtype))
-            except Exception as exc:  # noqa: BLE001
-                reason = f"evaluating G + G * H(network(x)) failed ({type(exc).__name__}: {exc})"
-                ok = False
-                break
-            if tuple(recon.shape) != tuple(gp.shape):
-                return None, "G + G * H(network(x)) does not have the model's output shape"
-            if relative_mismatch(recon, gp) > verification_tolerance(gp.dtype):
-                ok = False
-                break
-        if ok:
-            return input_map, ""
-    return None, reason
