@@ -83,6 +83,7 @@ def child(path: str, n_points: int) -> dict:
     """Run one configuration in this process and return its measurements."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np  # noqa: F401
+
     from cyntk.kernels import metric_ntk
 
     net = _network()

@@ -162,6 +162,7 @@ def main(argv=None):
     tracemalloc.start()
     import keras
     import tensorflow as tf
+
     from cyntk.geometry import fermat_quintic, make_dataset
     from cyntk.models import FSModel, MeasuresCallback, MultiplicativeModel
 

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 import warnings
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -22,7 +23,8 @@ def _chart(text):
     try:
         k, j = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--chart must be 'PATCH,ELIM' (two integers); received {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--chart must be 'PATCH,ELIM' (two integers); received {text!r}") from None
     return k, j
 
 
@@ -31,7 +33,7 @@ def _int_at_least(flag, low):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}; received {text!r}")
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}; received {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}; received {value}")
         return value
@@ -43,7 +45,7 @@ def _float_in(flag, low, high, *, low_open=False, high_open=True):
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a number; received {text!r}")
+            raise argparse.ArgumentTypeError(f"{flag} must be a number; received {text!r}") from None
         ok = value == value and (value > low if low_open else value >= low) and (
             high is None or (value < high if high_open else value <= high))
         if not ok:
@@ -59,7 +61,7 @@ def _complex(text):
         value = complex(text.replace(" ", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--psi must be a complex number such as 0.5 or 0.1+0.2j; "
-                                         f"received {text!r}")
+                                         f"received {text!r}") from None
     if value != value or abs(value) == float("inf"):
         raise argparse.ArgumentTypeError(f"--psi must be finite; received {text!r}")
     return value
@@ -102,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total points (train + val)")
     s.add_argument("-o", "--output", required=True, help="output directory (dataset.npz, basis.pickle)")
     s.add_argument("--psi", type=_complex, default=None, help="Dwork parameter psi (dwork only)")
-    s.add_argument("--kmoduli", type=_float_in("--kmoduli", 0.0, None, low_open=True), default=None, help="Kaehler parameter t (default 1)")
+    s.add_argument("--kmoduli", type=_float_in("--kmoduli", 0.0, None, low_open=True), default=None,
+                   help="Kaehler parameter t (default 1)")
     s.add_argument("--seed", type=_int_at_least("--seed", 0), default=2021, help="RNG seed (default 2021)")
-    s.add_argument("--val-split", type=_float_in("--val-split", 0.0, 1.0), default=0.1, help="validation fraction (default 0.1)")
+    s.add_argument("--val-split", type=_float_in("--val-split", 0.0, 1.0), default=0.1,
+                   help="validation fraction (default 0.1)")
     s.add_argument("--chart", type=_chart, default=None,
                    help="keep only points in chart 'PATCH,ELIM' (fixed-chart sampling)")
     s.add_argument("--configuration", default=None,
@@ -139,6 +143,7 @@ def _cmd_sample(args) -> int:
     if int((1.0 - args.val_split) * args.n_points) < 1:
         raise ValueError(f"--val-split {args.val_split} leaves no training point of --n-points "
                          f"{args.n_points}; use a smaller --val-split or more points.")
+    manifold: Any   # a Hypersurface or a CompleteIntersection; make_dataset takes both
     if str(args.manifold).lower() in ("tetraquadric", "bicubic", "cicy"):
         from cyntk.geometry.cicy_manifolds import get_cicy
         manifold = get_cicy(args.manifold, configuration=args.configuration, kmoduli=args.kmoduli,

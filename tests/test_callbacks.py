@@ -160,7 +160,7 @@ def test_fit_records_one_entry_per_epoch(quintic_run):
             assert v[0] == 0.0, key                     # epoch 0 against itself: exactly zero
     assert h.scalar("ntk_frobenius_train_test")[-1] > 1e-3          # the kernel moved
     assert h.scalar("ntk_wasserstein_train_test")[-1] > 0
-    for name, spectra in h.spectra.items():
+    for spectra in h.spectra.values():
         assert len(spectra) == 4
     assert h.spectra["pooled_train_test"][0].shape == (9 * 9 * 5,)
     assert h.spectra["full_train_train"][0].shape == (9 * 5,)

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import tol
 
+from conftest import tol
 from cyntk.callbacks import (
     MetricNTKHistory,
     block_eigenvalues,

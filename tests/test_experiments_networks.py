@@ -12,7 +12,7 @@ import pytest
 from cyntk.experiments.kernel_flows import gains_table, plot_table1, run_table1
 from cyntk.experiments.networks import (plot_afterkernel, plot_fig4, run_afterkernel, run_baseline, run_fig4,
                                         sigma_loss_of)
-from cyntk.geometry import fermat_quintic, make_dataset
+from cyntk.geometry import fermat_quintic
 
 
 def test_sigma_loss_of_matches_a_direct_formula():

@@ -416,6 +416,7 @@ def test_atomic_write_permissions_and_no_leftovers(tmp_path):
     os.umask(umask)
     assert mode == 0o666 & ~umask
     with pytest.raises(RuntimeError):
-        atomic_write(tmp_path / "a.txt", lambda fh: (fh.write("partial"), (_ for _ in ()).throw(RuntimeError("x"))), "w")
+        atomic_write(tmp_path / "a.txt",
+                     lambda fh: (fh.write("partial"), (_ for _ in ()).throw(RuntimeError("x"))), "w")
     assert (tmp_path / "a.txt").read_text() == "hello"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from cyntk.kernels import (
     CosineNetwork,

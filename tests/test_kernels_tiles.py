@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from conftest import tol
-
 from cyntk.geometry import fermat_quintic, to_complex, to_real
 from cyntk.kernels._flow import KernelProduct, uses_tile_api
 from cyntk.kernels.analytic import InfiniteWidthKernel, infinite_width_kernel

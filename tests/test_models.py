@@ -9,7 +9,6 @@ Q = 0 by Newton's method) in float64.
 from __future__ import annotations
 
 import functools
-
 import itertools
 import pickle
 
@@ -19,11 +18,18 @@ import pytest
 import tensorflow as tf
 
 from conftest import small_mlp, tol
-from cyntk.geometry import (dwork_quintic, fermat_cubic, fermat_quartic, fermat_quintic,
-                            make_dataset)
-from cyntk.models import (FSModel, MeasuresCallback, MetricModel, MultiplicativeModel, PhiModel, ProjectiveFeatures,
-                          hermitian_from_components_tf, losses, manifold_spec)
-
+from cyntk.geometry import dwork_quintic, fermat_cubic, fermat_quartic, fermat_quintic, make_dataset
+from cyntk.models import (
+    FSModel,
+    MeasuresCallback,
+    MetricModel,
+    MultiplicativeModel,
+    PhiModel,
+    ProjectiveFeatures,
+    hermitian_from_components_tf,
+    losses,
+    manifold_spec,
+)
 
 # ----------------------------------------------------------------- helpers
 mlp = functools.partial(small_mlp, dtype="float64")

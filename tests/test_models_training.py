@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import functools
 
+import keras
 import numpy as np
 import pytest
-import keras
+
 from conftest import small_mlp
-import tensorflow as tf
-
 from cyntk.geometry import dwork_quintic, fermat_cubic, fermat_quartic, fermat_quintic, make_dataset
-from cyntk.models import (FSModel, LossWeightScheduler, MeasuresCallback, MultiplicativeModel,
-                          PhiModel, ProjectiveFeatures)
-
+from cyntk.models import (
+    FSModel,
+    LossWeightScheduler,
+    MeasuresCallback,
+    MultiplicativeModel,
+    PhiModel,
+)
 
 mlp = functools.partial(small_mlp, dtype="float32")
 

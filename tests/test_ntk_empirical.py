@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import warnings
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from conftest import tol
 from cyntk.geometry import components_from_hermitian, hermitian_from_components

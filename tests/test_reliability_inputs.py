@@ -86,7 +86,7 @@ SPECIAL = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e308, 1e-308, 2.
 def hostile_arrays(draw, max_dims=3, max_side=6):
     dtype = draw(DTYPES)
     shape = draw(hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=max_side))
-    if dtype == object:
+    if dtype == object:  # noqa: E721 (dtype is a hypothesis-drawn dtype spec, compared by value)
         return np.array([None] * int(np.prod(shape)), dtype=object).reshape(shape)
     if dtype == "U3":
         return np.full(shape, "ab")

@@ -23,8 +23,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from cyntk.experiments._io import save_figure, save_json
 from cyntk.geometry import atomic_write, begin_file_set, fermat_quintic, finish_file_set, make_dataset
 

@@ -22,11 +22,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from cyntk.geometry.files import IncompleteFileSetError, check_file_set, read_pickle
+
+if TYPE_CHECKING:
+    from cyntk.models._cicy_spec import CICYSpec
 
 __all__ = ["ManifoldSpec", "manifold_spec"]
 
@@ -294,7 +297,7 @@ def _load_basis_path(path) -> dict:
     return basis
 
 
-def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec:
+def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec | CICYSpec:
     """Normalise any accepted ``manifold`` argument to a :class:`ManifoldSpec`.
 
     Args:
@@ -315,7 +318,7 @@ def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec:
             raise TypeError(f"`kappa` must be a positive number; received {kappa!r}.") from None
     if isinstance(manifold, ManifoldSpec):
         return manifold if kappa is None else manifold.with_kappa(kappa)
-    from cyntk.models._cicy_spec import CICYSpec, is_cicy_like   # complete intersections, products
+    from cyntk.models._cicy_spec import CICYSpec, is_cicy_like  # complete intersections, products
     if is_cicy_like(manifold):
         return CICYSpec.from_any(manifold, kappa)
     if isinstance(manifold, dict) and manifold.get(_CONFIG_MARKER):
@@ -326,7 +329,7 @@ def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec:
     if isinstance(manifold, dict):
         return ManifoldSpec.from_basis(manifold, kappa)
     if hasattr(manifold, "manifold") and hasattr(manifold, "kappa"):   # CYDataset
-        k = kappa if kappa is not None else getattr(manifold, "kappa")
+        k = kappa if kappa is not None else manifold.kappa
         return manifold_spec(manifold.manifold, k)
     if hasattr(manifold, "monomials") and hasattr(manifold, "coefficients"):   # Hypersurface
         return ManifoldSpec.from_hypersurface(manifold, kappa)

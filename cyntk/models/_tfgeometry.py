@@ -256,7 +256,7 @@ class TFGeometry:
             (m*B, n, n) complex, ``m``, and ``frame`` (as :meth:`local_frame`
             in the new charts).
         """
-        N, n = self.ncoords, self.nfold
+        N = self.ncoords
         m = N - 2
         kp = tf.gather(tf.constant(self._new_patches, tf.int32), patch * N + j)   # (B, m)
         kp = tf.reshape(tf.transpose(kp), [-1])                                   # (m*B,)

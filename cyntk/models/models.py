@@ -37,10 +37,9 @@ import numpy as np
 import tensorflow as tf
 
 from cyntk.models import losses as L
-from cyntk.models._spec import ManifoldSpec, manifold_spec
-from cyntk.models._tfgeometry import (TFGeometry, _tangents_for, holomorphic_derivatives, jvp,
-                                      local_ddbar)
+from cyntk.models._spec import manifold_spec
 from cyntk.models._tfcicy import make_tf_geometry
+from cyntk.models._tfgeometry import _tangents_for, holomorphic_derivatives, jvp, local_ddbar
 from cyntk.models.hermitian import hermitian_from_components_tf
 
 __all__ = ["MetricModel", "FSModel", "MultiplicativeModel", "PhiModel", "LOSS_TERMS",
@@ -393,7 +392,8 @@ class MetricModel(keras.Model):
         if "transition" in terms:
             out["transition"] = self._transition_from(ev, trans, frame, training)
         if "volk" in terms:
-            fs_unit = frame["G_unit"] if "G_unit" in frame else frame["G"] / tf.constant(self.geometry.t, frame["G"].dtype)
+            fs_unit = (frame["G_unit"] if "G_unit" in frame
+                       else frame["G"] / tf.constant(self.geometry.t, frame["G"].dtype))
             out["volk"] = L.volk_loss(g, fs_unit, w, om, self.spec.volk_target)
         if "ricci" in terms:
             R = self._ricci(x, patch, j, frame, g, training)
