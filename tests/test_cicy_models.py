@@ -14,13 +14,13 @@ import pytest
 from cyntk.geometry import CYDataset, bicubic, make_dataset
 from cyntk.models import FSModel, MultiplicativeModel
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF = Path(__file__).resolve().parent / "data"   # cymetric reference arrays, see data/*/README.md
 
 
 def _ref(name):
     d = REF / name
     if not (d / "points_reference.npz").is_file():
-        pytest.skip(f"reference data {d} is absent")
+        raise FileNotFoundError(f"reference data {d} is missing from the repository checkout")
     return CYDataset.load(d), dict(np.load(d / "points_reference.npz"))
 
 
@@ -77,3 +77,11 @@ def test_multiplicative_model_trains_on_the_bicubic_with_the_callback():
     assert model(Xv[:2]).shape == (2, 3, 3)
     assert after < before
     assert len(cb.history) >= 2                              # epoch 0 and every epoch recorded
+
+
+def test_kernel_model_refuses_complete_intersections_clearly():
+    from cyntk.kernels import GaussianFSKernel, KernelModel
+
+    ds, r = _ref("cymetric_tetraquadric")
+    with pytest.raises(NotImplementedError, match="hypersurfaces in one projective space"):
+        KernelModel(GaussianFSKernel(sigma=1.0), r["X"][:4], ds)

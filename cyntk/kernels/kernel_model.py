@@ -402,6 +402,7 @@ class KernelModel(keras.Model):
             raise ValueError(f"`dtype` must be 'float32' or 'float64'; received {dtype!r}.")
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.spec = manifold_spec(manifold, kappa)
+        _require_hypersurface(self.spec)
         self.surface = Hypersurface(self.spec.monomials, self.spec.coefficients, self.spec.kmoduli,
                                     name=self.spec.name)
         self.reduction = one_of(reduction, "reduction", REDUCTIONS)
@@ -685,6 +686,7 @@ class KernelModel(keras.Model):
             x: real (P, 2N) points.
         """
         spec = manifold_spec(manifold)
+        _require_hypersurface(spec)
         surf = Hypersurface(spec.monomials, spec.coefficients, spec.kmoduli)
         xa = as_real_points(x, "x")
         if xa.shape[1] != 2 * spec.ncoords:
@@ -1347,3 +1349,12 @@ class _LazyEmpiricalNTK(EmpiricalNTKKernel):
     def matvec(self, x1, x2, v, *, chunk_size=None):
         self._build(np.asarray(x1, dtype=np.float64))
         return super().matvec(x1, x2, v, chunk_size=chunk_size)
+
+
+def _require_hypersurface(spec):
+    """KernelModel flows need one hypersurface in one P^n (complete intersections: not yet)."""
+    if not hasattr(spec, "monomials"):
+        raise NotImplementedError(
+            f"`manifold`: KernelModel supports hypersurfaces in one projective space; received "
+            f"{spec.describe()}. Complete intersections / products of projective spaces work with the "
+            f"metric models and cyntk.geometry.product_fs_distance, not yet with KernelModel.")
