@@ -11,7 +11,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("CYNTK_REFERENCE", REPO.parent / "shared" / "reference"))
+#: Reference arrays made by cymetric and neural-tangents, one folder each with a README.md data sheet.
+DATA = REPO / "tests" / "data"
 
 #: Tolerances per dtype, used by every numerical test (one place to change them).
 TOLERANCES = {
@@ -26,24 +27,24 @@ def tol(dtype) -> dict:
     return dict(TOLERANCES["float64" if "64" in name else "float32"])
 
 
-def _reference(sub: str) -> Path:
-    path = REFERENCE / sub
+def reference_data(sub: str) -> Path:
+    """``tests/data/<sub>``: part of the repository, so a missing folder is an error, not a skip."""
+    path = DATA / sub
     if not path.is_dir():
-        pytest.skip(f"reference data {path} is absent (expected ../shared/reference beside the repo, "
-                    f"or set CYNTK_REFERENCE)")
+        raise FileNotFoundError(f"reference data {path} is missing from the repository checkout")
     return path
 
 
 @pytest.fixture(scope="session")
 def cymetric_reference_dir() -> Path:
-    """../shared/reference/cymetric_quintic (skips the test when absent)."""
-    return _reference("cymetric_quintic")
+    """tests/data/cymetric_quintic (cymetric's Fermat-quintic dataset, basis and per-point arrays)."""
+    return reference_data("cymetric_quintic")
 
 
 @pytest.fixture(scope="session")
 def ntk_reference_dir() -> Path:
-    """../shared/reference/ntk (skips the test when absent)."""
-    return _reference("ntk")
+    """tests/data/ntk (neural-tangents infinite-width ReLU kernels)."""
+    return reference_data("ntk")
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Complete intersections in products of projective spaces against cymetric's own output.
 
-Reference data: ``shared/reference/cymetric_tetraquadric`` (PointGenerator) and
+Reference data: ``tests/data/cymetric_tetraquadric`` (PointGenerator) and
 ``cymetric_cicy_p5_33`` (CICYPointGenerator), made with the real cymetric 40efeba.
 cymetric evaluates dQ/dz with complex64-rounded factors; with
 ``cymetric_derivatives=True`` cyntk uses the same tables and must agree to
@@ -10,7 +10,6 @@ cymetric evaluates dQ/dz with complex64-rounded factors; with
 import itertools
 import math
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,14 @@ from cyntk.geometry import (
 )
 from cyntk.geometry.intersection import intersection_tensor, mixed_determinant, mixed_determinant_counts
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF = Path(__file__).resolve().parent / "data"   # cymetric reference arrays, see data/*/README.md
 NAMES = ["cymetric_tetraquadric", "cymetric_cicy_p5_33"]
 
 
 def _ref(name):
     d = REF / name
     if not (d / "points_reference.npz").is_file():
-        pytest.skip(f"reference data {d} is absent")
+        raise FileNotFoundError(f"reference data {d} is missing from the repository checkout")
     with open(d / "basis.pickle", "rb") as fh:
         basis = pickle.load(fh)
     return d, dict(np.load(d / "points_reference.npz")), basis

@@ -46,7 +46,7 @@ def test_matches_neural_tangents(name):
     scale = np.abs(ref11).max()
     assert np.abs(both11.ntk - ref11)[off].max() <= rtol * scale
     # diagonal: nt's arctan2 angle is ~1e-8 instead of 0 for the relu family (README of
-    # shared/reference/ntk); every other activation agrees there as well
+    # tests/data/ntk); every other activation agrees there as well
     diag_tol = 3e-8 if spec["activation"] in ("relu", "leaky_relu", "abs") else 1e-13
     assert np.abs(np.diag(both11.ntk) - np.diag(ref11)).max() <= diag_tol * scale
     # class == function, symmetric blocks
