@@ -31,5 +31,5 @@ step() {   # step NAME COMMAND...: run, print its wall time
 step "ruff check" ruff check .
 step "mypy" mypy
 step "docs" sphinx-build -W --keep-going -q -b html docs "$out/html"
-step "build" python -m build --outdir "$out/dist" . >/dev/null
+step "build" python -m build --quiet --outdir "$out/dist" .
 step "twine check" twine check --strict "$out"/dist/*
