@@ -150,7 +150,8 @@ def _widthlimit_summary(r):
     for w in r.get("train_widths", []):
         f = r[f"train/{w}/frobenius"]
         parts.append(f"width {int(w)} trained: distance {f[0]:.3g} -> {f[-1]:.3g}, moved "
-                     f"{r[f'train/{w}/moved'][-1]:.3g}, sigma_val gain {r[f'train/{w}/sigma_gain']:.3g}")
+                     f"{r[f'train/{w}/moved'][-1]:.3g}, sigma_val {r[f'train/{w}/sigma_val'][0]:.3g} -> "
+                     f"{r[f'train/{w}/sigma_val'][-1]:.3g}")
     return "\n    ".join(parts)
 
 
