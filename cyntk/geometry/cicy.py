@@ -45,6 +45,7 @@ import warnings
 
 import numpy as np
 
+from cyntk.geometry._kappa import kappa_from_geometry
 from cyntk.geometry._checks import as_points
 from cyntk.geometry.intersection import intersection_number, intersection_tensor, mixed_determinant_counts
 
@@ -463,12 +464,7 @@ class CompleteIntersection:
 
     def kappa(self, z, weights=None) -> float:
         """``kappa = mean(w det G(kmoduli)/|Omega|^2) / mean(w)`` over the points."""
-        geo = self.geometry(z)
-        w = geo["weights"] if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape[0] != len(geo["points"]):
-            raise ValueError(f"`weights` must have one entry per point ({len(geo['points'])}); "
-                             f"received {w.shape[0]}.")
-        return float(np.mean(w * geo["det_fs"] / geo["omega_sq"]) / np.mean(w))
+        return kappa_from_geometry(self.geometry(z), weights)
 
     # ----------------------------------------------------------- sampling
     def sample_points(self, n_points, *, seed=None, chart=None, progress=None, return_planes: bool = False):

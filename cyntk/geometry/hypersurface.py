@@ -29,6 +29,7 @@ import warnings
 
 import numpy as np
 
+from cyntk.geometry._kappa import kappa_from_geometry
 from cyntk.geometry._checks import as_points, check_memory, positive_int
 from cyntk.geometry.variety import check_on_variety
 from cyntk.geometry.projective import fubini_study_metric
@@ -345,12 +346,7 @@ class Hypersurface:
 
     def kappa(self, z, weights=None) -> float:
         """``kappa = Vol_K[G(kmoduli)] / Vol_CY = mean(w det G/|Omega|^2) / mean(w)`` over the points."""
-        geo = self.geometry(z)
-        w = geo["weights"] if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape[0] != len(geo["points"]):
-            raise ValueError(f"`weights` must have one entry per point ({len(geo['points'])}); "
-                             f"received {w.shape[0]}.")
-        return float(np.mean(w * geo["det_fs"] / geo["omega_sq"]) / np.mean(w))
+        return kappa_from_geometry(self.geometry(z), weights)
 
     def basis(self, kappa: float = 1.0) -> dict:
         """cymetric's ``basis.pickle`` dictionary (CONVENTIONS.md section 5.2)."""
