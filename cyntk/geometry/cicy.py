@@ -198,7 +198,7 @@ class CompleteIntersection:
         self.assignment_degrees = np.array(
             [intersection_number(amb, self.configuration, amb - tm) for tm in self.all_ts], dtype=np.int64)
         self.weight_constant = float(math.factorial(self.nfold) * np.mean(self.assignment_degrees))
-        self._dexp, self._dcoef = zip(*[_derivative_tables(m_, c_, n) for m_, c_ in zip(monos, coefs)])
+        self._dexp, self._dcoef = zip(*[derivative_tables(m_, c_, n) for m_, c_ in zip(monos, coefs)])
         self._dexp, self._dcoef = list(self._dexp), list(self._dcoef)
 
     # ------------------------------------------------------------------ basics
@@ -528,7 +528,7 @@ class CompleteIntersection:
 
 
 # ------------------------------------------------------------------ helpers
-def _derivative_tables(mono, coef, n):
+def derivative_tables(mono, coef, n):
     """cymetric's padded dQ/dz tables: row i lists the monomials with M[:, i] > 0 in order."""
     rows = []
     for i in range(n):

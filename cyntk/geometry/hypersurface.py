@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from cyntk.geometry._kappa import kappa_from_geometry
+from cyntk.geometry.cicy import derivative_tables
 from cyntk.geometry._checks import as_points, check_memory, positive_int
 from cyntk.geometry.variety import check_on_variety
 from cyntk.geometry.projective import fubini_study_metric
@@ -158,20 +159,7 @@ class Hypersurface:
         return bool(np.allclose(ca, cb, rtol=rtol, atol=0) and np.allclose(self.kmoduli, other.kmoduli, rtol=rtol))
 
     def _derivative_tables(self):
-        N = self.ncoords
-        rows = []
-        for i in range(N):
-            sel = np.nonzero(self.monomials[:, i] > 0)[0]
-            exps = self.monomials[sel].copy()
-            exps[:, i] -= 1
-            rows.append((exps, self.coefficients[sel] * self.monomials[sel, i]))
-        T = max(1, max(len(r[1]) for r in rows))
-        E = np.zeros((N, T, N), dtype=np.int64)
-        F = np.zeros((N, T), dtype=np.complex128)
-        for i, (exps, c) in enumerate(rows):
-            E[i, :len(c)] = exps
-            F[i, :len(c)] = c
-        return E, F
+        return derivative_tables(self.monomials, self.coefficients, self.ncoords)
 
     def derivative_basis(self):
         """dQ/dz_i as padded monomial lists (cymetric's DQDZB0/DQDZF0).
