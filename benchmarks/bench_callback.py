@@ -63,7 +63,7 @@ class TimedMetricNTKCallback(MetricNTKCallback):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.hook_times = []   # (label, seconds) per tracked epoch-end / start record
+        self.hook_times = []  # (label, seconds) per tracked epoch-end / start record
 
     def on_epoch_begin(self, epoch, logs=None):
         t = time.perf_counter()
@@ -80,9 +80,11 @@ class TimedMetricNTKCallback(MetricNTKCallback):
 
 def make_model(ds, losses, seed):
     keras.utils.set_random_seed(seed)
-    net = keras.Sequential([keras.Input((2 * ds.manifold.ncoords,))]
-                           + [keras.layers.Dense(128, activation="gelu") for _ in range(3)]
-                           + [keras.layers.Dense(9, use_bias=False)])
+    net = keras.Sequential(
+        [keras.Input((2 * ds.manifold.ncoords,))]
+        + [keras.layers.Dense(128, activation="gelu") for _ in range(3)]
+        + [keras.layers.Dense(9, use_bias=False)]
+    )
     kw = {} if losses == "all" else dict(kaehler=0.0, transition=0.0, volk=0.0)
     model = MultiplicativeModel(net, ds, **kw)
     model.compile(keras.optimizers.Adam(1e-3))
@@ -100,8 +102,9 @@ def run(ds, args, n_track):
         cb = TimedMetricNTKCallback(n_track, n_track, data=ds, seed=0, log_dir=log_dir)
         callbacks.append(cb)
     # the timer goes last so its epoch window encloses the NTK callback's on_epoch_end
-    model.fit(ds.X_train, ds.y_train, epochs=args.epochs, batch_size=args.batch_size,
-              callbacks=callbacks + [timer], verbose=0)
+    model.fit(
+        ds.X_train, ds.y_train, epochs=args.epochs, batch_size=args.batch_size, callbacks=callbacks + [timer], verbose=0
+    )
     return timer.times, cb
 
 
@@ -109,11 +112,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=100_000, help="training points per epoch")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per run (>= 2)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100],
-                    help="numbers of tracked train (= test) points")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100], help="numbers of tracked train (= test) points")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--losses", choices=["all", "sigma"], default="all",
-                    help="cymetric's default loss terms, or the sigma loss only")
+    ap.add_argument(
+        "--losses",
+        choices=["all", "sigma"],
+        default="all",
+        help="cymetric's default loss terms, or the sigma loss only",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.epochs < 2:
@@ -121,9 +127,11 @@ def main(argv=None):
 
     t = time.perf_counter()
     ds = make_dataset(fermat_quintic(), int(round(args.points / 0.9)), seed=args.seed, progress=False)
-    print(f"data: {len(ds.X_train)} train points ({time.perf_counter() - t:.1f} s); batch "
-          f"{args.batch_size}, {int(np.ceil(len(ds.X_train) / args.batch_size))} steps/epoch; "
-          f"3x128 gelu multiplicative model, losses={args.losses}, {args.epochs} epochs")
+    print(
+        f"data: {len(ds.X_train)} train points ({time.perf_counter() - t:.1f} s); batch "
+        f"{args.batch_size}, {int(np.ceil(len(ds.X_train) / args.batch_size))} steps/epoch; "
+        f"3x128 gelu multiplicative model, losses={args.losses}, {args.epochs} epochs"
+    )
 
     base, _ = run(ds, args, 0)
     epoch = statistics.median(base[1:])
@@ -137,9 +145,11 @@ def main(argv=None):
         ntk = cb.history.scalar("ntk_seconds")
         with_cb = statistics.median(times[1:])
         rows.append((n, epoch, later, first, float(np.median(ntk[1:])), with_cb))
-        print(f"{n:>3} + {n:<3} points: callback per epoch {later * 1e3:.1f} ms (first record "
-              f"{first:.2f} s incl. tracing; kernel+spectra+measures {np.median(ntk[1:]) * 1e3:.1f} ms), "
-              f"overhead {100 * later / epoch:.2f}% of the epoch; epoch with callback {with_cb:.2f} s")
+        print(
+            f"{n:>3} + {n:<3} points: callback per epoch {later * 1e3:.1f} ms (first record "
+            f"{first:.2f} s incl. tracing; kernel+spectra+measures {np.median(ntk[1:]) * 1e3:.1f} ms), "
+            f"overhead {100 * later / epoch:.2f}% of the epoch; epoch with callback {with_cb:.2f} s"
+        )
     print("\nsummary (median over epochs after the first):")
     print(f"{'points':>10} {'epoch [s]':>10} {'callback [ms]':>14} {'overhead':>9}")
     for n, ep, cbt, _, _, _ in rows:

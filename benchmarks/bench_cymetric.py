@@ -69,9 +69,11 @@ class EpochTimer(tf.keras.callbacks.Callback):
 
 def network(n_out, width=64, seed=0):
     tf.keras.utils.set_random_seed(seed)
-    nn = tf.keras.Sequential([tf.keras.Input((10,))]
-                             + [tf.keras.layers.Dense(width, activation="gelu") for _ in range(3)]
-                             + [tf.keras.layers.Dense(n_out, use_bias=False)])
+    nn = tf.keras.Sequential(
+        [tf.keras.Input((10,))]
+        + [tf.keras.layers.Dense(width, activation="gelu") for _ in range(3)]
+        + [tf.keras.layers.Dense(n_out, use_bias=False)]
+    )
     return nn
 
 
@@ -92,7 +94,7 @@ def overhead(data, basis, epochs, helper, models):
         calls = []
         fit = model.fit
 
-        def timed_fit(*a, _fit=fit, _calls=calls, **k):   # time each of train_model's fit calls
+        def timed_fit(*a, _fit=fit, _calls=calls, **k):  # time each of train_model's fit calls
             t = time.perf_counter()
             out = _fit(*a, **k)
             _calls.append(time.perf_counter() - t)
@@ -104,8 +106,15 @@ def overhead(data, basis, epochs, helper, models):
             tmp = tempfile.mkdtemp(prefix="cyntk-bench-")
             cb = Timed(10, 10, data=data, seed=0, log_dir=tmp, model=model)
             cbs.append(cb)
-        helper.train_model(model, data, optimizer=tf.keras.optimizers.Adam(), epochs=epochs,
-                           batch_sizes=[64, 50000], verbose=0, callbacks=cbs)
+        helper.train_model(
+            model,
+            data,
+            optimizer=tf.keras.optimizers.Adam(),
+            epochs=epochs,
+            batch_sizes=[64, 50000],
+            verbose=0,
+            callbacks=cbs,
+        )
         epoch_times[with_cb] = [calls[2 * e] + calls[2 * e + 1] for e in range(epochs)]
         if with_cb:
             cb_times = cb.spent
@@ -139,13 +148,12 @@ def phi_records(data, basis, models, repeats=3):
         try:
             ref = per_point_loop(model, x)
             out["eager_loop"] = time.perf_counter() - t
-        except Exception as err:   # noqa: BLE001 - pfor inside the eager jacobian may fail too
+        except Exception as err:  # noqa: BLE001 - pfor inside the eager jacobian may fail too
             out["eager_loop_error"] = f"{type(err).__name__}"
         t = time.perf_counter()
         gen = metric_ntk(model, x, implementation="generic")
         out["generic_first"] = time.perf_counter() - t
-        out["generic"] = min(_time(lambda: metric_ntk(model, x, implementation="generic"))
-                             for _ in range(repeats))
+        out["generic"] = min(_time(lambda: metric_ntk(model, x, implementation="generic")) for _ in range(repeats))
         t = time.perf_counter()
         st = metric_ntk(model, x)
         out["structured_first"] = time.perf_counter() - t
@@ -175,8 +183,10 @@ def main(argv=None):
     out = Path(tempfile.mkdtemp(prefix="cyntk-cymetric-"))
     t = time.perf_counter()
     kappa = dataset(args.points, out)
-    print(f"cymetric PointGenerator (seed 2021, its constructor's): {args.points} points with weights, "
-          f"|Omega|^2 and val pullbacks in {time.perf_counter() - t:.1f} s; kappa = {float(np.real(kappa)):.7f}")
+    print(
+        f"cymetric PointGenerator (seed 2021, its constructor's): {args.points} points with weights, "
+        f"|Omega|^2 and val pullbacks in {time.perf_counter() - t:.1f} s; kappa = {float(np.real(kappa)):.7f}"
+    )
     data = dict(np.load(out / "dataset.npz"))
     basis = helper.prepare_basis(np.load(out / "basis.pickle", allow_pickle=True))
 
@@ -190,16 +200,21 @@ def main(argv=None):
 
     if not args.skip_overhead:
         plain, cb, with_cb = overhead(data, basis, args.epochs, helper, models)
-        t_plain = statistics.median(plain[1:])          # epochs after the first (which traces)
+        t_plain = statistics.median(plain[1:])  # epochs after the first (which traces)
         t_with = statistics.median(with_cb[1:])
         steady = statistics.median(cb[2:]) if len(cb) > 2 else cb[-1]
         print(f"MultFSModel + train_model, {len(data['X_train'])} train points, 10 + 10 tracked points:")
-        print(f"  epoch (both fits) without callback: {', '.join(f'{t:.1f}' for t in plain)} s; "
-              f"median after the first {t_plain:.2f} s")
+        print(
+            f"  epoch (both fits) without callback: {', '.join(f'{t:.1f}' for t in plain)} s; "
+            f"median after the first {t_plain:.2f} s"
+        )
         print(f"  epoch with callback: {', '.join(f'{t:.1f}' for t in with_cb)} s; median {t_with:.2f} s")
-        print(f"  callback per record: reference (at construction, traces) {cb[0]:.3f} s, first epoch "
-              f"{cb[1]:.3f} s, then median {steady:.3f} s")
+        print(
+            f"  callback per record: reference (at construction, traces) {cb[0]:.3f} s, first epoch "
+            f"{cb[1]:.3f} s, then median {steady:.3f} s"
+        )
         print(f"  overhead = record / epoch = {100 * steady / t_plain:.2f} %")
+
 
 if __name__ == "__main__":
     main()

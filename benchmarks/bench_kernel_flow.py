@@ -70,8 +70,8 @@ KERNELS = ("gaussian", "relu")
 
 
 def _old_classes():
+    from cyntk.flows.product import KernelProduct
     from cyntk.geometry import fs_distance_matrix, to_complex
-    from cyntk.kernels._flow import KernelProduct
     from cyntk.kernels.base import Kernel
 
     class OldGaussianFSKernel(Kernel):
@@ -106,7 +106,7 @@ def _old_classes():
         pairwise = True
 
         def __init__(self, W_std, b_std, depth):
-            self.w2, self.b2, self.depth = W_std ** 2, b_std ** 2, depth
+            self.w2, self.b2, self.depth = W_std**2, b_std**2, depth
 
         def _block(self, x1, x2):
             w2, b2 = self.w2, self.b2
@@ -150,11 +150,9 @@ def _old_classes():
                 i, j = task
                 a, b = s1[i], s2[j]
                 if symmetric and i == j:
-                    blk = self.check_block(self.kernel(x1[a], None), a.stop - a.start,
-                                           a.stop - a.start)
+                    blk = self.check_block(self.kernel(x1[a], None), a.stop - a.start, a.stop - a.start)
                     return i, self._apply_block(blk, v[b]), None, None
-                blk = self.check_block(self.kernel(x1[a], x2[b]), a.stop - a.start,
-                                       b.stop - b.start)
+                blk = self.check_block(self.kernel(x1[a], x2[b]), a.stop - a.start, b.stop - b.start)
                 if symmetric:
                     return i, self._apply_block(blk, v[b]), j, self._apply_block_t(blk, v[a])
                 return i, self._apply_block(blk, v[b]), None, None
@@ -172,14 +170,15 @@ def _old_classes():
                     for task in tasks:
                         accumulate(work(task))
                 return out
-            with threadpool_limits(limits=1, user_api="blas"), \
-                    concurrent.futures.ThreadPoolExecutor(max_workers=self.n_threads) as pool:
+            with (
+                threadpool_limits(limits=1, user_api="blas"),
+                concurrent.futures.ThreadPoolExecutor(max_workers=self.n_threads) as pool,
+            ):
                 pending = set()
                 for task in tasks:
                     pending.add(pool.submit(work, task))
                     if len(pending) >= 2 * self.n_threads:
-                        done, pending = concurrent.futures.wait(
-                            pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                        done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
                         for f in done:
                             accumulate(f.result())
                 for f in concurrent.futures.as_completed(pending):
@@ -211,8 +210,8 @@ def _data(n, seed=0, path=None):
     With ``path`` the points are read from / written to an npz file, so that the
     flow's subprocess does not pay (in time or peak memory) for the sampling.
     """
+    from cyntk.flows.kernel_model import KernelModel
     from cyntk.geometry import fermat_quintic, to_real
-    from cyntk.kernels.kernel_model import KernelModel
 
     M = fermat_quintic()
     if path is not None and os.path.exists(path):
@@ -265,10 +264,11 @@ def _primal_model(M):
 
     keras.config.set_floatx("float64")
     keras.utils.set_random_seed(0)
-    net = keras.Sequential([keras.Input((10,))] + [keras.layers.Dense(64, activation="gelu")
-                                                   for _ in range(3)]
-                           + [keras.layers.Dense(9, use_bias=False, kernel_initializer=
-                                                 keras.initializers.RandomNormal(stddev=0.01))])
+    net = keras.Sequential(
+        [keras.Input((10,))]
+        + [keras.layers.Dense(64, activation="gelu") for _ in range(3)]
+        + [keras.layers.Dense(9, use_bias=False, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))]
+    )
     model = MultiplicativeModel(net, M, dtype="float64")
     return EmpiricalNTKKernel(model)
 
@@ -276,17 +276,16 @@ def _primal_model(M):
 def _model(kind, n, threads, tile, data_dir):
     import keras
 
-    from cyntk.kernels.kernel_model import KernelModel
+    from cyntk.flows.kernel_model import KernelModel
 
     M, x, y, xe, ye = _data(n, path=_data_path(n, data_dir))
     if kind == "primal":
         kernel, form = _primal_model(M), "primal"
     else:
         kernel, form = _kernel(kind), "dual"
-    model = KernelModel(kernel, x, M, form=form, tile_size=tile, n_threads=threads,
-                        on_non_positive="stop")
+    model = KernelModel(kernel, x, M, form=form, tile_size=tile, n_threads=threads, on_non_positive="stop")
     # a step that keeps the metric positive-definite (the ReLU NTK's entries are ~W_std^2 = 6.5e3)
-    model.compile(optimizer=keras.optimizers.SGD(2.5e-10 / n if kind == 'relu' else 1e-4))
+    model.compile(optimizer=keras.optimizers.SGD(2.5e-10 / n if kind == "relu" else 1e-4))
     return model, x, y, xe, ye
 
 
@@ -309,17 +308,31 @@ def child(kind, n, threads, tile, steps, data_dir, do_eval):
         cpu.append(c)
     t_eval = cpu_eval = loss = None
     if do_eval:
-        for _ in range(steps):          # the first evaluation also traces the test step
-            t_eval, cpu_eval, res = _timed(lambda: model.evaluate(xe, ye, batch_size=n, verbose=0,
-                                                                  return_dict=True))
+        for _ in range(steps):  # the first evaluation also traces the test step
+            t_eval, cpu_eval, res = _timed(lambda: model.evaluate(xe, ye, batch_size=n, verbose=0, return_dict=True))
         loss = res["loss"]
     peak = _peak_mb()
-    print(json.dumps({"kernel": kind, "n": n, "build_s": t_build,
-                      "steps_s": times, "step_s": times[-1], "eval_s": t_eval,
-                      "step_cpu_s": cpu[-1], "eval_cpu_s": cpu_eval,
-                      "load_avg": os.getloadavg()[0],
-                      "base_mb": base, "peak_mb": peak, "eval_loss": loss,
-                      "threads": threads, "tile": tile}), flush=True)
+    print(
+        json.dumps(
+            {
+                "kernel": kind,
+                "n": n,
+                "build_s": t_build,
+                "steps_s": times,
+                "step_s": times[-1],
+                "eval_s": t_eval,
+                "step_cpu_s": cpu[-1],
+                "eval_cpu_s": cpu_eval,
+                "load_avg": os.getloadavg()[0],
+                "base_mb": base,
+                "peak_mb": peak,
+                "eval_loss": loss,
+                "threads": threads,
+                "tile": tile,
+            }
+        ),
+        flush=True,
+    )
 
 
 def compare(kind, n, threads, tile, data_dir, repeats=2):
@@ -332,7 +345,7 @@ def compare(kind, n, threads, tile, data_dir, repeats=2):
     def step():
         model.fit(x, y, batch_size=n, epochs=1, shuffle=False, verbose=0)
 
-    step()                              # traces the train step
+    step()  # traces the train step
     res = {"step": {"old": [], "new": []}, "product": {"old": [], "new": []}}
     u = {}
     for _ in range(repeats):
@@ -343,9 +356,14 @@ def compare(kind, n, threads, tile, data_dir, repeats=2):
             w, c, u[name] = _timed(lambda: prod.matvec(x, x, v, same=True))
             res["product"][name].append((w, c))
     model._product = new
-    out = {"kernel": kind, "n": n, "threads": threads, "tile": tile,
-           "load_avg": os.getloadavg()[0],
-           "rel_diff": float(np.abs(u["new"] - u["old"]).max() / np.abs(u["old"]).max())}
+    out = {
+        "kernel": kind,
+        "n": n,
+        "threads": threads,
+        "tile": tile,
+        "load_avg": os.getloadavg()[0],
+        "rel_diff": float(np.abs(u["new"] - u["old"]).max() / np.abs(u["old"]).max()),
+    }
     for what, r in res.items():
         for name, vals in r.items():
             out[f"{what}_{name}_wall_s"] = min(w for w, _ in vals)
@@ -355,7 +373,7 @@ def compare(kind, n, threads, tile, data_dir, repeats=2):
 
 def dense_check(n, threads, tile):
     """Tiled products (train set with itself and evaluation x train) vs the dense untiled blocks."""
-    from cyntk.kernels._flow import KernelProduct
+    from cyntk.flows.product import KernelProduct
 
     out = {}
     _, x, _, xe, _ = _data(n)
@@ -365,14 +383,22 @@ def dense_check(n, threads, tile):
         u, ue = kernel(x, None) @ v, kernel(xe, x) @ v
         prod = KernelProduct(kernel, 9, tile_size=tile, n_threads=threads)
         u2, ue2 = prod.matvec(x, x, v, same=True), prod.matvec(xe, x, v)
-        out[name] = float(max(np.abs(u - u2).max() / np.abs(u).max(),
-                              np.abs(ue - ue2).max() / np.abs(ue).max()))
+        out[name] = float(max(np.abs(u - u2).max() / np.abs(u).max(), np.abs(ue - ue2).max() / np.abs(ue).max()))
     return out
 
 
 def _run_child(args, a):
-    cmd = [sys.executable, os.path.abspath(__file__), *args, "--threads", str(a.threads),
-           "--tile-size", str(a.tile_size), "--data-dir", a.data_dir]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        *args,
+        "--threads",
+        str(a.threads),
+        "--tile-size",
+        str(a.tile_size),
+        "--data-dir",
+        a.data_dir,
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -390,23 +416,30 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="*", default=[2500, 10000])
     p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
-    p.add_argument("--primal", type=int, nargs="*", default=[],
-                   help="sizes for the empirical-NTK primal form (e.g. 100000)")
-    p.add_argument("--big", action="store_true",
-                   help="add N = 1e5 for the kernels and the primal form")
+    p.add_argument(
+        "--primal", type=int, nargs="*", default=[], help="sizes for the empirical-NTK primal form (e.g. 100000)"
+    )
+    p.add_argument("--big", action="store_true", help="add N = 1e5 for the kernels and the primal form")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=None,
-                   help="flow steps per configuration (default 2 below 1e5, 1 from 1e5)")
-    p.add_argument("--eval", dest="do_eval", action="store_true", default=None,
-                   help="also time model.evaluate (default: below 1e5 only)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="flow steps per configuration (default 2 below 1e5, 1 from 1e5)"
+    )
+    p.add_argument(
+        "--eval",
+        dest="do_eval",
+        action="store_true",
+        default=None,
+        help="also time model.evaluate (default: below 1e5 only)",
+    )
     p.add_argument("--no-eval", dest="do_eval", action="store_false")
     p.add_argument("--ratio-size", type=int, default=10000)
     p.add_argument("--no-ratio", action="store_true")
     p.add_argument("--baseline-size", type=int, default=2500)
     p.add_argument("--json", default=None)
-    p.add_argument("--data-dir", default=os.environ.get("TMPDIR", "/tmp"),
-                   help="where the sampled point sets are cached (npz)")
+    p.add_argument(
+        "--data-dir", default=os.environ.get("TMPDIR", "/tmp"), help="where the sampled point sets are cached (npz)"
+    )
     p.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     p.add_argument("--compare", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -422,21 +455,31 @@ def main():
 
     sizes = sorted(set(a.sizes + ([100_000] if a.big else [])))
     primal = sorted(set(a.primal + ([100_000] if a.big else [])))
-    print(f"# KernelModel flow benchmark: {a.threads} threads, tile {a.tile_size}, "
-          f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"# KernelModel flow benchmark: {a.threads} threads, tile {a.tile_size}, "
+        f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     configs = [(k, n) for n in sizes for k in a.kernels] + [("primal", n) for n in primal]
     for n in sorted({n for _, n in configs} | ({a.ratio_size} if not a.no_ratio else set())):
-        _data(n, path=_data_path(n, a.data_dir))          # sample once, outside the measurement
+        _data(n, path=_data_path(n, a.data_dir))  # sample once, outside the measurement
     dense = dense_check(a.baseline_size, a.threads, a.tile_size)
     for k, err in dense.items():
-        print(f"# exactness {k} N={a.baseline_size}: tiled vs dense untiled products, max rel. "
-              f"diff {err:.1e}", flush=True)
+        print(
+            f"# exactness {k} N={a.baseline_size}: tiled vs dense untiled products, max rel. diff {err:.1e}", flush=True
+        )
     ratios = []
     if not a.no_ratio:
-        print(f"# old vs new implementation, same process, N_train = {a.ratio_size} "
-              "(best of 2; cpu = user + system seconds of all threads)", flush=True)
-        print(f"{'kernel':9s} {'what':8s} {'old s':>8s} {'old cpu':>8s} {'new s':>8s} "
-              f"{'new cpu':>8s} {'x cpu':>6s} {'x wall':>6s} {'rel diff':>9s}", flush=True)
+        print(
+            f"# old vs new implementation, same process, N_train = {a.ratio_size} "
+            "(best of 2; cpu = user + system seconds of all threads)",
+            flush=True,
+        )
+        print(
+            f"{'kernel':9s} {'what':8s} {'old s':>8s} {'old cpu':>8s} {'new s':>8s} "
+            f"{'new cpu':>8s} {'x cpu':>6s} {'x wall':>6s} {'rel diff':>9s}",
+            flush=True,
+        )
         for kind in a.kernels:
             r = _run_child(["--compare", kind, str(a.ratio_size)], a)
             if r is None:
@@ -445,11 +488,17 @@ def main():
             for what in ("step", "product"):
                 ow, oc = r[f"{what}_old_wall_s"], r[f"{what}_old_cpu_s"]
                 nw, nc = r[f"{what}_new_wall_s"], r[f"{what}_new_cpu_s"]
-                print(f"{kind:9s} {what:8s} {ow:8.2f} {oc:8.2f} {nw:8.2f} {nc:8.2f} {oc / nc:6.2f} "
-                      f"{ow / nw:6.2f} {r['rel_diff']:9.1e}", flush=True)
+                print(
+                    f"{kind:9s} {what:8s} {ow:8.2f} {oc:8.2f} {nw:8.2f} {nc:8.2f} {oc / nc:6.2f} "
+                    f"{ow / nw:6.2f} {r['rel_diff']:9.1e}",
+                    flush=True,
+                )
     results = []
-    print(f"{'kernel':9s} {'N':>7s} {'step s':>8s} {'cpu s':>8s} {'eval s':>8s} {'cpu s':>8s} "
-          f"{'peak MB':>8s} {'base MB':>8s} {'load':>5s} {'dense block GB':>14s}", flush=True)
+    print(
+        f"{'kernel':9s} {'N':>7s} {'step s':>8s} {'cpu s':>8s} {'eval s':>8s} {'cpu s':>8s} "
+        f"{'peak MB':>8s} {'base MB':>8s} {'load':>5s} {'dense block GB':>14s}",
+        flush=True,
+    )
     for kind, n in configs:
         args = ["--child", kind, str(n)]
         if a.steps:
@@ -461,13 +510,19 @@ def main():
             continue
         results.append(r)
         dense_gb = n * n * 8 * (81 if kind == "primal" else 1) / 1e9
-        print(f"{kind:9s} {n:7d} {r['step_s']:8.2f} {r['step_cpu_s']:8.2f} {_f(r['eval_s'])} "
-              f"{_f(r['eval_cpu_s'])} {r['peak_mb']:8.0f} {r['base_mb']:8.0f} "
-              f"{r['load_avg']:5.1f} {dense_gb:14.2f}", flush=True)
+        print(
+            f"{kind:9s} {n:7d} {r['step_s']:8.2f} {r['step_cpu_s']:8.2f} {_f(r['eval_s'])} "
+            f"{_f(r['eval_cpu_s'])} {r['peak_mb']:8.0f} {r['base_mb']:8.0f} "
+            f"{r['load_avg']:5.1f} {dense_gb:14.2f}",
+            flush=True,
+        )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"dense_check": dense, "ratios": ratios, "results": results,
-                       "threads": a.threads, "tile": a.tile_size}, f, indent=1)
+            json.dump(
+                {"dense_check": dense, "ratios": ratios, "results": results, "threads": a.threads, "tile": a.tile_size},
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -72,13 +72,15 @@ def tetraquadric_side_by_side(n, repeat):
     from pathlib import Path
 
     from cyntk.geometry import tetraquadric
+
     M = tetraquadric()
 
     def run_cyntk(seed):
         z = M.sample_points(n, seed=seed, progress=False)
         geo = M.geometry(z)
         return geo["weights"], geo["pullbacks"], geo["omega"]
-    run_cyntk(0) if n <= 1000 else M.geometry(M.sample_points(1000, seed=0))   # warm-up
+
+    run_cyntk(0) if n <= 1000 else M.geometry(M.sample_points(1000, seed=0))  # warm-up
     tc = min(_time(run_cyntk, r) for r in range(repeat))
     print(f"tetraquadric {n} points (weights, pullbacks, Omega): cyntk {tc:.2f} s ({n / tc:.0f} points/s)")
     root = Path(os.environ.get("CYNTK_CYMETRIC", Path(__file__).resolve().parents[2] / "shared" / "cymetric"))
@@ -88,6 +90,7 @@ def tetraquadric_side_by_side(n, repeat):
     os.environ.setdefault("LOKY_MAX_CPU_COUNT", "1")
     sys.path.insert(0, str(root))
     from cymetric.pointgen.pointgen import PointGenerator
+
     pg = PointGenerator(M.monomials[0], M.coefficients[0].real, M.kmoduli, M.ambient, verbose=0)
 
     def run_cymetric(seed):
@@ -97,9 +100,12 @@ def tetraquadric_side_by_side(n, repeat):
         pb = pg.pullbacks(z)
         om = pg.holomorphic_volume_form(z)
         return w, pb, om
+
     tm = _time(run_cymetric, 1)
-    print(f"tetraquadric {n} points (weights, pullbacks, Omega): cymetric PointGenerator {tm:.2f} s "
-          f"({n / tm:.0f} points/s, joblib jobs: LOKY_MAX_CPU_COUNT={os.environ['LOKY_MAX_CPU_COUNT']})")
+    print(
+        f"tetraquadric {n} points (weights, pullbacks, Omega): cymetric PointGenerator {tm:.2f} s "
+        f"({n / tm:.0f} points/s, joblib jobs: LOKY_MAX_CPU_COUNT={os.environ['LOKY_MAX_CPU_COUNT']})"
+    )
     print(f"ratio cymetric / cyntk = {tm / tc:.2f}")
 
 
@@ -113,8 +119,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--tetraquadric", type=int, default=100_000,
-                    help="tetraquadric points for the side-by-side with cymetric (0: skip)")
+    ap.add_argument(
+        "--tetraquadric",
+        type=int,
+        default=100_000,
+        help="tetraquadric points for the side-by-side with cymetric (0: skip)",
+    )
     args = ap.parse_args()
     M = fermat_quintic()
     cyntk_sample(M, 1000, seed=0)  # warm-up

@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 
 def peak_rss_gb() -> float:
     """Peak resident set size of this process so far, in GB (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def build_network(keras, activation="gelu", width=64, depth=3, n_out=9):
@@ -94,7 +94,7 @@ def naive_step_factory(model, optimizer, tf, args):
                 jt.watch(x)
                 g = metric(x, patch, j)
                 g_re, g_im = tf.math.real(g), tf.math.imag(g)
-            d_re = jt.batch_jacobian(g_re, x)          # (B, n, n, 2N)
+            d_re = jt.batch_jacobian(g_re, x)  # (B, n, n, 2N)
             d_im = jt.batch_jacobian(g_im, x)
             dz = 0.5 * tf.complex(d_re[..., :N] + d_im[..., N:], d_im[..., :N] - d_re[..., N:])
             frame = geo.local_frame(x, patch, j)
@@ -117,19 +117,21 @@ def naive_step_factory(model, optimizer, tf, args):
                 zkk = tf.gather(zn, patch, axis=1, batch_dims=1)
                 zg = tf.einsum("ban,bn->ba", S, zn)
                 ek = tf.one_hot(patch, N, dtype=zn.dtype)
-                P = (tf.transpose(S, [0, 2, 1]) / zkk[:, None, None]
-                     - ek[:, :, None] * (zg / (zkk * zkk)[:, None])[:, None, :])
+                P = (
+                    tf.transpose(S, [0, 2, 1]) / zkk[:, None, None]
+                    - ek[:, :, None] * (zg / (zkk * zkk)[:, None])[:, None, :]
+                )
                 T = tf.matmul(Jn, P)
                 d = gn - tf.matmul(tf.matmul(T, g), T, adjoint_b=True)
                 trans += tf.where(ok, tf.reduce_sum(tf.abs(d) ** 2, axis=[1, 2]), 0.0)
             trans = trans / ((N - 1) * n * n)
             # volk: full epsilon-epsilon contraction (1/n!) eps eps g g F
             total = sigma + args.kaehler * kaehler + args.transition * trans
-            if args.volk:          # a disabled term is not computed (as in cymetric)
+            if args.volk:  # a disabled term is not computed (as in cymetric)
                 F = frame["G"]
                 m = tf.math.real(tf.einsum("ace,bdf,xab,xcd,xef->x", eps, eps, g, g, F)) / 6.0
                 total += args.volk * tf.abs(tf.reduce_mean(w * m / om) - float(model.spec.volk_target[0]))
-        grads = tape.gradient(total, model.trainable_variables)      # gradient of the SUM
+        grads = tape.gradient(total, model.trainable_variables)  # gradient of the SUM
         grads = [tf.where(tf.math.is_nan(gr), 1e-8 * tf.ones_like(gr), gr) for gr in grads]
         grads, _ = tf.clip_by_global_norm(grads, 5.0)
         optimizer.apply(grads, model.trainable_variables)
@@ -145,8 +147,12 @@ def main(argv=None):
     ap.add_argument("--report-epochs", default="1,5,10,20,50", help="epochs whose sigma_val is printed")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
-                    help="learning rate: constant (the notebook) or cosine decay to lr/100 over all epochs")
+    ap.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate: constant (the notebook) or cosine decay to lr/100 over all epochs",
+    )
     ap.add_argument("--activation", default="gelu")
     ap.add_argument("--kaehler", type=float, default=1.0, help="Kähler loss weight")
     ap.add_argument("--transition", type=float, default=1.0, help="transition loss weight")
@@ -166,8 +172,10 @@ def main(argv=None):
     from cyntk.geometry import fermat_quintic, make_dataset
     from cyntk.models import FSModel, MeasuresCallback, MultiplicativeModel
 
-    out = {"args": vars(args), "threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
-                                           "cpus": os.cpu_count()}}
+    out = {
+        "args": vars(args),
+        "threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(), "cpus": os.cpu_count()},
+    }
     t0 = time.time()
     ds = make_dataset(fermat_quintic(), args.points, seed=args.seed, progress=False)
     out["data_seconds"] = time.time() - t0
@@ -178,17 +186,26 @@ def main(argv=None):
     print(f"sigma_val of FS: {out['fs_sigma_val']:.5f}", flush=True)
 
     keras.utils.set_random_seed(args.seed)
-    model = MultiplicativeModel(build_network(keras, args.activation), ds, sigma=1.0, kaehler=args.kaehler,
-                                transition=args.transition, volk=args.volk)
+    model = MultiplicativeModel(
+        build_network(keras, args.activation),
+        ds,
+        sigma=1.0,
+        kaehler=args.kaehler,
+        transition=args.transition,
+        volk=args.volk,
+    )
     n_steps = int(np.ceil(ds.n_train / args.batch_size))
-    lr = args.lr if args.schedule == "constant" else keras.optimizers.schedules.CosineDecay(
-        args.lr, n_steps * args.epochs, alpha=0.01)
-    model.compile(keras.optimizers.Adam(lr), jit_compile=not args.no_jit,
-                  steps_per_execution=args.steps_per_execution)
+    lr = (
+        args.lr
+        if args.schedule == "constant"
+        else keras.optimizers.schedules.CosineDecay(args.lr, n_steps * args.epochs, alpha=0.01)
+    )
+    model.compile(keras.optimizers.Adam(lr), jit_compile=not args.no_jit, steps_per_execution=args.steps_per_execution)
     sigma_cb = MeasuresCallback(ds, measures=("sigma",), batch_size=10_000)
 
     class EpochTimer(keras.callbacks.Callback):
         """Wall time of the training part of each epoch (before the measure callbacks)."""
+
         def __init__(self):
             super().__init__()
             self.times = []
@@ -202,8 +219,9 @@ def main(argv=None):
 
     timer = EpochTimer()
     t0 = time.time()
-    hist = model.fit(ds.X_train, ds.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
-                     callbacks=[timer, sigma_cb]).history
+    hist = model.fit(
+        ds.X_train, ds.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=[timer, sigma_cb]
+    ).history
     out["fit_seconds_total"] = time.time() - t0
     out["epoch_seconds"] = timer.times
     steady = timer.times[1:] if len(timer.times) > 1 else timer.times
@@ -211,7 +229,7 @@ def main(argv=None):
     out["sigma_val"] = hist["sigma_val"]
     out["history"] = {k: [float(v) for v in vals] for k, vals in hist.items()}
     out["peak_rss_gb_after_training"] = peak_rss_gb()
-    out["tracemalloc_peak_gb"] = tracemalloc.get_traced_memory()[1] / 1024 ** 3
+    out["tracemalloc_peak_gb"] = tracemalloc.get_traced_memory()[1] / 1024**3
     tracemalloc.stop()
     t0 = time.time()
     out["final_measures"] = model.measures(ds.X_val, ds.y_val, batch_size=2000)
@@ -219,8 +237,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------ baselines
     fs_fn = tf.function(fs.call)
-    xb = [tf.constant(ds.X_train[s:s + args.batch_size], tf.float32)
-          for s in range(0, ds.n_train, args.batch_size)]
+    xb = [tf.constant(ds.X_train[s : s + args.batch_size], tf.float32) for s in range(0, ds.n_train, args.batch_size)]
     fs_fn(xb[0])
     t0 = time.perf_counter()
     for b in xb:
@@ -229,13 +246,20 @@ def main(argv=None):
     out["baseline_fs_pass_seconds"] = time.perf_counter() - t0
     if not args.skip_baseline:
         keras.utils.set_random_seed(args.seed)
-        naive_model = MultiplicativeModel(build_network(keras, args.activation), ds, sigma=1.0,
-                                          kaehler=args.kaehler, transition=args.transition, volk=args.volk)
+        naive_model = MultiplicativeModel(
+            build_network(keras, args.activation),
+            ds,
+            sigma=1.0,
+            kaehler=args.kaehler,
+            transition=args.transition,
+            volk=args.volk,
+        )
         opt = keras.optimizers.Adam(args.lr)
         opt.build(naive_model.trainable_variables)
         step = naive_step_factory(naive_model, opt, tf, args)
-        yb = [tf.constant(ds.y_train[s:s + args.batch_size], tf.float32)
-              for s in range(0, ds.n_train, args.batch_size)]
+        yb = [
+            tf.constant(ds.y_train[s : s + args.batch_size], tf.float32) for s in range(0, ds.n_train, args.batch_size)
+        ]
         step(xb[0], yb[0])
         k = min(args.baseline_steps, len(xb) - 1)
         t0 = time.perf_counter()
@@ -248,27 +272,37 @@ def main(argv=None):
     # --------------------------------------------------------------- report
     ep = out["epoch_seconds_steady_median"]
     print("\n=== cyntk.models training benchmark ===")
-    print(f"points: {ds.n_train} train / {ds.n_val} val, batch {args.batch_size} ({n_steps} steps/epoch), "
-          f"3x64 {args.activation}, Adam({args.lr}, {args.schedule}), weights sigma=1 kaehler={args.kaehler} "
-          f"transition={args.transition} volk={args.volk}, jit_compile={not args.no_jit}, "
-          f"steps_per_execution={args.steps_per_execution}, cpus={os.cpu_count()}")
-    print(f"epoch time (median of epochs 2..): {ep:.2f} s  [first epoch incl. tracing/XLA: "
-          f"{timer.times[0]:.2f} s]  (cymetric here: ~13 s; target <= 6.5 s)")
+    print(
+        f"points: {ds.n_train} train / {ds.n_val} val, batch {args.batch_size} ({n_steps} steps/epoch), "
+        f"3x64 {args.activation}, Adam({args.lr}, {args.schedule}), weights sigma=1 kaehler={args.kaehler} "
+        f"transition={args.transition} volk={args.volk}, jit_compile={not args.no_jit}, "
+        f"steps_per_execution={args.steps_per_execution}, cpus={os.cpu_count()}"
+    )
+    print(
+        f"epoch time (median of epochs 2..): {ep:.2f} s  [first epoch incl. tracing/XLA: "
+        f"{timer.times[0]:.2f} s]  (cymetric here: ~13 s; target <= 6.5 s)"
+    )
     print(f"step time: {ep / n_steps * 1e3:.2f} ms")
     for e in [int(s) for s in args.report_epochs.split(",") if s]:
         if e <= len(hist["sigma_val"]):
             print(f"sigma_val after epoch {e}: {hist['sigma_val'][e - 1]:.5f}")
     print(f"sigma_val of FS: {out['fs_sigma_val']:.5f}  (cymetric's set: 0.376)")
     print("final measures: " + ", ".join(f"{k}_val={v:.5g}" for k, v in out["final_measures"].items()))
-    print(f"peak memory (RSS, getrusage) after training: {out['peak_rss_gb_after_training']:.2f} GB "
-          f"(cymetric: 6.8 GB; target <= 3 GB); tracemalloc peak (Python heap): "
-          f"{out['tracemalloc_peak_gb']:.3f} GB")
-    print(f"baseline fs-pass: {out['baseline_fs_pass_seconds']:.2f} s per pass over the training set; "
-          f"epoch / fs-pass = {ep / out['baseline_fs_pass_seconds']:.2f}")
+    print(
+        f"peak memory (RSS, getrusage) after training: {out['peak_rss_gb_after_training']:.2f} GB "
+        f"(cymetric: 6.8 GB; target <= 3 GB); tracemalloc peak (Python heap): "
+        f"{out['tracemalloc_peak_gb']:.3f} GB"
+    )
+    print(
+        f"baseline fs-pass: {out['baseline_fs_pass_seconds']:.2f} s per pass over the training set; "
+        f"epoch / fs-pass = {ep / out['baseline_fs_pass_seconds']:.2f}"
+    )
     if not args.skip_baseline:
-        print(f"baseline naive-step: {out['baseline_naive_step_ms']:.2f} ms/step -> "
-              f"{out['baseline_naive_epoch_seconds_est']:.2f} s/epoch; speed-up of cyntk = "
-              f"{out['baseline_naive_epoch_seconds_est'] / ep:.2f}x")
+        print(
+            f"baseline naive-step: {out['baseline_naive_step_ms']:.2f} ms/step -> "
+            f"{out['baseline_naive_epoch_seconds_est']:.2f} s/epoch; speed-up of cyntk = "
+            f"{out['baseline_naive_epoch_seconds_est'] / ep:.2f}x"
+        )
     print(f"peak RSS at exit (baselines included): {peak_rss_gb():.2f} GB")
     if args.json:
         with open(args.json, "w") as fh:

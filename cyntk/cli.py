@@ -23,8 +23,7 @@ def _chart(text):
     try:
         k, j = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--chart must be 'PATCH,ELIM' (two integers); received {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--chart must be 'PATCH,ELIM' (two integers); received {text!r}") from None
     return k, j
 
 
@@ -37,6 +36,7 @@ def _int_at_least(flag, low):
         if value < low:
             raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}; received {value}")
         return value
+
     return parse
 
 
@@ -46,13 +46,17 @@ def _float_in(flag, low, high, *, low_open=False, high_open=True):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be a number; received {text!r}") from None
-        ok = value == value and (value > low if low_open else value >= low) and (
-            high is None or (value < high if high_open else value <= high))
+        ok = (
+            value == value
+            and (value > low if low_open else value >= low)
+            and (high is None or (value < high if high_open else value <= high))
+        )
         if not ok:
             lo = f"{'(' if low_open else '['}{low:g}"
             hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
             raise argparse.ArgumentTypeError(f"{flag} must be in {lo}, {hi}; received {text!r}")
         return value
+
     return parse
 
 
@@ -60,8 +64,9 @@ def _complex(text):
     try:
         value = complex(text.replace(" ", ""))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--psi must be a complex number such as 0.5 or 0.1+0.2j; "
-                                         f"received {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--psi must be a complex number such as 0.5 or 0.1+0.2j; received {text!r}"
+        ) from None
     if value != value or abs(value) == float("inf"):
         raise argparse.ArgumentTypeError(f"--psi must be finite; received {text!r}")
     return value
@@ -81,8 +86,9 @@ def _check_output(path, flag="--output"):
     if not os.path.isdir(probe):
         raise ValueError(f"{flag} {path}: {probe} is a file, so the directory cannot be created.")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: {probe} is not writable (permission denied or read-only); "
-                         f"choose a writable location.")
+        raise ValueError(
+            f"{flag} {path}: {probe} is not writable (permission denied or read-only); choose a writable location."
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,38 +104,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="sample points on a Calabi-Yau and write a cymetric dataset directory")
-    s.add_argument("manifold", help="quintic | dwork | quartic (K3) | cubic (torus) | tetraquadric | bicubic | "
-                                    "cicy (with --configuration)")
-    s.add_argument("-n", "--n-points", type=_int_at_least("--n-points", 2), default=100_000,
-                   help="total points (train + val)")
+    s.add_argument(
+        "manifold",
+        help="quintic | dwork | quartic (K3) | cubic (torus) | tetraquadric | bicubic | cicy (with --configuration)",
+    )
+    s.add_argument(
+        "-n", "--n-points", type=_int_at_least("--n-points", 2), default=100_000, help="total points (train + val)"
+    )
     s.add_argument("-o", "--output", required=True, help="output directory (dataset.npz, basis.pickle)")
     s.add_argument("--psi", type=_complex, default=None, help="Dwork parameter psi (dwork only)")
-    s.add_argument("--kmoduli", type=_float_in("--kmoduli", 0.0, None, low_open=True), default=None,
-                   help="Kaehler parameter t (default 1)")
+    s.add_argument(
+        "--kmoduli",
+        type=_float_in("--kmoduli", 0.0, None, low_open=True),
+        default=None,
+        help="Kaehler parameter t (default 1)",
+    )
     s.add_argument("--seed", type=_int_at_least("--seed", 0), default=2021, help="RNG seed (default 2021)")
-    s.add_argument("--val-split", type=_float_in("--val-split", 0.0, 1.0), default=0.1,
-                   help="validation fraction (default 0.1)")
-    s.add_argument("--chart", type=_chart, default=None,
-                   help="keep only points in chart 'PATCH,ELIM' (fixed-chart sampling)")
-    s.add_argument("--configuration", default=None,
-                   help="cicy only: 'n1|q11,q12;n2|q21,q22' (factor dimension | equation degrees), e.g. '5|3,3', "
-                        "or a JSON file with 'ambient' and 'configuration'")
-    s.add_argument("--coefficient-seed", type=_int_at_least("--coefficient-seed", 0), default=None,
-                   help="tetraquadric/bicubic/cicy: seed of the random coefficients (defaults 11/0/0)")
+    s.add_argument(
+        "--val-split", type=_float_in("--val-split", 0.0, 1.0), default=0.1, help="validation fraction (default 0.1)"
+    )
+    s.add_argument(
+        "--chart", type=_chart, default=None, help="keep only points in chart 'PATCH,ELIM' (fixed-chart sampling)"
+    )
+    s.add_argument(
+        "--configuration",
+        default=None,
+        help="cicy only: 'n1|q11,q12;n2|q21,q22' (factor dimension | equation degrees), e.g. '5|3,3', "
+        "or a JSON file with 'ambient' and 'configuration'",
+    )
+    s.add_argument(
+        "--coefficient-seed",
+        type=_int_at_least("--coefficient-seed", 0),
+        default=None,
+        help="tetraquadric/bicubic/cicy: seed of the random coefficients (defaults 11/0/0)",
+    )
     s.set_defaults(func=_cmd_sample)
 
     d = sub.add_parser("demo", help="a small end-to-end study on the Fermat quintic (a few minutes)")
     d.add_argument("-o", "--output", default="cyntk-demo", help="output directory (default cyntk-demo)")
-    d.add_argument("--scale", choices=["default", "tiny"], default="default",
-                   help="'default' (a few minutes on 2 cores) or 'tiny' (seconds, for smoke tests)")
+    d.add_argument(
+        "--scale",
+        choices=["default", "tiny"],
+        default="default",
+        help="'default' (a few minutes on 2 cores) or 'tiny' (seconds, for smoke tests)",
+    )
     d.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, help="seed of every random choice (default 0)")
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("reproduce", help="reproduce the paper's figures and tables (resumable)")
-    r.add_argument("experiments", nargs="+",
-                   help="experiment names (fig2, fig3, ...; 'cyntk reproduce list' lists them) or 'all'")
-    r.add_argument("--scale", choices=["quick", "paper"], default="quick",
-                   help="'quick' (minutes on 2 cores) or 'paper' (the paper's sizes: hours on 2 cores)")
+    r.add_argument(
+        "experiments", nargs="+", help="experiment names (fig2, fig3, ...; 'cyntk reproduce list' lists them) or 'all'"
+    )
+    r.add_argument(
+        "--scale",
+        choices=["quick", "paper"],
+        default="quick",
+        help="'quick' (minutes on 2 cores) or 'paper' (the paper's sizes: hours on 2 cores)",
+    )
     r.add_argument("-o", "--output", default="cyntk-results", help="output directory (default cyntk-results)")
     r.add_argument("--force", action="store_true", help="recompute experiments that already have results")
     r.set_defaults(func=_cmd_reproduce)
@@ -141,18 +172,23 @@ def _cmd_sample(args) -> int:
 
     _check_output(args.output)
     if int((1.0 - args.val_split) * args.n_points) < 1:
-        raise ValueError(f"--val-split {args.val_split} leaves no training point of --n-points "
-                         f"{args.n_points}; use a smaller --val-split or more points.")
-    manifold: Any   # a Hypersurface or a CompleteIntersection; make_dataset takes both
+        raise ValueError(
+            f"--val-split {args.val_split} leaves no training point of --n-points "
+            f"{args.n_points}; use a smaller --val-split or more points."
+        )
+    manifold: Any  # a Hypersurface or a CompleteIntersection; make_dataset takes both
     if str(args.manifold).lower() in ("tetraquadric", "bicubic", "cicy"):
         from cyntk.geometry.cicy_manifolds import get_cicy
-        manifold = get_cicy(args.manifold, configuration=args.configuration, kmoduli=args.kmoduli,
-                            seed=args.coefficient_seed)
+
+        manifold = get_cicy(
+            args.manifold, configuration=args.configuration, kmoduli=args.kmoduli, seed=args.coefficient_seed
+        )
     else:
         manifold = get_manifold(args.manifold, psi=args.psi, kmoduli=args.kmoduli)
     t0 = time.perf_counter()
-    ds = make_dataset(manifold, args.n_points, val_split=args.val_split, seed=args.seed,
-                      chart=args.chart, progress=True)
+    ds = make_dataset(
+        manifold, args.n_points, val_split=args.val_split, seed=args.seed, chart=args.chart, progress=True
+    )
     out = ds.save(args.output)
     dt = time.perf_counter() - t0
     print(f"{manifold.name}: {ds.n_train} train + {ds.n_val} val points in {dt:.2f} s")
@@ -183,8 +219,10 @@ def _cmd_reproduce(args) -> int:
             print(f"{name:12s} {exp.description}")
         return 0
     if args.scale == "paper":
-        print("paper scale: this can take hours on 2 CPU cores; progress is saved as it goes, "
-              "and rerunning the same command resumes.")
+        print(
+            "paper scale: this can take hours on 2 CPU cores; progress is saved as it goes, "
+            "and rerunning the same command resumes."
+        )
     reproduce(args.experiments, scale=args.scale, output=args.output, force=args.force)
     print(f"results in {args.output}/")
     return 0
@@ -196,10 +234,12 @@ def _describe(exc: BaseException) -> str:
         text = f"{exc.strerror}: {exc.filename}"
         if exc.filename2 is not None:
             text += f" -> {exc.filename2}"
-        hint = {FileExistsError: " (an existing file is in the way; choose another path)",
-                PermissionError: " (no permission; choose a writable location)",
-                IsADirectoryError: " (a directory is in the way; choose another path)",
-                NotADirectoryError: " (a file is in the way of a directory; choose another path)"}
+        hint = {
+            FileExistsError: " (an existing file is in the way; choose another path)",
+            PermissionError: " (no permission; choose a writable location)",
+            IsADirectoryError: " (a directory is in the way; choose another path)",
+            NotADirectoryError: " (a file is in the way of a directory; choose another path)",
+        }
         text += hint.get(type(exc), "")
     elif isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]
@@ -209,11 +249,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # keep TensorFlow start-up chatter out
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow start-up chatter out
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:     # --help (0) or a bad argument (2), already reported in one line
+    except SystemExit as exc:  # --help (0) or a bad argument (2), already reported in one line
         return int(exc.code or 0)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -227,8 +267,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
-        print(f"cyntk {args.command}: interrupted; every completed result is kept and an interrupted "
-              f"one is recognised as incomplete: rerun the same command to continue.", file=sys.stderr)
+        print(
+            f"cyntk {args.command}: interrupted; every completed result is kept and an interrupted "
+            f"one is recognised as incomplete: rerun the same command to continue.",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as one line
         if args.debug:

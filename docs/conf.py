@@ -28,10 +28,10 @@ copyright = "2026, cyntk developers"
 release = version = cyntk.__version__
 
 extensions = [
-    "myst_nb",                      # Markdown pages (MyST) and notebooks
+    "myst_nb",  # Markdown pages (MyST) and notebooks
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
-    "sphinx.ext.napoleon",          # the package's docstrings are Google style (Args:, Returns:)
+    "sphinx.ext.napoleon",  # the package's docstrings are Google style (Args:, Returns:)
     "sphinx.ext.mathjax",
 ]
 
@@ -42,7 +42,7 @@ templates_path = ["_templates"]
 # --- MyST / notebooks
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
-nb_execution_mode = "off"           # executed by tests/test_notebooks.py, not by the docs build
+nb_execution_mode = "off"  # executed by tests/test_notebooks.py, not by the docs build
 
 # --- autodoc
 autosummary_generate = True
@@ -79,21 +79,39 @@ def _write_api_pages() -> None:
     out = HERE / "api"
     out.mkdir(exist_ok=True)
     modules = _public_modules()
-    index = ["API reference", "=============", "",
-             "Every name a subpackage exports in its ``__all__``, generated from the docstrings.", "",
-             ".. toctree::", "   :maxdepth: 1", ""]
+    index = [
+        "API reference",
+        "=============",
+        "",
+        "Every name a subpackage exports in its ``__all__``, generated from the docstrings.",
+        "",
+        ".. toctree::",
+        "   :maxdepth: 1",
+        "",
+    ]
     index += [f"   {name}" for name, _, _ in modules]
     _write(out / "index.rst", "\n".join(index) + "\n")
     for name, names, _ in modules:
-        lines = [name, "=" * len(name), "", f".. automodule:: {name}", "   :no-members:", "",
-                 f".. currentmodule:: {name}", "", ".. autosummary::", "   :toctree: generated",
-                 "   :nosignatures:", ""]
+        lines = [
+            name,
+            "=" * len(name),
+            "",
+            f".. automodule:: {name}",
+            "   :no-members:",
+            "",
+            f".. currentmodule:: {name}",
+            "",
+            ".. autosummary::",
+            "   :toctree: generated",
+            "   :nosignatures:",
+            "",
+        ]
         lines += [f"   {n}" for n in names]
         _write(out / f"{name}.rst", "\n".join(lines) + "\n")
 
 
 def _write(path: Path, text: str) -> None:
-    if not path.is_file() or path.read_text() != text:   # unchanged files keep Sphinx's incremental build
+    if not path.is_file() or path.read_text() != text:  # unchanged files keep Sphinx's incremental build
         path.write_text(text)
 
 
@@ -111,16 +129,16 @@ import re  # noqa: E402
 napoleon_custom_sections = ["Call", "Attributes"]
 
 _PROTECT = re.compile(
-    r"``.+?``"                                   # inline literals
-    r"|:[\w:+-]+:`[^`]+`"                         # roles
-    r"|`[^`]+`_{0,2}"                             # interpreted text / links
-    r"|(?<![\w*\\])\*\*(?=[^\s*])[^*]*?(?<=[^\s*])\*\*(?![\w*])"   # **strong**
-    r"|(?<![\w*\\])\*(?=[^\s*])[^*]*?(?<=[^\s*])\*(?![\w*])"       # *emphasis*
-    r"|\$[^$]+\$"                                 # math written as $...$
+    r"``.+?``"  # inline literals
+    r"|:[\w:+-]+:`[^`]+`"  # roles
+    r"|`[^`]+`_{0,2}"  # interpreted text / links
+    r"|(?<![\w*\\])\*\*(?=[^\s*])[^*]*?(?<=[^\s*])\*\*(?![\w*])"  # **strong**
+    r"|(?<![\w*\\])\*(?=[^\s*])[^*]*?(?<=[^\s*])\*(?![\w*])"  # *emphasis*
+    r"|\$[^$]+\$"  # math written as $...$
 )
 _TRAILING_UNDERSCORE = re.compile(r"\b([A-Za-z]\w*?[A-Za-z0-9])_(?=[\s,.;:)\]]|$)")
 _SECTION_WITH_NOTE = re.compile(r"^(\s*)(Args|Arguments|Attributes|Returns|Raises)\s*\((.+)\):\s*$")
-_NAMES_CONTINUED = re.compile(r"^\s+\w+(, *\w+)*,\s*$")     # "a, b, c," continued on the next line
+_NAMES_CONTINUED = re.compile(r"^\s+\w+(, *\w+)*,\s*$")  # "a, b, c," continued on the next line
 
 
 def _escape(text: str) -> str:
@@ -139,7 +157,7 @@ def _escape_line(line: str) -> str:
         bullet, stripped = stripped[:2], stripped[2:]
     out, pos = [], 0
     for m in _PROTECT.finditer(stripped):
-        out.append(_escape(stripped[pos:m.start()]))
+        out.append(_escape(stripped[pos : m.start()]))
         # " . " (a product) inside a literal would end autosummary's one-sentence summary mid-literal
         out.append(m.group(0).replace(" . ", " · ") if m.group(0).startswith("``") else m.group(0))
         pos = m.end()
@@ -159,7 +177,7 @@ def _attributes_as_list(lines: list[str]) -> None:
         if not body:
             return
         base = len(body[0]) - len(body[0].lstrip())
-        if body[0].lstrip().startswith("- "):          # already a list
+        if body[0].lstrip().startswith("- "):  # already a list
             i += 1
             continue
         entries: list[str] = []
@@ -167,7 +185,7 @@ def _attributes_as_list(lines: list[str]) -> None:
             ln = lines[j]
             ind = len(ln) - len(ln.lstrip())
             if not ln.strip():
-                nxt = next((x for x in lines[j + 1:] if x.strip()), None)
+                nxt = next((x for x in lines[j + 1 :] if x.strip()), None)
                 if nxt is None or len(nxt) - len(nxt.lstrip()) < base:
                     break
             elif ind < base:
@@ -177,7 +195,7 @@ def _attributes_as_list(lines: list[str]) -> None:
             else:
                 entries[-1] += " " + ln.strip()
             j += 1
-        lines[i + 1:j] = [" " * base + "- " + e for e in entries]
+        lines[i + 1 : j] = [" " * base + "- " + e for e in entries]
         i += 1 + len(entries)
 
 
@@ -186,11 +204,11 @@ def _section_headers(app, what, name, obj, options, lines):
     _attributes_as_list(lines)
     for i, line in enumerate(lines):
         if _NAMES_CONTINUED.match(line) and i + 1 < len(lines) and ":" in lines[i + 1]:
-            lines[i:i + 2] = [line.rstrip() + " " + lines[i + 1].strip()]
+            lines[i : i + 2] = [line.rstrip() + " " + lines[i + 1].strip()]
             return _section_headers(app, what, name, obj, options, lines)
         m = _SECTION_WITH_NOTE.match(line)
         if m:
-            lines[i:i + 1] = [f"{m.group(1)}*{m.group(2)}*: {m.group(3)}.", "", f"{m.group(1)}{m.group(2)}:"]
+            lines[i : i + 1] = [f"{m.group(1)}*{m.group(2)}*: {m.group(3)}.", "", f"{m.group(1)}{m.group(2)}:"]
             return _section_headers(app, what, name, obj, options, lines)
 
 
@@ -198,7 +216,7 @@ def _plain_text_docstring(app, what, name, obj, options, lines):
     if what in ("data", "attribute") and lines and obj is not None:
         type_doc = type(obj).__doc__
         type_doc = type_doc.strip().splitlines() if isinstance(type_doc, str) else []
-        if type_doc and lines[0].strip() == type_doc[0].strip():   # the value's type docstring (dict, tuple)
+        if type_doc and lines[0].strip() == type_doc[0].strip():  # the value's type docstring (dict, tuple)
             lines[:] = []
             return
     literal_block = False
@@ -219,5 +237,5 @@ def _plain_text_docstring(app, what, name, obj, options, lines):
 
 
 def setup(app):
-    app.connect("autodoc-process-docstring", _section_headers, priority=100)       # before napoleon (500)
+    app.connect("autodoc-process-docstring", _section_headers, priority=100)  # before napoleon (500)
     app.connect("autodoc-process-docstring", _plain_text_docstring, priority=900)  # after napoleon

@@ -37,9 +37,11 @@ def quintic():
 
 
 def mlp(width, depth, out, activation="gelu", d=10):
-    return keras.Sequential([keras.Input((d,))] + [keras.layers.Dense(width, activation=activation)
-                                                   for _ in range(depth)]
-                            + [keras.layers.Dense(out, use_bias=False)])
+    return keras.Sequential(
+        [keras.Input((d,))]
+        + [keras.layers.Dense(width, activation=activation) for _ in range(depth)]
+        + [keras.layers.Dense(out, use_bias=False)]
+    )
 
 
 def quintic_model(ds, width=32, depth=3, optimizer=None, seed=0):
@@ -69,13 +71,12 @@ class CymetricStandIn(keras.Model):
     def __init__(self, n=3, width=16, out_rank=3, **kwargs):
         super().__init__(**kwargs)
         self.n, self.out_rank = n, out_rank
-        self.nn = keras.Sequential([keras.layers.Dense(width, activation="gelu"),
-                                    keras.layers.Dense(n * n)])
+        self.nn = keras.Sequential([keras.layers.Dense(width, activation="gelu"), keras.layers.Dense(n * n)])
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     def call(self, x, training=None, j_elim=None):
         o = self.nn(x, training=training)
-        if self.out_rank == 4:                     # a bad model: neither metric nor vector
+        if self.out_rank == 4:  # a bad model: neither metric nor vector
             return tf.reshape(o, (-1, 1, self.n, self.n))
         return to_hermitian(o, self.n)
 
@@ -126,8 +127,9 @@ def op_determinism():
     tf.config.experimental.enable_op_determinism()
     try:
         yield
-    finally:   # restore the global default for the other tests of the session
+    finally:  # restore the global default for the other tests of the session
         from tensorflow.python.framework import config as tf_config
+
         if hasattr(tf_config, "disable_op_determinism"):
             tf_config.disable_op_determinism()
 
@@ -141,8 +143,9 @@ def quintic_run(quintic, tmp_path_factory):
     cb = MetricNTKCallback(5, 5, data=quintic, seed=0, log_dir=log_dir, log_spectrum=True)
     early = keras.callbacks.EarlyStopping(monitor="ntk_wasserstein_train_test", mode="max", patience=5)
     keras_tb = keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0)
-    hist = model.fit(quintic.X_train, quintic.y_train, epochs=3, batch_size=64, verbose=0,
-                     callbacks=[cb, early, keras_tb])
+    hist = model.fit(
+        quintic.X_train, quintic.y_train, epochs=3, batch_size=64, verbose=0, callbacks=[cb, early, keras_tb]
+    )
     return cb, hist, log_dir
 
 
@@ -157,8 +160,8 @@ def test_fit_records_one_entry_per_epoch(quintic_run):
         assert v.shape == (4,) and np.all(np.isfinite(v)), key
         if any(w in key for w in DISTANCE_WORDS):
             assert np.all(v >= 0), key
-            assert v[0] == 0.0, key                     # epoch 0 against itself: exactly zero
-    assert h.scalar("ntk_frobenius_train_test")[-1] > 1e-3          # the kernel moved
+            assert v[0] == 0.0, key  # epoch 0 against itself: exactly zero
+    assert h.scalar("ntk_frobenius_train_test")[-1] > 1e-3  # the kernel moved
     assert h.scalar("ntk_wasserstein_train_test")[-1] > 0
     for spectra in h.spectra.values():
         assert len(spectra) == 4
@@ -167,9 +170,14 @@ def test_fit_records_one_entry_per_epoch(quintic_run):
     # Keras logs / History / EarlyStopping see the documented keys at every tracked epoch
     for key in cb.log_keys:
         assert hist.history[key] == pytest.approx(h.scalars[key][1:], rel=1e-12), key
-    assert set(cb.log_keys) == {"ntk_wasserstein_train_test", "ntk_wasserstein_step_train_test",
-                                "ntk_frobenius_train_test", "ntk_kernel_distance_train_test",
-                                "ntk_full_wasserstein_train_train", "ntk_log_wasserstein_train_test"}
+    assert set(cb.log_keys) == {
+        "ntk_wasserstein_train_test",
+        "ntk_wasserstein_step_train_test",
+        "ntk_frobenius_train_test",
+        "ntk_kernel_distance_train_test",
+        "ntk_full_wasserstein_train_train",
+        "ntk_log_wasserstein_train_test",
+    }
 
 
 def test_recorded_w1_equals_scipy(quintic_run):
@@ -183,7 +191,8 @@ def test_recorded_w1_equals_scipy(quintic_run):
             if i:
                 prev = h.spectrum(f"pooled_{block}", h.epochs[i - 1])
                 assert h.scalars[f"ntk_wasserstein_step_{block}"][i] == pytest.approx(
-                    scipy.stats.wasserstein_distance(st, prev), rel=1e-10, abs=1e-15)
+                    scipy.stats.wasserstein_distance(st, prev), rel=1e-10, abs=1e-15
+                )
     # the W_1 machinery on these very spectra: shifting by c gives c
     s = h.spectrum("pooled_train_test", 3)
     assert scipy.stats.wasserstein_distance(s + 0.25, s) == pytest.approx(0.25)
@@ -193,12 +202,17 @@ def test_tensorboard_event_files(quintic_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cb, _, log_dir = quintic_run
-    acc = EventAccumulator(str(log_dir / "metric_ntk"), size_guidance={"tensors": 0, "images": 0,
-                                                                       "histograms": 0, "scalars": 0})
+    acc = EventAccumulator(
+        str(log_dir / "metric_ntk"), size_guidance={"tensors": 0, "images": 0, "histograms": 0, "scalars": 0}
+    )
     acc.Reload()
     tags = acc.Tags()
-    stored = set(tags.get("tensors", [])) | set(tags.get("scalars", [])) | set(tags.get("histograms", [])) \
+    stored = (
+        set(tags.get("tensors", []))
+        | set(tags.get("scalars", []))
+        | set(tags.get("histograms", []))
         | set(tags.get("images", []))
+    )
     for key in cb.history.scalars:
         tag = f"metric_ntk/{key}"
         assert tag in stored, tag
@@ -211,8 +225,7 @@ def test_tensorboard_event_files(quintic_run):
             steps, values = [e.step for e in events], [e.value for e in events]
         assert steps == cb.history.epochs, tag
         np.testing.assert_allclose(values, np.float32(cb.history.scalars[key]), rtol=1e-6, err_msg=tag)
-    for name in ("pooled_train_train", "pooled_test_test", "pooled_train_test", "full_train_train",
-                 "full_test_test"):
+    for name in ("pooled_train_train", "pooled_test_test", "pooled_train_test", "full_train_train", "full_test_test"):
         tag = f"metric_ntk_spectrum/{name}"
         assert tag in stored and f"metric_ntk_log_spectrum/{name}" in stored, tag
         events = acc.Tensors(tag)
@@ -221,7 +234,7 @@ def test_tensorboard_event_files(quintic_run):
         assert buckets.shape == (cb.histogram_bins, 3)
         assert buckets[:, 2].sum() == cb.history.spectra[name][-1].size
         assert buckets[0, 0] == cb.history.spectra[name][-1].min()
-    assert "metric_ntk_figure/train_test" in stored              # image: epoch 0 vs latest
+    assert "metric_ntk_figure/train_test" in stored  # image: epoch 0 vs latest
     # beside Keras' own TensorBoard callback, which also logs the keys put into `logs`
     keras_acc = EventAccumulator(str(log_dir / "train"), size_guidance={"tensors": 0, "scalars": 0})
     keras_acc.Reload()
@@ -248,15 +261,35 @@ def test_weights_bitwise_identical_with_and_without_callback(quintic, tmp_path):
     def train(with_callback):
         # Dropout: a callback that ran the model with training=True would draw its random numbers
         keras.utils.set_random_seed(3)
-        net = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="gelu"),
-                                keras.layers.Dropout(0.2), keras.layers.Dense(16, activation="gelu"),
-                                keras.layers.Dense(9, use_bias=False)])
+        net = keras.Sequential(
+            [
+                keras.Input((10,)),
+                keras.layers.Dense(16, activation="gelu"),
+                keras.layers.Dropout(0.2),
+                keras.layers.Dense(16, activation="gelu"),
+                keras.layers.Dense(9, use_bias=False),
+            ]
+        )
         model = MultiplicativeModel(net, quintic, kaehler=0.0, transition=0.0, volk=0.0)
         model.compile(keras.optimizers.Adam(1e-3))
-        cbs = [MetricNTKCallback(4, 4, data=quintic, seed=1, log_dir=tmp_path / "tb", log_all_blocks=True,
-                                 train_targets=np.ones((len(quintic.X_train), 9)))] if with_callback else []
-        hist = model.fit(quintic.X_train, quintic.y_train, epochs=2, batch_size=32, shuffle=True,
-                         verbose=0, callbacks=cbs)
+        cbs = (
+            [
+                MetricNTKCallback(
+                    4,
+                    4,
+                    data=quintic,
+                    seed=1,
+                    log_dir=tmp_path / "tb",
+                    log_all_blocks=True,
+                    train_targets=np.ones((len(quintic.X_train), 9)),
+                )
+            ]
+            if with_callback
+            else []
+        )
+        hist = model.fit(
+            quintic.X_train, quintic.y_train, epochs=2, batch_size=32, shuffle=True, verbose=0, callbacks=cbs
+        )
         return [w.copy() for w in model.get_weights()], hist.history["loss"]
 
     with op_determinism():
@@ -275,19 +308,19 @@ def test_learning_rate_zero_freezes_the_kernel(quintic):
     assert cb.history.epochs == [0, 1, 2]
     for key, values in cb.history.scalars.items():
         if any(w in key for w in DISTANCE_WORDS):
-            assert values == [0.0, 0.0, 0.0], key               # exactly: the weights never moved
+            assert values == [0.0, 0.0, 0.0], key  # exactly: the weights never moved
 
 
 def test_lazy_regime_moves_much_less_than_the_paper_setup(quintic):
     """Paper: 3 x 128 gelu, Adam 1e-3. Lazy: one hidden layer of 2048, SGD 1e-4."""
+
     def change(width, depth, optimizer):
         keras.utils.set_random_seed(0)
         model = MultiplicativeModel(mlp(width, depth, 9), quintic, kaehler=0.0, transition=0.0, volk=0.0)
         model.compile(optimizer)
         cb = MetricNTKCallback(4, 4, data=quintic, seed=0)
         model.fit(quintic.X_train, quintic.y_train, epochs=2, batch_size=32, verbose=0, callbacks=[cb])
-        return cb.history.scalar("ntk_frobenius_train_train")[-1], cb.history.scalar(
-            "ntk_wasserstein_train_test")[-1]
+        return cb.history.scalar("ntk_frobenius_train_train")[-1], cb.history.scalar("ntk_wasserstein_train_test")[-1]
 
     paper = change(128, 3, keras.optimizers.Adam(1e-3))
     lazy = change(2048, 1, keras.optimizers.SGD(1e-4))
@@ -302,10 +335,9 @@ def test_every_and_final_record(rng):
     model = standin()
     cb = MetricNTKCallback(x[:3], x[3:6], every=2)
     hist = model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
-    assert cb.history.epochs == [0, 2, 3]                       # 3: final state (track_last)
+    assert cb.history.epochs == [0, 2, 3]  # 3: final state (track_last)
     assert len(hist.history["ntk_wasserstein_train_test"]) == 1  # only tracked epochs reach logs
-    assert hist.history["ntk_wasserstein_train_test"][0] == cb.history.scalars[
-        "ntk_wasserstein_train_test"][1]
+    assert hist.history["ntk_wasserstein_train_test"][0] == cb.history.scalars["ntk_wasserstein_train_test"][1]
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -326,12 +358,12 @@ def test_resume_after_interruption_continues_the_history(rng, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[cb1, Interrupt(1)])
     saved = MetricNTKHistory.load(tmp_path / "metric_ntk" / "history.npz")
-    assert saved.epochs == [0, 1, 2]                           # nothing lost at the interruption
+    assert saved.epochs == [0, 1, 2]  # nothing lost at the interruption
 
     # a new process: same points, resume from the file, continue with initial_epoch
     cb2 = MetricNTKCallback(**pts, resume=True)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")                         # weights restored: no warning
+        warnings.simplefilter("error")  # weights restored: no warning
         model.fit(x, y, epochs=4, initial_epoch=2, batch_size=16, verbose=0, callbacks=[cb2])
     h = cb2.history
     assert h.epochs == [0, 1, 2, 3, 4]
@@ -343,9 +375,11 @@ def test_resume_after_interruption_continues_the_history(rng, tmp_path):
     th4 = np.load(kdir / "epoch_000004.npz")["theta"].astype(np.float64)
     th3 = np.load(kdir / "epoch_000003.npz")["theta"].astype(np.float64)
     assert h.scalars["ntk_frobenius_train_train"][4] == pytest.approx(
-        relative_frobenius_change(th4[:4, :4], th0[:4, :4]), rel=1e-12)
+        relative_frobenius_change(th4[:4, :4], th0[:4, :4]), rel=1e-12
+    )
     assert h.scalars["ntk_frobenius_step_train_train"][4] == pytest.approx(
-        relative_frobenius_change(th4[:4, :4], th3[:4, :4]), rel=1e-12)
+        relative_frobenius_change(th4[:4, :4], th3[:4, :4]), rel=1e-12
+    )
     assert MetricNTKHistory.load(tmp_path / "metric_ntk" / "history.npz").epochs == [0, 1, 2, 3, 4]
 
     # a fit that restarts its numbering at 0 continues after the last record
@@ -374,23 +408,27 @@ def test_cymetric_signature_standin_and_reference_kernel(rng, tmp_path):
     theta = np.load(tmp_path / "metric_ntk" / "kernels" / "epoch_000002.npz")["theta"]
     ref = reference_ntk(model, x[:7])
     np.testing.assert_allclose(theta, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
-    np.testing.assert_allclose(cb.history.spectrum("pooled_train_test"),
-                               pooled_block_spectrum(ref[:4, 4:], "singular_values"),
-                               rtol=1e-3, atol=1e-4 * np.abs(ref).max())
-    np.testing.assert_allclose(cb.history.spectrum("pooled_test_test"),
-                               pooled_block_spectrum(ref[4:, 4:], "singular_values"),
-                               rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(
+        cb.history.spectrum("pooled_train_test"),
+        pooled_block_spectrum(ref[:4, 4:], "singular_values"),
+        rtol=1e-3,
+        atol=1e-4 * np.abs(ref).max(),
+    )
+    np.testing.assert_allclose(
+        cb.history.spectrum("pooled_test_test"),
+        pooled_block_spectrum(ref[4:, 4:], "singular_values"),
+        rtol=1e-3,
+        atol=1e-4 * np.abs(ref).max(),
+    )
 
 
 def test_plain_regression_network_and_alignment(rng):
     x = rng.standard_normal((64, 5))
     y = np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(32, activation="tanh"),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(32, activation="tanh"), keras.layers.Dense(2)])
     model.compile(keras.optimizers.SGD(0.05), loss="mse")
-    cb = MetricNTKCallback(x[:6], x[6:12], train_targets=y[:6], block="train_train",
-                           save_kernels=False)
+    cb = MetricNTKCallback(x[:6], x[6:12], train_targets=y[:6], block="train_train", save_kernels=False)
     hist = model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb])
     assert cb.history.meta["output_kind"] == "vector" and cb.history.meta["m"] == 2
     for key in ("ntk_target_alignment", "ntk_residual_alignment"):
@@ -399,12 +437,15 @@ def test_plain_regression_network_and_alignment(rng):
         assert np.all((v > 0) & (v <= 1 + 1e-12)), key
     # the recorded alignment is the formula applied to the kernel at that epoch
     from cyntk.kernels import metric_ntk
+
     theta = metric_ntk(model, x[:6]).astype(np.float64)
     assert cb.history.scalars["ntk_target_alignment"][-1] == pytest.approx(
-        kernel_target_alignment(theta, y[:6]), rel=1e-6)
+        kernel_target_alignment(theta, y[:6]), rel=1e-6
+    )
     resid = model(x[:6].astype(np.float32), training=False).numpy() - y[:6]
     assert cb.history.scalars["ntk_residual_alignment"][-1] == pytest.approx(
-        kernel_target_alignment(theta, resid), rel=1e-5)
+        kernel_target_alignment(theta, resid), rel=1e-5
+    )
 
 
 def test_points_drawn_once_from_data(quintic):
@@ -415,9 +456,9 @@ def test_points_drawn_once_from_data(quintic):
     assert all(any(np.array_equal(p, q) for q in quintic.X_train) for p in a.x_train)
     assert all(any(np.array_equal(p, q) for q in quintic.X_val) for p in a.x_test)
     with pytest.warns(UserWarning, match="P_train=6 != P_test=5.*uses singular values"):
-        c = MetricNTKCallback(6, 5, data=quintic.X_train, seed=5)   # one pool: disjoint sets
+        c = MetricNTKCallback(6, 5, data=quintic.X_train, seed=5)  # one pool: disjoint sets
     assert not any(np.array_equal(p, q) for p in c.x_train for q in c.x_test)
-    assert c.history.meta["spectrum_kinds"]["train_test"] == "singular_values"   # 6 x 5: no eigenvalues
+    assert c.history.meta["spectrum_kinds"]["train_test"] == "singular_values"  # 6 x 5: no eigenvalues
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -456,9 +497,13 @@ def test_bad_models_and_points_fail_at_train_begin(rng):
     with pytest.raises(ValueError, match=r"could not call the model on `train_points` of shape \(3, 8\)"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[MetricNTKCallback(x[:3, :8], x[3:6, :8])])
     bad = standin(out_rank=4)
-    with pytest.raises(ValueError, match=r"output is a metric \(complex \(B, n, n\).* or a vector .*received "
-                                         r"output of dtype float32 and shape \(2, 1, 3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"output is a metric \(complex \(B, n, n\).* or a vector .*received "
+        r"output of dtype float32 and shape \(2, 1, 3, 3\)",
+    ):
         bad.fit(x, y, epochs=1, verbose=0, callbacks=[MetricNTKCallback(x[:3], x[3:6])])
     with pytest.raises(ValueError, match=r"`train_targets` must have m=9 components"):
-        model.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[MetricNTKCallback(x[:3], x[3:6], train_targets=np.zeros((3, 4)))])
+        model.fit(
+            x, y, epochs=1, verbose=0, callbacks=[MetricNTKCallback(x[:3], x[3:6], train_targets=np.zeros((3, 4)))]
+        )

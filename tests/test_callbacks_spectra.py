@@ -66,9 +66,14 @@ def test_wasserstein_reports_w_p_not_its_power(rng):
     assert wasserstein([0.0, 1.0], [0.0, 3.0], 2) == approx64(np.sqrt(2.0))
 
 
-@pytest.mark.parametrize("bad, match", [(dict(p=0.5), "`p` must be a finite number >= 1"),
-                                        (dict(u=[np.nan, 1.0]), "`u` must be finite"),
-                                        (dict(v=[]), "`v` must contain at least one value")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(p=0.5), "`p` must be a finite number >= 1"),
+        (dict(u=[np.nan, 1.0]), "`u` must be finite"),
+        (dict(v=[]), "`v` must contain at least one value"),
+    ],
+)
 def test_wasserstein_bad_input(bad, match):
     args = dict(u=[0.0, 1.0], v=[1.0, 2.0], p=1)
     args.update(bad)
@@ -85,11 +90,11 @@ def test_pooled_spectrum_of_symmetric_block(rng):
     per = spec.reshape(m, m, p)
     for i in range(m):
         np.testing.assert_allclose(per[i, i], np.linalg.eigvalsh(theta[:, :, i, i]), rtol=1e-9, atol=1e-9)
-        assert np.all(per[i, i] >= -1e-9)                     # PSD diagonal component blocks
+        assert np.all(per[i, i] >= -1e-9)  # PSD diagonal component blocks
         for j in range(m):
             ref = np.sort(np.linalg.eigvals(theta[:, :, i, j]).real)
             np.testing.assert_allclose(per[i, j], ref, rtol=1e-8, atol=1e-9)
-            np.testing.assert_allclose(per[i, j], per[j, i], rtol=1e-8, atol=1e-9)   # M_JI = M_IJ^T
+            np.testing.assert_allclose(per[i, j], per[j, i], rtol=1e-8, atol=1e-9)  # M_JI = M_IJ^T
     np.testing.assert_array_equal(spec, pooled_block_spectrum(theta, symmetric=True))  # auto-detected
     np.testing.assert_allclose(pooled_block_spectrum(theta, symmetric=False), spec, rtol=1e-8, atol=1e-9)
 
@@ -101,8 +106,9 @@ def test_pooled_spectrum_of_train_test_block(rng):
     eig = block_eigenvalues(theta)
     np.testing.assert_allclose(spec, np.sort(eig.real, axis=-1).reshape(-1), **F64)
     sv = pooled_block_spectrum(theta, "singular_values")
-    np.testing.assert_allclose(sv.reshape(m, m, 5)[0, 1], np.sort(np.linalg.svd(theta[:, :, 0, 1],
-                                                                                compute_uv=False)), **F64)
+    np.testing.assert_allclose(
+        sv.reshape(m, m, 5)[0, 1], np.sort(np.linalg.svd(theta[:, :, 0, 1], compute_uv=False)), **F64
+    )
     rect = gram_kernel(rng, 5, 3, m=m)
     assert pooled_block_spectrum(rect, "singular_values").shape == (m * m * 3,)
     with pytest.raises(ValueError, match="kind='eigenvalues' needs square blocks"):
@@ -141,7 +147,7 @@ def test_distances_between_kernels(rng):
     assert relative_frobenius_change(a, a.copy()) == 0.0
     assert kernel_distance(a, a.copy()) == 0.0
     assert relative_frobenius_change(3 * a, a) == approx64(2.0)
-    assert kernel_distance(3 * a, a) == pytest.approx(0.0, abs=1e-14)          # scale invariant
+    assert kernel_distance(3 * a, a) == pytest.approx(0.0, abs=1e-14)  # scale invariant
     b = rng.standard_normal(a.shape)
     cos = np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b))
     assert kernel_distance(b, a) == pytest.approx(1 - cos, rel=1e-12)
@@ -181,19 +187,25 @@ def make_history(rng, epochs=(0, 1, 3)):
     base = rng.standard_normal(16)
     for e in epochs:
         spec = base + 0.1 * e
-        h.append(e, {"ntk_wasserstein_train_test": wasserstein(spec, base), "ntk_seconds": 0.01},
-                 {"pooled_train_test": spec, "full_train_train": np.abs(spec[:8])})
+        h.append(
+            e,
+            {"ntk_wasserstein_train_test": wasserstein(spec, base), "ntk_seconds": 0.01},
+            {"pooled_train_test": spec, "full_train_train": np.abs(spec[:8])},
+        )
     return h
 
 
 def test_history_round_trip(rng, tmp_path):
     h = make_history(rng)
-    path = h.save(tmp_path / "sub" / "history")        # suffix added, folder created
+    path = h.save(tmp_path / "sub" / "history")  # suffix added, folder created
     assert path.name == "history.npz"
     summary = json.loads((tmp_path / "sub" / "history.json").read_text())
     assert summary["epochs"] == [0, 1, 3] and summary["meta"]["wasserstein_p"] == 1.0
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
-        "history.json", "history.npz", "history_reference.npz"]   # no temporary files left
+        "history.json",
+        "history.npz",
+        "history_reference.npz",
+    ]  # no temporary files left
     g = MetricNTKHistory.load(path)
     assert g.epochs == h.epochs and g.meta["wasserstein_p"] == 1.0
     for k in h.scalars:
@@ -212,7 +224,7 @@ def test_history_reference_written_once(rng, tmp_path):
     h = make_history(rng)
     h.save(tmp_path / "h.npz")
     ref = tmp_path / "h_reference.npz"
-    ref.write_bytes(b"sentinel")           # an unchanged kernel is not rewritten
+    ref.write_bytes(b"sentinel")  # an unchanged kernel is not rewritten
     h.append(5, {"ntk_seconds": 0.0}, {k: v[-1] for k, v in h.spectra.items()})
     h.save(tmp_path / "h.npz")
     assert ref.read_bytes() == b"sentinel"
@@ -243,14 +255,14 @@ def test_plot_figure4_from_saved_history(rng, tmp_path):
     fig = plot_figure4(path, "train_test", scale="linear", bins=10)
     left, right = fig.axes
     heights = [sum(p.get_height() for p in container) for container in left.containers]
-    assert heights == [16, 16]                                # epoch 0 and epoch 3, 16 values each
+    assert heights == [16, 16]  # epoch 0 and epoch 3, 16 values each
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["epoch 0", "epoch 3"]
     x, y = right.lines[0].get_data()
     np.testing.assert_array_equal(x, [0, 1, 3])
     np.testing.assert_allclose(y, [0.0, 0.1, 0.3], rtol=1e-12)
-    img = figure_to_rgba(plot_figure4(path, "train_test"), dpi=40)   # default: log10 |value| histogram
+    img = figure_to_rgba(plot_figure4(path, "train_test"), dpi=40)  # default: log10 |value| histogram
     assert img.dtype == np.uint8 and img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == 4
-    assert img[..., :3].std() > 0                                     # not a blank image
+    assert img[..., :3].std() > 0  # not a blank image
 
 
 def test_plot_helpers_errors(rng):

@@ -27,7 +27,7 @@ from cyntk.geometry import (
 )
 from cyntk.geometry.intersection import intersection_tensor, mixed_determinant, mixed_determinant_counts
 
-REF = Path(__file__).resolve().parent / "data"   # cymetric reference arrays, see data/*/README.md
+REF = Path(__file__).resolve().parent / "data"  # cymetric reference arrays, see data/*/README.md
 NAMES = ["cymetric_tetraquadric", "cymetric_cicy_p5_33"]
 
 
@@ -85,7 +85,7 @@ def test_reference_float64(name):
     assert _rel(geo["pullbacks"], r["pullbacks"]) < 1e-6
     assert _rel(geo["omega_sq"], r["omega_abs2"]) < 1e-6
     assert _rel(geo["weights"], r["weight"]) < 1e-6
-    np.testing.assert_array_equal(geo["charts"][:, ci.nproj:], r["elim_idx"])
+    np.testing.assert_array_equal(geo["charts"][:, ci.nproj :], r["elim_idx"])
     # intersection numbers, volumes, kappa over all stored points with the stored weights
     np.testing.assert_array_equal(ci.intersection_numbers, r["intersection_numbers"])
     assert ci.vol_j_norm == float(r["vol_j_norm"])
@@ -114,9 +114,9 @@ def test_basis_matches_cymetric_pickle():
 
 
 def test_intersection_numbers_closed_forms():
-    assert intersection_tensor([4], [[5]]).item() == 5                       # quintic
+    assert intersection_tensor([4], [[5]]).item() == 5  # quintic
     assert intersection_tensor([5], [[3, 3]]).item() == 9
-    d = intersection_tensor([2, 2], [[3], [3]])                              # bicubic
+    d = intersection_tensor([2, 2], [[3], [3]])  # bicubic
     assert d[0, 0, 1] == d[0, 1, 1] == 3 and d[0, 0, 0] == d[1, 1, 1] == 0
     d = intersection_tensor([1, 1, 1, 1], [[2], [2], [2], [2]])
     assert d[0, 1, 2] == 2 and d[0, 0, 1] == 0 and d.sum() == 48
@@ -150,12 +150,16 @@ def _mc_intersections(ci, n, seed):
     return out
 
 
-@pytest.mark.parametrize("make,n", [
-    (lambda: tetraquadric(), 8000),
-    (lambda: bicubic(), 4000),
-    (lambda: generic_cicy([5], [[3, 3]], seed=13), 600),
-    (lambda: generic_cicy([1, 4], [[1, 1], [4, 1]], seed=3), 500),
-], ids=["tetraquadric", "bicubic", "cicy_p5_33", "cicy_p1p4"])
+@pytest.mark.parametrize(
+    "make,n",
+    [
+        (lambda: tetraquadric(), 8000),
+        (lambda: bicubic(), 4000),
+        (lambda: generic_cicy([5], [[3, 3]], seed=13), 600),
+        (lambda: generic_cicy([1, 4], [[1, 1], [4, 1]], seed=3), 500),
+    ],
+    ids=["tetraquadric", "bicubic", "cicy_p5_33", "cicy_p1p4"],
+)
 def test_sampling_is_unbiased(make, n):
     """Every intersection number within 3 standard errors (cymetric's PointGenerator misses by up to 80)."""
     ci = make()
@@ -174,7 +178,7 @@ def test_sampling_reproducible_and_on_variety():
     z = tq.sample_points(500, seed=1)
     np.testing.assert_array_equal(z, tq.sample_points(500, seed=np.random.default_rng(1)))
     assert tq.residual(z).max() < 1e-12
-    one = tq.one_indices(z)                  # exactly one coordinate 1 per factor
+    one = tq.one_indices(z)  # exactly one coordinate 1 per factor
     assert one.shape == (500, 4)
 
 

@@ -31,16 +31,18 @@ CASES = {
 @pytest.fixture(scope="module")
 def cym():
     if not (CYMETRIC / "cymetric" / "pointgen" / "pointgen_cicy.py").is_file():
-        pytest.skip(f"the real cymetric is absent ({CYMETRIC}); put its snapshot in ../shared/cymetric "
-                    "or set CYNTK_CYMETRIC")
+        pytest.skip(
+            f"the real cymetric is absent ({CYMETRIC}); put its snapshot in ../shared/cymetric or set CYNTK_CYMETRIC"
+        )
     pytest.importorskip("sympy")
     pytest.importorskip("joblib")
     old = os.environ.get("LOKY_MAX_CPU_COUNT")
-    os.environ["LOKY_MAX_CPU_COUNT"] = "1"        # one joblib job: sequential and reproducible
+    os.environ["LOKY_MAX_CPU_COUNT"] = "1"  # one joblib job: sequential and reproducible
     sys.path.insert(0, str(CYMETRIC))
     try:
         from cymetric.pointgen.pointgen import PointGenerator
         from cymetric.pointgen.pointgen_cicy import CICYPointGenerator
+
         yield PointGenerator, CICYPointGenerator
     finally:
         sys.path.remove(str(CYMETRIC))
@@ -62,8 +64,9 @@ def _generator(cym, ci):
     if ci.nhyper == 1:
         pg = PointGenerator(ci.monomials[0], ci.coefficients[0].real, ci.kmoduli, ci.ambient, verbose=0)
     else:
-        pg = CICYPointGenerator([m for m in ci.monomials], [c.real for c in ci.coefficients], ci.kmoduli,
-                                ci.ambient, verbose=0)
+        pg = CICYPointGenerator(
+            [m for m in ci.monomials], [c.real for c in ci.coefficients], ci.kmoduli, ci.ambient, verbose=0
+        )
     _GENERATORS[key] = pg
     return pg
 
@@ -88,7 +91,7 @@ def test_cyntk_dataset_in_cymetric(name, cym, tmp_path):
     z = np.concatenate([zt, zv])
     y = np.concatenate([ds["y_train"], ds["y_val"]])
     # cymetric's conventions on cyntk's points: same charts, pullbacks, |Omega|^2
-    np.testing.assert_array_equal(pg._find_max_dQ_coords(z).reshape(len(z), -1), ci.charts(z)[:, ci.nproj:])
+    np.testing.assert_array_equal(pg._find_max_dQ_coords(z).reshape(len(z), -1), ci.charts(z)[:, ci.nproj :])
     assert _rel(pg.pullbacks(zv), ds["val_pullbacks"]) < 1e-5
     om = pg.holomorphic_volume_form(z)
     assert _rel(np.abs(om) ** 2, y[:, 1]) < 1e-5

@@ -14,7 +14,7 @@ import pytest
 from cyntk.geometry import CYDataset, bicubic, make_dataset
 from cyntk.models import FSModel, MultiplicativeModel
 
-REF = Path(__file__).resolve().parent / "data"   # cymetric reference arrays, see data/*/README.md
+REF = Path(__file__).resolve().parent / "data"  # cymetric reference arrays, see data/*/README.md
 
 
 def _ref(name):
@@ -42,9 +42,9 @@ def test_fs_model_matches_numpy_geometry_and_cymetric(name):
     g = m(X).numpy()
     assert g.shape == (len(X), 3, 3)
     assert _rel(g, geo["fs_metric_pb"]) < 1e-12
-    assert _rel(g, r["g_fs_pb"]) < 3e-7                       # cymetric's complex64 dQ/dz factors
+    assert _rel(g, r["g_fs_pb"]) < 3e-7  # cymetric's complex64 dQ/dz factors
     terms = m.loss_terms(X, r["y"], terms=("sigma", "kaehler", "volk"))
-    assert float(np.max(terms["kaehler"])) < 1e-20          # the FS metric is Kaehler
+    assert float(np.max(terms["kaehler"])) < 1e-20  # the FS metric is Kaehler
     assert np.all(np.isfinite(terms["sigma"]))
     # serialisation round trip keeps the manifold
     clone = FSModel.from_config(m.get_config())
@@ -63,9 +63,13 @@ def test_multiplicative_model_trains_on_the_bicubic_with_the_callback():
 
     keras.utils.set_random_seed(0)
     ds = make_dataset(bicubic(), 400, seed=0, val_split=0.25)
-    net = keras.Sequential([keras.Input((2 * ds.manifold.ncoords,)), keras.layers.Dense(32, activation="gelu"),
-                            keras.layers.Dense(9, use_bias=False,
-                                               kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3))])
+    net = keras.Sequential(
+        [
+            keras.Input((2 * ds.manifold.ncoords,)),
+            keras.layers.Dense(32, activation="gelu"),
+            keras.layers.Dense(9, use_bias=False, kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3)),
+        ]
+    )
     model = MultiplicativeModel(net, ds, kaehler=0.0, transition=0.0, volk=0.0)
     model.compile(keras.optimizers.Adam(1e-3))
     Xt, yt = ds.X_train.astype("float32"), ds.y_train.astype("float32")
@@ -76,11 +80,12 @@ def test_multiplicative_model_trains_on_the_bicubic_with_the_callback():
     after = model.measures(Xv, yv, which=("sigma",))["sigma"]
     assert model(Xv[:2]).shape == (2, 3, 3)
     assert after < before
-    assert len(cb.history) >= 2                              # epoch 0 and every epoch recorded
+    assert len(cb.history) >= 2  # epoch 0 and every epoch recorded
 
 
 def test_kernel_model_refuses_complete_intersections_clearly():
-    from cyntk.kernels import GaussianFSKernel, KernelModel
+    from cyntk.flows import KernelModel
+    from cyntk.kernels import GaussianFSKernel
 
     ds, r = _ref("cymetric_tetraquadric")
     with pytest.raises(NotImplementedError, match="hypersurfaces in one projective space"):

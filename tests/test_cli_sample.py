@@ -24,8 +24,22 @@ def test_sample_quintic_directory(tmp_path, capsys):
 
 
 def test_sample_dwork_fixed_chart(tmp_path):
-    rc = main(["sample", "dwork", "--psi", "0.5", "-n", "100", "--chart", "1,3", "--val-split", "0.2",
-               "-o", str(tmp_path / "d")])
+    rc = main(
+        [
+            "sample",
+            "dwork",
+            "--psi",
+            "0.5",
+            "-n",
+            "100",
+            "--chart",
+            "1,3",
+            "--val-split",
+            "0.2",
+            "-o",
+            str(tmp_path / "d"),
+        ]
+    )
     assert rc == 0
     ds = CYDataset.load(tmp_path / "d")
     assert ds.n_val == 20

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cyntk.geometry import fermat_quintic, fs_distance_matrix
-from cyntk.kernels.clustering import (
+from cyntk.geometry.clustering import (
     BatchedFSClustering,
     birch_clustering,
     cluster_order,

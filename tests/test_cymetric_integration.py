@@ -28,8 +28,9 @@ MODELS = ("FreeModel", "AddFSModel", "MultFSModel", "MatrixFSModel", "PhiFSModel
 def cymetric():
     """The real cymetric package (its folder put on sys.path for this module)."""
     if not (CYMETRIC / "cymetric" / "models").is_dir():
-        pytest.skip(f"the real cymetric is absent ({CYMETRIC}); put its snapshot in ../shared/cymetric "
-                    "or set CYNTK_CYMETRIC")
+        pytest.skip(
+            f"the real cymetric is absent ({CYMETRIC}); put its snapshot in ../shared/cymetric or set CYNTK_CYMETRIC"
+        )
     for dep in ("sympy", "joblib", "wolframclient"):
         pytest.importorskip(dep, reason=f"cymetric.pointgen imports {dep} (pip install -e '.[test]')")
     sys.path.insert(0, str(CYMETRIC))
@@ -37,6 +38,7 @@ def cymetric():
         import cymetric.models.helper as helper
         import cymetric.models.models as models
         from cymetric.pointgen.pointgen import PointGenerator
+
         yield {"models": models, "helper": helper, "PointGenerator": PointGenerator}
     finally:
         sys.path.remove(str(CYMETRIC))
@@ -65,9 +67,11 @@ def _model(cymetric, name, basis, width=None, seed=0):
     width = width or (32 if name == "PhiFSModel" else 16)
     tf.keras.utils.set_random_seed(seed)
     n_out = 1 if name == "PhiFSModel" else 9
-    nn = tf.keras.Sequential([tf.keras.Input((10,))]
-                             + [tf.keras.layers.Dense(width, activation="gelu") for _ in range(2)]
-                             + [tf.keras.layers.Dense(n_out, use_bias=False)])
+    nn = tf.keras.Sequential(
+        [tf.keras.Input((10,))]
+        + [tf.keras.layers.Dense(width, activation="gelu") for _ in range(2)]
+        + [tf.keras.layers.Dense(n_out, use_bias=False)]
+    )
     return getattr(cymetric["models"], name)(nn, basis, alpha=[1.0] * 5)
 
 
@@ -112,8 +116,8 @@ def test_metric_ntk_of_cymetric_models_equals_brute_force(cymetric, quintic_dir,
     model = _model(cymetric, name, basis)
     x = data["X_train"][:4]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)       # pfor fallback notices
-        output = "complex" if name == "MatrixFSModel" else "auto"    # G + G @ H is not hermitian
+        warnings.simplefilter("ignore", RuntimeWarning)  # pfor fallback notices
+        output = "complex" if name == "MatrixFSModel" else "auto"  # G + G @ H is not hermitian
         theta = metric_ntk(model, x, output=output)
         generic = metric_ntk(model, x, implementation="generic", output=output)
     assert metric_ntk_path(model, output=output).startswith("structured")
@@ -142,14 +146,15 @@ def test_callback_through_fit_is_bitwise_neutral(cymetric, quintic_dir, tmp_path
     finals = []
     # the same model (one trace of cymetric's train step), restarted from the same weights and
     # optimizer state for the run without the callback
-    for with_cb in ((True, False) if name in ("MultFSModel", "PhiFSModel") else (True,)):
+    for with_cb in (True, False) if name in ("MultFSModel", "PhiFSModel") else (True,):
         for v, w in zip(model.trainable_variables + model.optimizer.variables, start + opt_start):
             v.assign(w)
         cbs = [MetricNTKCallback(4, 4, data=data, seed=0, log_dir=tmp_path / name)] if with_cb else []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            model.fit(data["X_train"], data["y_train"], epochs=2, batch_size=128, verbose=0,
-                      callbacks=cbs, shuffle=False)
+            model.fit(
+                data["X_train"], data["y_train"], epochs=2, batch_size=128, verbose=0, callbacks=cbs, shuffle=False
+            )
         finals.append([v.numpy() for v in model.trainable_variables])
         if with_cb:
             assert cbs[0].history.epochs == [0, 1, 2]
@@ -157,7 +162,7 @@ def test_callback_through_fit_is_bitwise_neutral(cymetric, quintic_dir, tmp_path
             assert not cbs[0].history.meta.get("errors")
             assert cbs[0].history.meta["m"] == (18 if name == "MatrixFSModel" else 9)
             assert cbs[0].history.meta["ntk_path"].startswith("structured")
-            assert not np.array_equal(finals[0][0], start[0])          # it trained
+            assert not np.array_equal(finals[0][0], start[0])  # it trained
     for a, b in zip(*finals) if len(finals) == 2 else ():
         np.testing.assert_array_equal(a, b)
 
@@ -177,12 +182,18 @@ def test_callback_under_train_model(cymetric, quintic_dir, tmp_path, name):
     cbs = MetricNTKCallback(3, 3, data=data, seed=0, log_dir=tmp_path, model=model, save_kernels=True)
     tf.keras.utils.set_random_seed(1)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)           # no spurious resume warnings
+        warnings.simplefilter("error", UserWarning)  # no spurious resume warnings
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="keras")
         model, _ = cymetric["helper"].train_model(
-            model, data, optimizer=tf.keras.optimizers.Adam(), epochs=epochs,
-            batch_sizes=[64, 50000], verbose=0, callbacks=[cbs])
+            model,
+            data,
+            optimizer=tf.keras.optimizers.Adam(),
+            epochs=epochs,
+            batch_sizes=[64, 50000],
+            verbose=0,
+            callbacks=[cbs],
+        )
     assert cbs.history.epochs == list(range(epochs + 1))
     # the reference is the kernel at initialisation
     ref = np.load(tmp_path / "metric_ntk" / "kernels" / "epoch_000000.npz")
@@ -195,15 +206,15 @@ def test_callback_under_train_model(cymetric, quintic_dir, tmp_path, name):
     # the kernel moved during training (the records are not all the reference)
     assert cbs.history.scalar("ntk_frobenius_train_train")[-1] > 1e-6
     events = list((tmp_path / "metric_ntk").glob("events.out.tfevents.*"))
-    assert len(events) == 1                                    # one TensorBoard run per training
+    assert len(events) == 1  # one TensorBoard run per training
 
 
 def test_kernel_model_on_a_cymetric_network(cymetric, quintic_dir):
     import keras
 
+    from cyntk.flows.kernel_model import KernelModel
     from cyntk.geometry import chart_counts, fermat_quintic, select_chart
     from cyntk.kernels import EmpiricalNTKKernel
-    from cyntk.kernels.kernel_model import KernelModel
 
     data, basis = _load(cymetric, quintic_dir)
     model = _model(cymetric, "MultFSModel", basis)
@@ -221,6 +232,7 @@ def test_kernel_model_on_a_cymetric_network(cymetric, quintic_dir):
         after = flow.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
     g0 = np.asarray(model(x.astype(np.float32), training=False))
     from cyntk.geometry import components_from_hermitian
+
     g_flow = flow.predict(x, verbose=0)
     assert np.all(np.isfinite(g_flow))
     assert np.isfinite(before["loss"]) and np.isfinite(after["loss"])

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cyntk.experiments.beyond import (_relative_error, kernel_row_mass, plot_noclustering, plot_torus,
-                                      run_noclustering, run_torus)
+from cyntk.experiments.beyond import (
+    _relative_error,
+    kernel_row_mass,
+    plot_noclustering,
+    plot_torus,
+    run_noclustering,
+    run_torus,
+)
 from cyntk.geometry import fermat_cubic, fermat_quintic, fs_distance_matrix, make_dataset, to_real
 from cyntk.kernels import GaussianFSKernel
 
@@ -16,7 +22,7 @@ def test_relative_error_is_zero_for_the_exact_torus_metric_and_matches_numpy_for
     ds = make_dataset(M, 2000, seed=3)
     z = M.sample_points(50, seed=4)
     geo = M.geometry(z)
-    g_exact = (ds.kappa * geo["omega_sq"])[:, None, None].astype(complex)      # n = 1
+    g_exact = (ds.kappa * geo["omega_sq"])[:, None, None].astype(complex)  # n = 1
     assert np.max(_relative_error(g_exact, geo["omega_sq"], ds.kappa)) < 1e-14
     g_fs = M.fs_metric_pb(z)
     want = np.abs(g_fs[:, 0, 0].real - ds.kappa * geo["omega_sq"]) / (ds.kappa * geo["omega_sq"])
@@ -34,8 +40,17 @@ def test_kernel_row_mass_equals_the_numpy_row_sum_of_the_full_kernel():
 
 
 def test_run_torus_tiny_returns_finite_errors_of_documented_shape_and_flows_help_on_train_points():
-    r = run_torus(n_points=1500, epochs=2, hidden=(16,), n_flow=120, n_test=60, steps=6,
-                  lr_grid=(1e-4, 1e-3), kernels=("gaussian", "delta"), log=None)
+    r = run_torus(
+        n_points=1500,
+        epochs=2,
+        hidden=(16,),
+        n_flow=120,
+        n_test=60,
+        steps=6,
+        lr_grid=(1e-4, 1e-3),
+        kernels=("gaussian", "delta"),
+        log=None,
+    )
     assert r["network/val_error"].shape == (3,)
     assert np.all(np.isfinite(r["network/val_error"]))
     for k in ("gaussian", "delta"):
@@ -44,7 +59,7 @@ def test_run_torus_tiny_returns_finite_errors_of_documented_shape_and_flows_help
         assert np.all(np.isfinite(tr)) and np.all(np.isfinite(te))
         assert r[f"{k}/failed_at_step"] == 0
         assert r[f"{k}/learning_rate"] in (1e-4, 1e-3)
-        assert tr[-1] < 0.8 * tr[0]          # the flow lowers the error to the exact metric on train points
+        assert tr[-1] < 0.8 * tr[0]  # the flow lowers the error to the exact metric on train points
     # the initial kernel-flow metric is Fubini-Study: its test error is the FS error
     assert r["gaussian/test_error"][0] == pytest.approx(r["fs/test_error"], rel=1e-6)
     assert 0.01 < r["fs/test_error"] < 1.0
@@ -55,14 +70,22 @@ def test_run_noclustering_tiny_delta_is_unchanged_by_clustering_and_lr_scales_wi
     from cyntk.experiments.runner import ResultStore
 
     store = ResultStore(tmp_path / "partial")
-    kw = dict(sizes=(150, 450), kernels=("gaussian", "delta"), n_test=60, steps=5, cluster_size=150,
-              cluster_batch_size=300, lr_grid=(1e-4, 1e-3), log=None)
+    kw = dict(
+        sizes=(150, 450),
+        kernels=("gaussian", "delta"),
+        n_test=60,
+        steps=5,
+        cluster_size=150,
+        cluster_batch_size=300,
+        lr_grid=(1e-4, 1e-3),
+        log=None,
+    )
     r = run_noclustering(store=store, **kw)
     for k in ("gaussian", "delta"):
         for mode in ("exact", "clustered"):
             assert r[f"{k}/{mode}/train_gain"].shape == (2,)
         assert np.all(np.isfinite(r[f"{k}/exact/train_gain"]))
-        assert np.isnan(r[f"{k}/clustered/train_gain"][0])          # one cluster: not run
+        assert np.isnan(r[f"{k}/clustered/train_gain"][0])  # one cluster: not run
         assert np.isfinite(r[f"{k}/clustered/train_gain"][1])
         assert np.all(r[f"{k}/exact/failed_at_step"] == 0)
         assert np.all(r[f"{k}/exact/train_gain"] > 1.0)

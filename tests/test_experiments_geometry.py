@@ -11,13 +11,13 @@ import pytest
 
 from cyntk.experiments import (
     fit_power_law,
+    load_json,
     plot_fig2,
     plot_fig3_distances,
     run_fig2,
     run_fig3_distances,
     save_figure,
     save_json,
-    load_json,
 )
 
 
@@ -26,7 +26,7 @@ def test_power_law_fit_recovers_known_exponent():
     a, b = fit_power_law(n, 0.97 * n ** (-1 / 6))
     np.testing.assert_allclose([a, b], [0.97, -1 / 6], rtol=1e-12)
     rng = np.random.default_rng(0)
-    a2, b2 = fit_power_law(n, 2.0 * n ** -0.3 * np.exp(0.01 * rng.standard_normal(8)))
+    a2, b2 = fit_power_law(n, 2.0 * n**-0.3 * np.exp(0.01 * rng.standard_normal(8)))
     assert abs(b2 + 0.3) < 0.02 and abs(a2 - 2.0) < 0.2
     with pytest.raises(ValueError, match="positive"):
         fit_power_law([1, 2], [1, -1])
@@ -74,8 +74,7 @@ def test_reproduce_writes_files_and_resumes(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     lines = []
-    reproduce(["fig2"], output=tmp_path / "out", overrides={"fig2": dict(n_points=60, n_clusters=3)},
-              log=lines.append)
+    reproduce(["fig2"], output=tmp_path / "out", overrides={"fig2": dict(n_points=60, n_clusters=3)}, log=lines.append)
     for f in ("result.json", "result.npz", "fig2.png"):
         assert (tmp_path / "out" / "fig2" / f).is_file()
     reproduce(["fig2"], output=tmp_path / "out", log=lines.append)

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from cyntk.experiments.kernel_flows import gains_table, plot_table1, run_table1
-from cyntk.experiments.networks import (plot_afterkernel, plot_fig4, run_afterkernel, run_baseline, run_fig4,
-                                        sigma_loss_of)
+from cyntk.experiments.networks import (
+    plot_afterkernel,
+    plot_fig4,
+    run_afterkernel,
+    run_baseline,
+    run_fig4,
+    sigma_loss_of,
+)
 from cyntk.geometry import fermat_quintic
 
 
@@ -31,8 +37,14 @@ def test_sigma_loss_of_matches_a_direct_formula():
 def test_table1_tiny_gains_are_finite_and_tabulated(tmp_path):
     from cyntk.experiments.runner import ResultStore
 
-    r = run_table1(hyperparameter_sets=("paper",), points_scale=0.012, n_test=20, steps=3,
-                   noise_levels=(1e-2,), store=ResultStore(tmp_path))
+    r = run_table1(
+        hyperparameter_sets=("paper",),
+        points_scale=0.012,
+        n_test=20,
+        steps=3,
+        noise_levels=(1e-2,),
+        store=ResultStore(tmp_path),
+    )
     ks = r["paper"]["kernels"]
     assert set(ks) == {"relu", "gaussian", "delta"}
     for k, v in ks.items():
@@ -48,7 +60,7 @@ def test_baseline_tiny_reports_consistent_gains():
     r = run_baseline(n_points=1200, epochs=2, hidden=(16,), batch_size=64)
     assert r["sigma_val"].shape == (2,) and np.all(np.isfinite(r["sigma_val"]))
     assert r["gain_sigma_val"] == pytest.approx(r["sigma_val_initial"] / r["sigma_val"][-1])
-    assert 0.2 < r["sigma_val_fs"] < 0.6                       # FS on the quintic: ~0.4 (cymetric 0.3979)
+    assert 0.2 < r["sigma_val_fs"] < 0.6  # FS on the quintic: ~0.4 (cymetric 0.3979)
     assert r["train_loss"].shape == (2,)
 
 
@@ -60,29 +72,48 @@ def test_fig4_tiny_tracks_the_kernel_and_the_lazy_control_moves_less(tmp_path):
     # a wide network with plain SGD at a tiny learning rate is lazy: its kernel moves far less
     assert r["lazy_w1_final"] < 0.1 * r["w1_final"]
     assert abs(r["lazy_sigma_gain"] - 1) < abs(r["sigma_gain"] - 1)
-    assert list(tmp_path.iterdir())                            # TensorBoard event files
+    assert list(tmp_path.iterdir())  # TensorBoard event files
     plot_fig4(r)
 
 
 def test_afterkernel_tiny_returns_one_gain_per_checkpoint():
-    r = run_afterkernel(n_points=1200, epochs=2, checkpoints=(0, 2), hidden=(8,), n_flow_train=24,
-                        n_flow_test=12, steps=3, learning_rates=(1e-4, 1e-2))
+    r = run_afterkernel(
+        n_points=1200,
+        epochs=2,
+        checkpoints=(0, 2),
+        hidden=(8,),
+        n_flow_train=24,
+        n_flow_test=12,
+        steps=3,
+        learning_rates=(1e-4, 1e-2),
+    )
     for k in ("train_gain", "test_gain", "learning_rate", "network_sigma_val"):
         assert r[k].shape == (2,) and np.all(np.isfinite(r[k])), k
-    assert np.all(r["train_gain"] >= 1.0)          # the best step size is chosen by train gain (1 = no step)
+    assert np.all(r["train_gain"] >= 1.0)  # the best step size is chosen by train gain (1 = no step)
     assert set(r["learning_rate"]) <= {1e-4, 1e-2}
     plot_afterkernel(r)
 
 
 def test_cyntk_demo_tiny_writes_every_promised_file(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "cyntk.cli", "demo", "--scale", "tiny", "-o", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cyntk.cli", "demo", "--scale", "tiny", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "5/5" in proc.stdout and str(out) in proc.stdout               # progress and where it wrote
-    for f in ("summary.md", "results.json", "figures/fig4_metric_ntk.png", "figures/fig3_left_kernel_gains.png",
-              "figures/fig2_clustering.png", "figures/fig3_right_distances.png", "data/dataset.npz",
-              "data/basis.pickle"):
+    assert "5/5" in proc.stdout and str(out) in proc.stdout  # progress and where it wrote
+    for f in (
+        "summary.md",
+        "results.json",
+        "figures/fig4_metric_ntk.png",
+        "figures/fig3_left_kernel_gains.png",
+        "figures/fig2_clustering.png",
+        "figures/fig3_right_distances.png",
+        "data/dataset.npz",
+        "data/basis.pickle",
+    ):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").rglob("*"))
     res = json.loads((out / "results.json").read_text())

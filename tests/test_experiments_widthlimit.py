@@ -19,8 +19,16 @@ def test_kernel_distances():
 
 
 def test_widthlimit_tiny_runs_and_wider_is_closer():
-    r = run_widthlimit(widths=(16, 256), n_seeds=2, n_track=3, train_widths=(16,), n_points=300,
-                       epochs=1, batch_size=128, loss_weights=dict(kaehler=0.0, transition=0.0, volk=0.0))
+    r = run_widthlimit(
+        widths=(16, 256),
+        n_seeds=2,
+        n_track=3,
+        train_widths=(16,),
+        n_points=300,
+        epochs=1,
+        batch_size=128,
+        loss_weights=dict(kaehler=0.0, transition=0.0, volk=0.0),
+    )
     assert r["init_frobenius"].shape == (2, 2)
     assert np.all(np.isfinite(r["init_frobenius"])) and np.all(r["init_alignment"] <= 1 + 1e-12)
     # fluctuations ~ width^-1/2: 16x wider is clearly closer (seeded; expected ratio ~4)

@@ -1,4 +1,4 @@
-"""cyntk.models.kahler_flows: appendix-B Kähler-potential flows, their geometry and integrators.
+"""cyntk.flows.kahler: appendix-B Kähler-potential flows, their geometry and integrators.
 
 Ground truth: cyntk.geometry (NumPy pullbacks, Fubini--Study metric, Omega,
 kappa), the chart-based metric models of cyntk.models (an independent code path:
@@ -17,13 +17,15 @@ import pytest
 import tensorflow as tf
 
 from conftest import small_mlp
+from cyntk.flows.kahler import FLOWS, FUNCTIONALS, flow_loss, flow_velocity, functional_value, kahler_measures
+from cyntk.flows.network import metric_flow_loss, network_flow, ricci_form
+from cyntk.flows.phi_flow import PhiFlow
+from cyntk.flows.solvers import integrate_ode
 from cyntk.geometry import fermat_cubic, fermat_quintic, make_dataset
 from cyntk.models import MultiplicativeModel, PhiModel
 from cyntk.models import losses as L
-from cyntk.models.kahler_flows import (FLOWS, FUNCTIONALS, HermitianMonomials, KahlerPotentialGeometry,
-                                       PhiFlow, flow_loss, flow_velocity, functional_value, integrate_ode,
-                                       kahler_measures, linear_phi_model, metric_flow_loss, network_flow,
-                                       ricci_form)
+from cyntk.models.kahler_potential import KahlerPotentialGeometry
+from cyntk.models.layers import HermitianMonomials, linear_phi_model
 
 matplotlib.use("Agg")
 
@@ -106,7 +108,7 @@ def test_eta_of_fubini_study_matches_geometry(which, quintic_ds, cubic_ds):
     np.testing.assert_allclose(eta, ref, rtol=1e-10, atol=0)
     P, eta2 = geo.inverse_metric(tf.constant(x))
     J = M.pullbacks(z)
-    P_ref = np.einsum("bai,bac,bcj->bij", np.conj(J), np.linalg.inv(G), J)       # J^H g^-1 J
+    P_ref = np.einsum("bai,bac,bcj->bij", np.conj(J), np.linalg.inv(G), J)  # J^H g^-1 J
     np.testing.assert_allclose(P.numpy(), P_ref, rtol=0, atol=1e-9 * np.max(np.abs(P_ref)))
     np.testing.assert_allclose(eta2.numpy(), ref, rtol=1e-10)
     # every FS point has Vol_K density exactly deg * t^n: mean(w kappa eta) = 5 (quintic) / 3 (torus)
@@ -118,24 +120,24 @@ def test_eta_and_ricci_match_chart_models(quintic_ds):
     ds = quintic_ds
     x = ds.X_train[:6]
     # a potential linear in its weights and a gelu network on projective features
-    models = [_random_linear_model(ds, 1, 0.02, 0),
-              PhiModel(small_mlp(10, 1, width=8, depth=1, features=True, last_std=0.05, seed=3), ds,
-                       dtype="float64")]
+    models = [
+        _random_linear_model(ds, 1, 0.02, 0),
+        PhiModel(small_mlp(10, 1, width=8, depth=1, features=True, last_std=0.05, seed=3), ds, dtype="float64"),
+    ]
     for model in models:
         geo = KahlerPotentialGeometry(model)
         q = geo.quantities(tf.constant(x), ["eta", "ricci_scalar", "laplacian_log_eta", "log_eta"])
         eta_ref = _model_eta(model, ds, x)
-        assert np.max(np.abs(eta_ref - 1.0)) > 0.1          # a non-trivial metric
+        assert np.max(np.abs(eta_ref - 1.0)) > 0.1  # a non-trivial metric
         np.testing.assert_allclose(q["eta"].numpy(), eta_ref, rtol=1e-10)
         np.testing.assert_allclose(q["log_eta"].numpy(), np.log(eta_ref), rtol=0, atol=1e-10)
-        R_cym = model.ricci_scalar(x).numpy()               # cymetric's: tr(g^-1 d dbar ln det g) = -R
+        R_cym = model.ricci_scalar(x).numpy()  # cymetric's: tr(g^-1 d dbar ln det g) = -R
         assert np.max(np.abs(R_cym)) > 1.0
         np.testing.assert_allclose(q["ricci_scalar"].numpy(), -R_cym, rtol=1e-8, atol=1e-8)
         np.testing.assert_allclose(q["laplacian_log_eta"].numpy(), R_cym, rtol=1e-8, atol=1e-8)
         # ricci_form: rho = d dbar ln det g in the chart, tr(g^-1 rho) = Delta ln eta = -R
         rho, g = ricci_form(model, tf.constant(x))
-        np.testing.assert_allclose(L.ricci_scalar(g, rho).numpy(), -q["ricci_scalar"].numpy(),
-                                   rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(L.ricci_scalar(g, rho).numpy(), -q["ricci_scalar"].numpy(), rtol=1e-8, atol=1e-8)
 
 
 def test_grad_eta_sq_matches_finite_differences_quintic(quintic_ds):
@@ -154,15 +156,15 @@ def test_grad_eta_sq_matches_finite_differences_quintic(quintic_ds):
             e[s % n] = 1.0 if s < n else 1j
             pts += [_on_manifold(M, z0, patch, j, h * e), _on_manifold(M, z0, patch, j, -h * e)]
         f = _model_eta(model, ds, _real(np.array(pts)))
-        d_real = (f[0::2] - f[1::2]) / (2 * h)                  # d/du_a, then d/dv_a
-        D = 0.5 * (d_real[:n] - 1j * d_real[n:])                # d_a eta
+        d_real = (f[0::2] - f[1::2]) / (2 * h)  # d/du_a, then d/dv_a
+        D = 0.5 * (d_real[:n] - 1j * d_real[n:])  # d_a eta
         g = model(_real(z0), j_elim=np.array([j])).numpy()[0]
         ref = np.real(np.conj(D) @ np.linalg.inv(g) @ D)
         q = geo.quantities(tf.constant(_real(z0)), ["grad_eta_sq", "grad_log_eta_sq"])
         got, eta0 = q["grad_eta_sq"].numpy()[0], q["eta"].numpy()[0]
         assert ref > 1e-3
         np.testing.assert_allclose(got, ref, rtol=1e-6)
-        np.testing.assert_allclose(q["grad_log_eta_sq"].numpy()[0], ref / eta0 ** 2, rtol=1e-6)
+        np.testing.assert_allclose(q["grad_log_eta_sq"].numpy()[0], ref / eta0**2, rtol=1e-6)
 
 
 def test_laplacian_matches_finite_differences_torus(cubic_ds):
@@ -177,9 +179,9 @@ def test_laplacian_matches_finite_differences_torus(cubic_ds):
         def lap(h):
             pts = [z0] + [_on_manifold(M, z0, patch, j, np.array([d])) for d in (h, -h, 1j * h, -1j * h)]
             f = np.log(_model_eta(model, ds, _real(np.array(pts))))
-            return (f[1] + f[2] + f[3] + f[4] - 4 * f[0]) / h ** 2
+            return (f[1] + f[2] + f[3] + f[4] - 4 * f[0]) / h**2
 
-        lap_rich = (4 * lap(5e-4) - lap(1e-3)) / 3                # Richardson: O(h^4)
+        lap_rich = (4 * lap(5e-4) - lap(1e-3)) / 3  # Richardson: O(h^4)
         g = np.real(model(_real(z0), j_elim=np.array([j])).numpy()[0, 0, 0])
         R_ref = -lap_rich / (4 * g)
         R = geo.quantities(tf.constant(_real(z0)), ["ricci_scalar"])["ricci_scalar"].numpy()[0]
@@ -193,9 +195,9 @@ def test_hermitian_monomial_hessians_and_fast_path(quintic_ds):
     ds = quintic_ds
     layer = HermitianMonomials(2, dtype="float64")
     x = ds.X_train[:4]
-    A = layer.complex_hessians(x)                                       # (B, K, N, N)
+    A = layer.complex_hessians(x)  # (B, K, N, N)
     assert A.shape == (4, 225, 5, 5)
-    np.testing.assert_allclose(A, np.conj(np.swapaxes(A, -1, -2)), atol=1e-12)   # Hermitian
+    np.testing.assert_allclose(A, np.conj(np.swapaxes(A, -1, -2)), atol=1e-12)  # Hermitian
     geo = KahlerPotentialGeometry(ds)
     r = np.random.default_rng(0).standard_normal(225)
     _, A_ad = geo.complex_hessian(lambda xx: tf.linalg.matvec(layer(xx), tf.constant(r)), tf.constant(x))
@@ -214,8 +216,13 @@ def test_hermitian_monomial_hessians_and_fast_path(quintic_ds):
     J = pf.jacobian("two_derivative")(t0, tf.constant(c)).numpy()
     f = pf.rhs("two_derivative")
     hh = 1e-6
-    J_fd = np.stack([(f(t0, tf.constant(c + hh * e)).numpy() - f(t0, tf.constant(c - hh * e)).numpy())
-                     / (2 * hh) for e in np.eye(pf.n_basis)[:10]], axis=1)
+    J_fd = np.stack(
+        [
+            (f(t0, tf.constant(c + hh * e)).numpy() - f(t0, tf.constant(c - hh * e)).numpy()) / (2 * hh)
+            for e in np.eye(pf.n_basis)[:10]
+        ],
+        axis=1,
+    )
     np.testing.assert_allclose(J[:, :10], J_fd, rtol=0, atol=1e-6 * np.abs(J).max())
 
 
@@ -240,9 +247,16 @@ def test_monge_ampere_energy_gradient(cubic_flow):
     pf = cubic_flow
     c = 0.01 * np.random.default_rng(3).standard_normal(pf.n_basis)
     h = 1e-5
-    grad_fd = np.array([(pf.functionals(c + h * e, ["monge_ampere"])["monge_ampere"]
-                         - pf.functionals(c - h * e, ["monge_ampere"])["monge_ampere"]) / (2 * h)
-                        for e in np.eye(pf.n_basis)[:8]])
+    grad_fd = np.array(
+        [
+            (
+                pf.functionals(c + h * e, ["monge_ampere"])["monge_ampere"]
+                - pf.functionals(c - h * e, ["monge_ampere"])["monge_ampere"]
+            )
+            / (2 * h)
+            for e in np.eye(pf.n_basis)[:8]
+        ]
+    )
     eta = pf.eta(c)
     grad = np.mean(pf.weights[:, None] * (1.0 - eta)[:, None] * pf._F[:, :8], axis=0)
     # integration by parts holds for the exact integral only: compare at the MC-error scale
@@ -271,7 +285,7 @@ def test_flow_keeps_kahler_class_and_lowers_its_functional(flow, cubic_ds, cubic
     res = pf.integrate(flow, times, method="rk4", dt=dt)
     states = res["states"]
     assert states.shape == (len(times), pf.n_basis) and np.all(np.isfinite(states))
-    assert np.max(np.abs(states[-1])) > 1e-4                  # it moved
+    assert np.max(np.abs(states[-1])) > 1e-4  # it moved
     # Kähler class: Vol_K on 3000 independent points, FS value exactly 3 (deg t^n) pointwise
     xe, we = cubic_eval.X_train, cubic_eval.weights_train
     v0, dens0 = _volk(pf, xe, we, states[0])
@@ -279,7 +293,7 @@ def test_flow_keeps_kahler_class_and_lowers_its_functional(flow, cubic_ds, cubic
     v1, dens1 = _volk(pf, xe, we, states[-1])
     se = np.std(dens1 - dens0) / np.sqrt(len(we))
     assert abs(v1 - v0) < 4 * se + 1e-9, (v1, v0, se)
-    assert np.std(dens1 - dens0) > 1e-4                          # the metric did change pointwise
+    assert np.std(dens1 - dens0) > 1e-4  # the metric did change pointwise
     names = spec.lyapunov if spec.well_posed else ("ultralocal", "monge_ampere")
     F = {nm: np.array([pf.functionals(c, [nm])[nm] for c in states]) for nm in names}
     if spec.well_posed:
@@ -287,7 +301,7 @@ def test_flow_keeps_kahler_class_and_lowers_its_functional(flow, cubic_ds, cubic
             assert np.all(np.diff(v) <= 1e-12 * np.max(np.abs(v))), (flow, nm, v)
             assert v[-1] < v[0] - 1e-6 * abs(v[0]), (flow, nm, v)
     else:
-        assert np.all(np.diff(F["ultralocal"]) > 0), F        # backward parabolic: E_ultra grows
+        assert np.all(np.diff(F["ultralocal"]) > 0), F  # backward parabolic: E_ultra grows
         assert np.all(np.diff(F["monge_ampere"]) > 0), F
 
 
@@ -323,8 +337,10 @@ def test_flows_converge_to_flat_metric_on_torus(cubic_eval):
 
 
 # ------------------------------------------------------------------- ODEs
-@pytest.mark.parametrize("method,kw,tol_", [("dopri", {}, 1e-6), ("bdf", {}, 1e-5),
-                                            ("rk4", {"dt": 0.01}, 1e-8), ("euler", {"dt": 1e-3}, 1e-3)])
+@pytest.mark.parametrize(
+    "method,kw,tol_",
+    [("dopri", {}, 1e-6), ("bdf", {}, 1e-5), ("rk4", {"dt": 0.01}, 1e-8), ("euler", {"dt": 1e-3}, 1e-3)],
+)
 def test_integrate_ode_closed_form(method, kw, tol_):
     """Logistic and linear ODEs: y = 1/(1 + (1/y0 - 1) e^-t) and y = e^{-lambda t} y0."""
     y0 = np.array([0.1, 0.5, 0.9])
@@ -333,9 +349,14 @@ def test_integrate_ode_closed_form(method, kw, tol_):
     exact = 1.0 / (1.0 + (1.0 / y0[None] - 1.0) * np.exp(-times[:, None]))
     assert res["states"].shape == (4, 3)
     np.testing.assert_allclose(res["states"], exact, rtol=0, atol=tol_)
-    lam = np.array([[1.0, 0.0], [0.0, 30.0]])                     # mildly stiff linear system
-    res = integrate_ode(lambda t, y: -tf.linalg.matvec(tf.constant(lam), y) if tf.is_tensor(y) else -lam @ y,
-                        np.ones(2), times, method=method, **kw)
+    lam = np.array([[1.0, 0.0], [0.0, 30.0]])  # mildly stiff linear system
+    res = integrate_ode(
+        lambda t, y: -tf.linalg.matvec(tf.constant(lam), y) if tf.is_tensor(y) else -lam @ y,
+        np.ones(2),
+        times,
+        method=method,
+        **kw,
+    )
     exact = np.exp(-np.outer(times, np.diag(lam)))
     np.testing.assert_allclose(res["states"], exact, rtol=0, atol=10 * tol_)
 
@@ -367,7 +388,7 @@ def test_ode_methods_agree_with_small_euler_steps(cubic_flow):
         res = pf.integrate("kahler_ricci", times, method=method, rtol=1e-8, atol=1e-11, **kw)
         eta = np.array([pf.eta(c) for c in res["states"]])
         out[(method, kw.get("dt"))] = np.max(np.abs(eta - eta_ref))
-    assert np.max(np.abs(eta_ref[-1] - eta_ref[0])) > 0.03          # the flow moved eta
+    assert np.max(np.abs(eta_ref[-1] - eta_ref[0])) > 0.03  # the flow moved eta
     assert out[("dopri", None)] < 1e-6, out
     assert out[("bdf", None)] < 1e-5, out
     assert out[("euler", 1e-4)] < 2e-3, out
@@ -406,16 +427,23 @@ def test_network_kahler_ricci_flow_lowers_sigma_on_torus(cubic_ds):
     phi = PhiModel(small_mlp(6, 1, width=32, depth=2, features=True, last_std=1e-3, seed=0), ds, dtype="float64")
     geo = KahlerPotentialGeometry(phi)
     s0 = kahler_measures(geo, tf.constant(xv), yv[:, 0], yv[:, 1])["sigma"]
-    losses = network_flow(phi, ds.X_train[:200], ds.weights_train[:200], "kahler_ricci", steps=15,
-                          learning_rate=3.0)
+    losses = network_flow(phi, ds.X_train[:200], ds.weights_train[:200], "kahler_ricci", steps=15, learning_rate=3.0)
     assert len(losses) == 15 and np.all(np.isfinite(losses))
     s1 = kahler_measures(geo, tf.constant(xv), yv[:, 0], yv[:, 1])["sigma"]
     assert s1 < 0.98 * s0, (s0, s1)
     mult = MultiplicativeModel(small_mlp(6, 1, width=32, depth=2, last_std=1e-3, seed=0), ds, dtype="float64")
     m0 = mult.measures(xv, yv, which=("sigma",))["sigma"]
     seen = []
-    network_flow(mult, ds.X_train[:200], ds.weights_train[:200], "kahler_ricci_metric", steps=15,
-                 learning_rate=0.5, every=5, callback=lambda k, t: seen.append((k, t)))
+    network_flow(
+        mult,
+        ds.X_train[:200],
+        ds.weights_train[:200],
+        "kahler_ricci_metric",
+        steps=15,
+        learning_rate=0.5,
+        every=5,
+        callback=lambda k, t: seen.append((k, t)),
+    )
     m1 = mult.measures(xv, yv, which=("sigma",))["sigma"]
     assert m1 < m0 - 1e-4, (m0, m1)
     assert [k for k, _ in seen] == [0, 5, 10, 15] and np.isclose(seen[-1][1], 15 * 0.5)
@@ -433,7 +461,7 @@ def test_metric_flow_loss_gradient_is_ricci_form(quintic_ds):
     grad = tape.gradient(loss, mult.trainable_variables)
     rho = ricci_form(mult, x)[0].numpy()
     lower = np.tril(np.ones((3, 3), bool), -1)
-    r = np.where(lower, rho.imag, rho.real)                                  # (P, 3, 3) components
+    r = np.where(lower, rho.imag, rho.real)  # (P, 3, 3) components
     coef = tf.constant(-w[:, None, None] * r / (P * 3.0))
     with tf.GradientTape() as tape:
         g = mult(x)
@@ -490,18 +518,30 @@ def test_run_kahlerflows_tiny():
     from cyntk.experiments.kahlerflows import plot_kahlerflows, run_kahlerflows, summary_table
 
     logs = []
-    r = run_kahlerflows(manifolds=("cubic",), n_points={"cubic": 200}, degrees={"cubic": 2},
-                        flows=("kahler_ricci", "ultralocal_paper"), times=(0.0, 0.05, 0.1),
-                        net_cfg={"width": 8, "depth": 1, "epochs": 1, "flow_points": 40, "flow_steps": 2,
-                                 "flow_lr": 1e-3, "batch_size": 64},
-                        log=logs.append)
+    r = run_kahlerflows(
+        manifolds=("cubic",),
+        n_points={"cubic": 200},
+        degrees={"cubic": 2},
+        flows=("kahler_ricci", "ultralocal_paper"),
+        times=(0.0, 0.05, 0.1),
+        net_cfg={
+            "width": 8,
+            "depth": 1,
+            "epochs": 1,
+            "flow_points": 40,
+            "flow_steps": 2,
+            "flow_lr": 1e-3,
+            "batch_size": 64,
+        },
+        log=logs.append,
+    )
     assert r["manifolds"] == ["cubic"] and logs
     kr = "cubic/kahler_ricci/"
     assert r[kr + "times"].shape == (3,) and str(r[kr + "status"]) == "ok"
     for k in ("sigma", "volk", "eta_l1", "eta_max_dev", "F_entropy", "F_ultralocal"):
         assert r[kr + k].shape == (3,) and np.all(np.isfinite(r[kr + k])), k
     assert r[kr + "sigma"][-1] < r[kr + "sigma"][0]
-    np.testing.assert_allclose(r[kr + "volk"], 3.0, rtol=0.1)                  # 20 validation points
+    np.testing.assert_allclose(r[kr + "volk"], 3.0, rtol=0.1)  # 20 validation points
     assert str(r["cubic/ultralocal_paper/status"]) in ("ok", "blew up")
     for name in ("mult_adam", "mult_krf", "phi_krf"):
         assert np.all(np.isfinite(r[f"cubic/{name}/sigma"])), name
@@ -512,6 +552,7 @@ def test_run_kahlerflows_tiny():
     fig = plot_kahlerflows(r)
     assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) >= 3
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     with pytest.raises(ValueError, match="flows"):
         run_kahlerflows(manifolds=("cubic",), flows=("ricci",), log=logs.append)

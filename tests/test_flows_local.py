@@ -1,4 +1,4 @@
-"""Non-local -> local metric flows (paper 2.12-2.14, 2.24-2.37): cyntk.kernels.local.
+"""Non-local -> local metric flows (paper 2.12-2.14, 2.24-2.37): cyntk.flows.local.
 
 The sigma sweeps run on a few fixed points of the cubic torus in chart (0, 1)
 with fixed quadrature nodes, so every number here is deterministic.
@@ -11,11 +11,11 @@ import math
 import numpy as np
 import pytest
 
+from cyntk.flows.local import kernel_flow_velocity, local_flow_velocity, loss_gradient, sigma_sweep
 from cyntk.geometry import fermat_cubic, fermat_quintic, make_dataset, to_complex, to_real
+from cyntk.geometry.local_coordinates import chart_coordinates, measure_density, points_from_chart
 from cyntk.kernels.cosine import cosine_normalisation
-from cyntk.kernels.local import (ManifoldGaussianKernel, chart_coordinates, kernel_flow_velocity,
-                                 local_flow_velocity, loss_gradient, manifold_cosine_amplitude,
-                                 measure_density, points_from_chart, sigma_sweep)
+from cyntk.kernels.manifold import ManifoldGaussianKernel, manifold_cosine_amplitude
 
 TORUS = fermat_cubic()
 QUINTIC = fermat_quintic()
@@ -33,8 +33,8 @@ def fermat_pieces(z, chart):
     J = np.zeros((P, n, N), dtype=complex)
     for a, g in enumerate(good):
         J[:, a, g] = 1.0
-        J[:, a, j] = -(z[:, g] / z[:, j]) ** (d - 1)
-    omega_sq = 1.0 / (d ** 2 * np.abs(z[:, j]) ** (2 * (d - 1)))
+        J[:, a, j] = -((z[:, g] / z[:, j]) ** (d - 1))
+    omega_sq = 1.0 / (d**2 * np.abs(z[:, j]) ** (2 * (d - 1)))
     return J, omega_sq
 
 
@@ -46,14 +46,14 @@ def numpy_block(z1, z2, sigma, chart, space, rescaling):
     else:
         good = [i for i in range(z1.shape[1]) if i not in chart]
         sq = np.sum(np.abs(z1[:, None, good] - z2[None, :, good]) ** 2, axis=-1)
-    blk = np.exp(-sq / (2 * sigma ** 2)) / (2 * np.pi * sigma ** 2) ** n     # m/2 = n
+    blk = np.exp(-sq / (2 * sigma**2)) / (2 * np.pi * sigma**2) ** n  # m/2 = n
 
     def h(z):
         J, om = fermat_pieces(z, chart)
-        dens = math.factorial(n) * om                    # d mu_CY / d^{2n} u
+        dens = math.factorial(n) * om  # d mu_CY / d^{2n} u
         if space == "input":
             dens = dens / np.real(np.linalg.det(J @ np.conj(np.swapaxes(J, 1, 2))))
-        return dens ** -0.5
+        return dens**-0.5
 
     if rescaling == "riemannian":
         blk = h(z1)[:, None] * blk * h(z2)[None, :]
@@ -74,13 +74,23 @@ def sweeps(torus_eval):
     out = {}
     for space in ("input", "chart"):
         for resc in ("riemannian", "none"):
-            out[space, resc] = sigma_sweep(TORUS, x, SIGMAS, chart=CHART, kappa=kappa, space=space,
-                                           rescaling=resc, loss="squared", n_nodes=512, seed=3)
+            out[space, resc] = sigma_sweep(
+                TORUS,
+                x,
+                SIGMAS,
+                chart=CHART,
+                kappa=kappa,
+                space=space,
+                rescaling=resc,
+                loss="squared",
+                n_nodes=512,
+                seed=3,
+            )
     return out
 
 
 def rel(a, b):
-    return np.sqrt(np.sum((a - b) ** 2, axis=(-2, -1)) / np.sum(b ** 2))
+    return np.sqrt(np.sum((a - b) ** 2, axis=(-2, -1)) / np.sum(b**2))
 
 
 # ----------------------------------------------------------------------------- charts
@@ -118,15 +128,14 @@ def test_measure_density_closed_form(M):
     chart_dens = measure_density(M, to_real(z), CHART, reference="chart")
     np.testing.assert_allclose(chart_dens, math.factorial(n) * om, rtol=1e-12)
     hh = np.real(np.linalg.det(J @ np.conj(np.swapaxes(J, 1, 2))))
-    np.testing.assert_allclose(measure_density(M, to_real(z), CHART), math.factorial(n) * om / hh,
-                               rtol=1e-12)
-    if M is TORUS:      # dmu_CY/dV = 1 / (9 (|z1|^4 + |z2|^4)) on the torus in chart (0, 1)
-        np.testing.assert_allclose(measure_density(M, to_real(z), CHART),
-                                   1.0 / (9 * (np.abs(z[:, 1]) ** 4 + np.abs(z[:, 2]) ** 4)), rtol=1e-12)
+    np.testing.assert_allclose(measure_density(M, to_real(z), CHART), math.factorial(n) * om / hh, rtol=1e-12)
+    if M is TORUS:  # dmu_CY/dV = 1 / (9 (|z1|^4 + |z2|^4)) on the torus in chart (0, 1)
+        np.testing.assert_allclose(
+            measure_density(M, to_real(z), CHART), 1.0 / (9 * (np.abs(z[:, 1]) ** 4 + np.abs(z[:, 2]) ** 4)), rtol=1e-12
+        )
     # against cymetric's weights w = deg |Omega|^2 / det G(t=1): d mu_CY / d^{2n}u = n! w det G / deg
     geo = M.geometry(z)
-    np.testing.assert_allclose(chart_dens, math.factorial(n) * geo["weights"] * geo["det_fs"] / M.degree,
-                               rtol=1e-10)
+    np.testing.assert_allclose(chart_dens, math.factorial(n) * geo["weights"] * geo["det_fs"] / M.degree, rtol=1e-10)
 
 
 @pytest.mark.parametrize("M, n_u", [(TORUS, 100_000), (QUINTIC, 150_000)], ids=["torus", "quintic"])
@@ -140,15 +149,15 @@ def test_measure_density_integrates_to_cymetric_volume(M, n_u):
     n, d, N = M.nfold, M.degree, M.ncoords
     rng = np.random.default_rng(7)
     u = np.sqrt(rng.uniform(size=(n_u, n))) * np.exp(2j * np.pi * rng.uniform(size=(n_u, n)))
-    z1 = (-(1.0 + np.sum(u ** d, axis=1)) + 0j) ** (1.0 / d)
+    z1 = (-(1.0 + np.sum(u**d, axis=1)) + 0j) ** (1.0 / d)
     inside = (np.abs(z1) <= 1) & (np.abs(z1) >= np.abs(u).max(axis=1))
     z = np.concatenate([np.ones((n_u, 1)), z1[:, None], u], axis=1)[inside]
     assert M.Q(z).__abs__().max() < 1e-10
     dens = measure_density(M, to_real(z), CHART, reference="chart")
-    integral = np.pi ** n * d * np.sum(dens) / n_u
+    integral = np.pi**n * d * np.sum(dens) / n_u
     zs = M.sample_points(60_000, seed=8)
-    vol_cy = M.weights(zs).mean()                           # cymetric's Vol_CY = int_X mu_CY
-    share = vol_cy / (N * (N - 1))                          # Fermat: the N(N-1) charts are equivalent
+    vol_cy = M.weights(zs).mean()  # cymetric's Vol_CY = int_X mu_CY
+    share = vol_cy / (N * (N - 1))  # Fermat: the N(N-1) charts are equivalent
     assert integral == pytest.approx(share, rel=0.025)
     # a density without the n! (or with the FS volume instead) would be off by far more
     assert abs(integral / math.factorial(n) - share) > 0.1 * share or n == 1
@@ -163,8 +172,9 @@ def test_manifold_gaussian_blocks_match_numpy(M, space, rescaling):
     x = to_real(z)
     sigma = 0.3
     k = ManifoldGaussianKernel(sigma, M, CHART, space=space, rescaling=rescaling)
-    np.testing.assert_allclose(k(x[:9], x[9:]), numpy_block(z[:9], z[9:], sigma, CHART, space, rescaling),
-                               rtol=1e-11, atol=0)
+    np.testing.assert_allclose(
+        k(x[:9], x[9:]), numpy_block(z[:9], z[9:], sigma, CHART, space, rescaling), rtol=1e-11, atol=0
+    )
     sym = k(x)
     np.testing.assert_allclose(sym, numpy_block(z, z, sigma, CHART, space, rescaling), rtol=1e-11)
     np.testing.assert_allclose(sym, sym.T, rtol=1e-13)
@@ -175,13 +185,13 @@ def test_manifold_cosine_amplitude_normalises_an_m_dimensional_gaussian():
     # A^2/2 = (2 pi sigma^2)^(-m/2) with sigma = sqrt(d)/sigma_w; m = d is the R^d normalisation
     sw, d, m = 7.0, 10, 6
     A = manifold_cosine_amplitude(sw, d, m)
-    assert A ** 2 / 2 == pytest.approx((2 * np.pi * d / sw ** 2) ** (-m / 2), rel=1e-13)
+    assert A**2 / 2 == pytest.approx((2 * np.pi * d / sw**2) ** (-m / 2), rel=1e-13)
     assert manifold_cosine_amplitude(sw, d, d) == pytest.approx(cosine_normalisation(sw, d), rel=1e-13)
     # numerically: the Gaussian (A^2/2) exp(-|u|^2/(2 sigma^2)) integrates to 1 over R^m
     sigma = math.sqrt(d) / sw
     t = np.linspace(-8 * sigma, 8 * sigma, 2001)
-    one_d = np.trapezoid(np.exp(-t ** 2 / (2 * sigma ** 2)), t)
-    assert A ** 2 / 2 * one_d ** m == pytest.approx(1.0, rel=1e-9)
+    one_d = np.trapezoid(np.exp(-(t**2) / (2 * sigma**2)), t)
+    assert A**2 / 2 * one_d**m == pytest.approx(1.0, rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- sigma -> 0
@@ -193,7 +203,7 @@ def test_sigma_sweep_errors_decrease_monotonically_like_sigma_squared(sweeps):
         ratios = err[1:] / err[:-1]
         assert np.all((ratios[-2:] > 0.2) & (ratios[-2:] < 0.3)), (key, ratios)
         assert err[-1] < 3e-3, (key, err)
-        assert err[0] > 0.1, (key, err)              # the sweep starts far from the limit
+        assert err[0] > 0.1, (key, err)  # the sweep starts far from the limit
 
 
 def test_rescaled_kernel_tends_to_riemannian_delta_and_flat_one_does_not(sweeps):
@@ -201,14 +211,14 @@ def test_rescaled_kernel_tends_to_riemannian_delta_and_flat_one_does_not(sweeps)
     rescaling h = (d lambda/d mu)^(1/2) turns it into delta_mu, the flow into -dl/dg (Omega_bar = 1)."""
     for space in ("input", "chart"):
         riem, flat = sweeps[space, "riemannian"], sweeps[space, "none"]
-        target = -riem["dl_dg"]                                       # Omega_bar = 1
+        target = -riem["dl_dg"]  # Omega_bar = 1
         np.testing.assert_allclose(riem["local"], target)
         assert rel(riem["kernel"][-1], target) < 3e-3
         # the flat kernel's limit is -(d mu/d lambda) dl/dg, a different local flow
         ob = flat["omega_bar"]
         assert np.all((ob < 0.5) | (ob > 2.0)) or np.ptp(ob) > 0.2
         err_vs_riem = rel(flat["kernel"], target)
-        expected = rel(-ob[:, None] * flat["dl_dg"], target)           # |Omega_bar - 1| weighted
+        expected = rel(-ob[:, None] * flat["dl_dg"], target)  # |Omega_bar - 1| weighted
         assert expected > 0.5
         assert err_vs_riem[-1] == pytest.approx(expected, rel=0.01)
         assert np.all(err_vs_riem > 0.5)
@@ -239,8 +249,7 @@ def test_monte_carlo_quadrature_agrees_with_local_quadrature(torus_eval):
     xe = data.X_train[inside[deep]]
     xq, wq = data.X_train[inside[rest]], data.weights_train[inside[rest]] / len(z)
     sig = (0.1, 0.05)
-    mc = sigma_sweep(TORUS, xe, sig, chart=CHART, kappa=kappa, quadrature="mc", x_quad=xq, w_quad=wq,
-                     loss="squared")
+    mc = sigma_sweep(TORUS, xe, sig, chart=CHART, kappa=kappa, quadrature="mc", x_quad=xq, w_quad=wq, loss="squared")
     loc = sigma_sweep(TORUS, xe, sig, chart=CHART, kappa=kappa, loss="squared", n_nodes=1024, seed=4)
     gap = rel(mc["kernel"], loc["kernel"])
     assert gap[1] < 0.1, gap
@@ -315,10 +324,17 @@ def test_run_localflow_tiny_and_plot():
 
     sig = (0.2, 0.1, 0.05)
     factors = (0.5, 5.0)
-    r = run_localflow(n_points=3000, n_eval=3, sigmas=sig, n_nodes=128, n_flow=8, n_steps=10,
-                      dt_factors=factors, log=lambda *a: None)
-    keys = ["squared-local-input-riemannian", "squared-local-input-none", "squared-local-chart-riemannian",
-            "sigma-local-input-riemannian", "squared-mc-input-riemannian", "flat-vs-riemannian-limit"]
+    r = run_localflow(
+        n_points=3000, n_eval=3, sigmas=sig, n_nodes=128, n_flow=8, n_steps=10, dt_factors=factors, log=lambda *a: None
+    )
+    keys = [
+        "squared-local-input-riemannian",
+        "squared-local-input-none",
+        "squared-local-chart-riemannian",
+        "sigma-local-input-riemannian",
+        "squared-mc-input-riemannian",
+        "flat-vs-riemannian-limit",
+    ]
     for k in keys:
         v = np.asarray(r[f"sweep/{k}"])
         assert v.shape == (len(sig),) and np.all(np.isfinite(v)) and np.all(v >= 0), k
@@ -334,6 +350,7 @@ def test_run_localflow_tiny_and_plot():
     fig = plot_localflow(r)
     assert len(fig.axes) == 3
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     fig = plot_localflow({k: v for k, v in r.items() if not k.startswith("step/")})
     assert len(fig.axes) == 1

@@ -1,4 +1,4 @@
-"""Continuous-time integration of frozen-kernel flows (paper 2.12) vs Euler steps (3.5): cyntk.kernels.ode."""
+"""Continuous-time integration of frozen-kernel flows (paper 2.12) vs Euler steps (3.5): cyntk.flows.ode."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
+from cyntk.flows.kernel_model import KernelModel  # noqa: E402
+from cyntk.flows.ode import KernelFlowODE, integrate_flow, stability_limit  # noqa: E402
+from cyntk.flows.product import min_eigenvalues  # noqa: E402
 from cyntk.geometry import fermat_quintic, to_real  # noqa: E402
 from cyntk.kernels import GaussianFSKernel  # noqa: E402
-from cyntk.kernels._flow import min_eigenvalues  # noqa: E402
-from cyntk.kernels.kernel_model import KernelModel  # noqa: E402
-from cyntk.kernels.ode import KernelFlowODE, integrate_flow, stability_limit  # noqa: E402
 from cyntk.models import losses as L  # noqa: E402
 
 M = fermat_quintic()
@@ -89,11 +89,11 @@ def test_update_model_and_x_eval(flow):
     np.testing.assert_allclose(r["g_eval"][0], make()._base_components_np(flow["x_te"]), rtol=1e-12)
     # the model now continues from alpha(T): predictions and the cached train metric agree
     from cyntk.geometry import components_from_hermitian
+
     got = components_from_hermitian(model.predict(flow["x_te"], verbose=0))
     np.testing.assert_allclose(got, r["g_eval"][-1], rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(model.g0_train.numpy() - model.u_train.numpy(), r["g_train"][-1],
-                               rtol=1e-10, atol=1e-13)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=2.0 ** -20))
+    np.testing.assert_allclose(model.g0_train.numpy() - model.u_train.numpy(), r["g_train"][-1], rtol=1e-10, atol=1e-13)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=2.0**-20))
     ev = model.evaluate(flow["x"], y, batch_size=N_TRAIN, verbose=0, return_dict=True)
     assert ev["loss"] == pytest.approx(r["loss"][-1], rel=1e-9)
 
@@ -119,10 +119,11 @@ def test_closed_form_jacobian_matches_finite_differences(flow, loss, n_pts):
     for i in range(a.size):
         e = np.zeros(a.size)
         e[i] = eps
-        fd[:, i] = (f(t, tf.constant(a + e.reshape(a.shape))).numpy()
-                    - f(t, tf.constant(a - e.reshape(a.shape))).numpy()).reshape(-1) / (2 * eps)
+        fd[:, i] = (
+            f(t, tf.constant(a + e.reshape(a.shape))).numpy() - f(t, tf.constant(a - e.reshape(a.shape))).numpy()
+        ).reshape(-1) / (2 * eps)
     np.testing.assert_allclose(J, fd, atol=1e-6 * np.abs(fd).max(), rtol=0)
-    assert np.abs(J).max() > 0 and not np.allclose(J, J.T)       # -Hess K is not symmetric
+    assert np.abs(J).max() > 0 and not np.allclose(J, J.T)  # -Hess K is not symmetric
 
 
 # ----------------------------------------------------------------------------- step size
@@ -140,7 +141,7 @@ def test_euler_explodes_above_stability_limit_while_dopri_and_bdf_do_not(flow):
     for r in (d, b):
         assert np.all(np.isfinite(r["g_train"]))
         assert min_eigenvalues(r["g_train"][-1], 3).min() > 0
-        assert np.all(np.diff(r["loss"]) < 0)                  # the flow itself decreases the loss
+        assert np.all(np.diff(r["loss"]) < 0)  # the flow itself decreases the loss
     assert rel(b["g_train"][-1], d["g_train"][-1]) < 1e-4
     dev = {}
     for i, f in enumerate(factors, start=1):
@@ -188,8 +189,7 @@ def test_bad_inputs_raise_clear_errors(flow):
     keras.config.set_dtype_policy("float64")
     try:
         keras.utils.set_random_seed(0)
-        net = keras.Sequential([keras.Input((10,)), keras.layers.Dense(4, activation="tanh"),
-                                keras.layers.Dense(9)])
+        net = keras.Sequential([keras.Input((10,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(9)])
         metric = MultiplicativeModel(net, M, dtype="float64")
     finally:
         keras.config.set_dtype_policy(old)

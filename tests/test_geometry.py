@@ -72,8 +72,9 @@ def test_reference_dataset_loads_and_reproduces_kappa(cymetric_reference_dir, re
     # kappa recomputed from the stored weights: vol_j_norm / mean(w over all points)
     w = np.concatenate([ds.weights_train, ds.weights_val])
     np.testing.assert_allclose(5.0 / w.mean(), float(ref["kappa"]), rtol=1e-12)
-    np.testing.assert_allclose(ds.manifold.kappa(np.concatenate([ds.points_train, ds.points_val])),
-                               float(ref["kappa"]), rtol=1e-10)
+    np.testing.assert_allclose(
+        ds.manifold.kappa(np.concatenate([ds.points_train, ds.points_val])), float(ref["kappa"]), rtol=1e-10
+    )
     stored = np.load(cymetric_reference_dir / "dataset.npz")["val_pullbacks"]
     assert rel_err(ds.pullbacks_val, stored) < 1e-12
     # our recomputed train weights equal the stored ones
@@ -258,7 +259,7 @@ def test_roots_of_one_line_are_adjacent():
     z = fermat_quintic().sample_points(50, seed=3)
     # each block of 5 consecutive points spans a complex line: rank 2
     for blk in range(5):
-        s = np.linalg.svd(z[5 * blk:5 * blk + 5], compute_uv=False)
+        s = np.linalg.svd(z[5 * blk : 5 * blk + 5], compute_uv=False)
         assert s[2] / s[0] < 1e-10
 
 
@@ -381,9 +382,9 @@ def test_bad_dataset_directories(tmp_path, cymetric_reference_dir):
     ds = make_dataset(fermat_quartic(), 50, seed=0)
     ds.save(tmp_path / "k3")
     (tmp_path / "k3" / "basis.pickle").write_bytes((cymetric_reference_dir / "basis.pickle").read_bytes())
-    with pytest.raises(ValueError, match="incomplete: member .*basis.pickle"):   # manifest mismatch
+    with pytest.raises(ValueError, match="incomplete: member .*basis.pickle"):  # manifest mismatch
         CYDataset.load(tmp_path / "k3")
-    (tmp_path / "k3" / "cyntk.json").unlink()     # without the manifest: a plain cymetric directory
+    (tmp_path / "k3" / "cyntk.json").unlink()  # without the manifest: a plain cymetric directory
     with pytest.raises(ValueError, match="shape"):
         CYDataset.load(tmp_path / "k3")
 
@@ -416,7 +417,8 @@ def test_atomic_write_permissions_and_no_leftovers(tmp_path):
     os.umask(umask)
     assert mode == 0o666 & ~umask
     with pytest.raises(RuntimeError):
-        atomic_write(tmp_path / "a.txt",
-                     lambda fh: (fh.write("partial"), (_ for _ in ()).throw(RuntimeError("x"))), "w")
+        atomic_write(
+            tmp_path / "a.txt", lambda fh: (fh.write("partial"), (_ for _ in ()).throw(RuntimeError("x"))), "w"
+        )
     assert (tmp_path / "a.txt").read_text() == "hello"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

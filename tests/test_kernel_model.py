@@ -8,7 +8,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from conftest import tol  # noqa: E402
-
+from cyntk.flows.kernel_model import KernelModel, NonPositiveMetricError  # noqa: E402
 from cyntk.geometry import (  # noqa: E402
     components_from_hermitian,
     fermat_quintic,
@@ -19,7 +19,6 @@ from cyntk.geometry import (  # noqa: E402
 from cyntk.kernels.analytic import InfiniteWidthKernel  # noqa: E402
 from cyntk.kernels.base import Kernel  # noqa: E402
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel  # noqa: E402
-from cyntk.kernels.kernel_model import KernelModel, NonPositiveMetricError  # noqa: E402
 
 M = fermat_quintic()
 CHART = (0, 1)
@@ -35,7 +34,7 @@ def sigma_and_grad(comps, omega_sq, kappa):
     g = hermitian_from_components(comps)
     det = np.real(np.linalg.det(g))
     eta = det / (kappa * omega_sq)
-    E = hermitian_from_components(np.eye(comps.shape[1]))            # (m, n, n)
+    E = hermitian_from_components(np.eye(comps.shape[1]))  # (m, n, n)
     ddet = det[:, None] * np.real(np.einsum("pab,Iba->pI", np.linalg.inv(g), E))
     grad = -np.sign(1.0 - eta)[:, None] * ddet / (kappa * omega_sq)[:, None]
     return np.abs(1.0 - eta), grad
@@ -69,8 +68,14 @@ def numpy_flow(K_tt, K_st, g_tr, g_te, omega_sq, kappa, lr, steps, batches=None)
 def small():
     z = M.sample_points(90, seed=11, chart=CHART)
     x = to_real(z)
-    return dict(z_tr=z[:60], z_te=z[60:], x_tr=x[:60], x_te=x[60:],
-                y_tr=KernelModel.targets(M, x[:60]), y_te=KernelModel.targets(M, x[60:]))
+    return dict(
+        z_tr=z[:60],
+        z_te=z[60:],
+        x_tr=x[:60],
+        x_te=x[60:],
+        y_tr=KernelModel.targets(M, x[:60]),
+        y_te=KernelModel.targets(M, x[60:]),
+    )
 
 
 def fs_components(z):
@@ -85,7 +90,7 @@ def sgd(lr):
 def test_sgd_steps_equal_numpy_eq_3_5_gaussian(small):
     # dt = 2**-12: Keras keeps learning rates in floatx (float32), so a dt that float32 represents
     # exactly makes the comparison exact to float64 rounding
-    sigma, lr = 0.05, 2.0 ** -12
+    sigma, lr = 0.05, 2.0**-12
     model = KernelModel(GaussianFSKernel(sigma), small["x_tr"], M, tile_size=16, n_threads=2)
     model.compile(optimizer=sgd(lr))
     K_tt = fs_gaussian(small["z_tr"], small["z_tr"], sigma)
@@ -94,43 +99,56 @@ def test_sgd_steps_equal_numpy_eq_3_5_gaussian(small):
     for steps in (1, 5):
         hist = model.fit(small["x_tr"], small["y_tr"], batch_size=60, epochs=steps - done, verbose=0)
         done = steps
-        g_tr, g_te, losses = numpy_flow(K_tt, K_st, fs_components(small["z_tr"]),
-                                        fs_components(small["z_te"]), small["y_tr"][:, 1],
-                                        model.kappa, lr, steps)
+        g_tr, g_te, losses = numpy_flow(
+            K_tt,
+            K_st,
+            fs_components(small["z_tr"]),
+            fs_components(small["z_te"]),
+            small["y_tr"][:, 1],
+            model.kappa,
+            lr,
+            steps,
+        )
         got_tr = components_from_hermitian(model.predict(small["x_tr"], batch_size=60, verbose=0))
         got_te = components_from_hermitian(model.predict(small["x_te"], verbose=0))
         np.testing.assert_allclose(got_tr, g_tr, **tol("float64"))
         np.testing.assert_allclose(got_te, g_te, **tol("float64"))
         # the cached train-point metric g0 - K alpha agrees with a fresh kernel product
-        np.testing.assert_allclose(model.g0_train.numpy() - model.u_train.numpy(), g_tr,
-                                   **tol("float64"))
+        np.testing.assert_allclose(model.g0_train.numpy() - model.u_train.numpy(), g_tr, **tol("float64"))
         # history reports the mean sigma loss before each step
-        np.testing.assert_allclose(hist.history["loss"], losses[-len(hist.history["loss"]):],
-                                   rtol=1e-10)
+        np.testing.assert_allclose(hist.history["loss"], losses[-len(hist.history["loss"]) :], rtol=1e-10)
     # the flow moved the metric (the comparison is not trivial)
     assert losses[0] - sigma_and_grad(g_tr, small["y_tr"][:, 1], model.kappa)[0].mean() > 1e-3
 
 
 def test_minibatches_give_the_stochastic_flow(small):
     kernel = InfiniteWidthKernel("relu", W_std=1.5, b_std=0.1, depth=1)
-    lr = 2.0 ** -15
+    lr = 2.0**-15
     model = KernelModel(kernel, small["x_tr"], M, tile_size=25, n_threads=1)
     model.compile(optimizer=sgd(lr))
     model.fit(small["x_tr"], small["y_tr"], batch_size=20, epochs=2, shuffle=False, verbose=0)
     K_tt = kernel(small["x_tr"], small["x_tr"])
     K_st = kernel(small["x_te"], small["x_tr"])
     batches = [np.arange(0, 20), np.arange(20, 40), np.arange(40, 60)]
-    g_tr, g_te, _ = numpy_flow(K_tt, K_st, fs_components(small["z_tr"]), fs_components(small["z_te"]),
-                               small["y_tr"][:, 1], model.kappa, lr, 2, batches)
+    g_tr, g_te, _ = numpy_flow(
+        K_tt,
+        K_st,
+        fs_components(small["z_tr"]),
+        fs_components(small["z_te"]),
+        small["y_tr"][:, 1],
+        model.kappa,
+        lr,
+        2,
+        batches,
+    )
     got_te = components_from_hermitian(model.predict(small["x_te"], verbose=0))
     np.testing.assert_allclose(got_te, g_te, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(model.g0_train.numpy() - model.u_train.numpy(), g_tr,
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.g0_train.numpy() - model.u_train.numpy(), g_tr, rtol=1e-9, atol=1e-12)
 
 
 def test_mean_reduction_is_sum_with_step_divided_by_batch(small):
     outs = []
-    for reduction, lr in (("sum", 2.0 ** -12), ("mean", 2.0 ** -12 * 60)):
+    for reduction, lr in (("sum", 2.0**-12), ("mean", 2.0**-12 * 60)):
         model = KernelModel(GaussianFSKernel(0.05), small["x_tr"], M, reduction=reduction)
         model.compile(optimizer=sgd(lr), run_eagerly=True)
         model.fit(small["x_tr"], small["y_tr"], batch_size=60, epochs=1, verbose=0)
@@ -152,7 +170,7 @@ def test_shuffled_batches_find_their_train_points(small):
 # ----------------------------------------------------------------------------- Delta kernel
 def test_delta_kernel_test_point_takes_its_nearest_train_update(small):
     model = KernelModel(DeltaKernel(), small["x_tr"], M)
-    model.compile(optimizer=sgd(2.0 ** -13))
+    model.compile(optimizer=sgd(2.0**-13))
     model.fit(small["x_tr"], small["y_tr"], batch_size=60, epochs=3, verbose=0)
     g_tr = components_from_hermitian(model.predict(small["x_tr"], verbose=0))
     g_te = components_from_hermitian(model.predict(small["x_te"], verbose=0))
@@ -162,8 +180,16 @@ def test_delta_kernel_test_point_takes_its_nearest_train_update(small):
     np.testing.assert_allclose(upd_te, upd_tr[nn[:, 0]], rtol=1e-12, atol=1e-15)
     assert np.abs(upd_te).max() > 1e-4
     # on the train points the Delta flow is local: each point follows its own gradient
-    g_ref, _, _ = numpy_flow(np.eye(60), np.zeros((0, 60)), fs_components(small["z_tr"]),
-                             np.zeros((0, 9)), small["y_tr"][:, 1], model.kappa, 2.0 ** -13, 3)
+    g_ref, _, _ = numpy_flow(
+        np.eye(60),
+        np.zeros((0, 60)),
+        fs_components(small["z_tr"]),
+        np.zeros((0, 9)),
+        small["y_tr"][:, 1],
+        model.kappa,
+        2.0**-13,
+        3,
+    )
     np.testing.assert_allclose(g_tr, g_ref, **tol("float64"))
 
 
@@ -181,15 +207,15 @@ def test_fifty_steps_gain_orders_of_magnitude_on_train_but_not_on_test(gain_data
     model = KernelModel(kernel, x, M, n_threads=2)
     # eq. (3.5) with a decaying step dt_s = 1e-3 * 0.85**s (a Keras schedule)
     model.compile(optimizer=sgd(keras.optimizers.schedules.ExponentialDecay(1e-3, 1, 0.85)))
-    before = [model.evaluate(a, b, batch_size=1000, verbose=0, return_dict=True)["loss"]
-              for a, b in ((x, y), (xt, yt))]
+    before = [model.evaluate(a, b, batch_size=1000, verbose=0, return_dict=True)["loss"] for a, b in ((x, y), (xt, yt))]
     model.fit(x, y, batch_size=len(x), epochs=50, verbose=0)
-    after = [model.evaluate(a, b, batch_size=1000, verbose=0, return_dict=True)["loss"]
-             for a, b in ((x, y), (xt, yt))]
+    after = [model.evaluate(a, b, batch_size=1000, verbose=0, return_dict=True)["loss"] for a, b in ((x, y), (xt, yt))]
     train_gain, test_gain = before[0] / after[0], before[1] / after[1]
     with capsys.disabled():
-        print(f"\n[{type(kernel).__name__}] 50 steps, 1000 train / 500 test points: train gain "
-              f"{train_gain:.3g}, test gain {test_gain:.3g}")
+        print(
+            f"\n[{type(kernel).__name__}] 50 steps, 1000 train / 500 test points: train gain "
+            f"{train_gain:.3g}, test gain {test_gain:.3g}"
+        )
     assert train_gain > 1e3
     assert 0.5 < test_gain < 5
 
@@ -222,7 +248,7 @@ def test_stop_policy_warns_and_stops(guard_data):
     model.compile(optimizer=sgd(lr))
     with pytest.warns(RuntimeWarning, match="Training stopped"):
         hist = model.fit(x, y, batch_size=len(x), epochs=10, verbose=0)
-    assert len(hist.history["loss"]) == 4          # 3 good steps, the 4th is refused
+    assert len(hist.history["loss"]) == 4  # 3 good steps, the 4th is refused
     assert np.any(model.alpha.numpy() != 0.0)
     assert train_min_eigenvalue(model) > 0
 
@@ -267,8 +293,9 @@ def test_separate_charts_flow_independently(two_charts):
     alone.compile(optimizer=sgd(1e-4))
     alone.fit(to_real(zb), y[30:], batch_size=30, epochs=2, verbose=0)
     zq = M.sample_points(5, seed=23, chart=(2, 3))
-    np.testing.assert_allclose(both.predict(to_real(zq), verbose=0),
-                               alone.predict(to_real(zq), verbose=0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        both.predict(to_real(zq), verbose=0), alone.predict(to_real(zq), verbose=0), rtol=1e-10, atol=1e-14
+    )
 
 
 # ----------------------------------------------------------------------------- clusters
@@ -288,12 +315,12 @@ def test_clusters_flow_separately_and_test_points_use_the_nearest_cluster(small)
         sub = KernelModel(GaussianFSKernel(0.3), x[members], M, kappa=model.kappa)
         sub.compile(optimizer=sgd(1e-4), run_eagerly=True)
         sub.fit(x[members], y[members], batch_size=int(members.sum()), epochs=2, verbose=0)
-        np.testing.assert_allclose(model.predict(x[members], verbose=0),
-                                   sub.predict(x[members], verbose=0), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(
+            model.predict(x[members], verbose=0), sub.predict(x[members], verbose=0), rtol=1e-10, atol=1e-14
+        )
         q = test_labels == c
         if q.any():
-            np.testing.assert_allclose(got[q], sub.predict(small["x_te"][q], verbose=0),
-                                       rtol=1e-10, atol=1e-14)
+            np.testing.assert_allclose(got[q], sub.predict(small["x_te"][q], verbose=0), rtol=1e-10, atol=1e-14)
             checked += 1
     assert checked >= 2
     # with one global kernel the same flow differs (the clusters really cut the kernel)
@@ -310,10 +337,19 @@ def test_callbacks_history_and_tensorboard(small, tmp_path):
     model.compile(optimizer=sgd(2e-4))
     seen = []
     cb = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(dict(logs)))
-    hist = model.fit(x, y, batch_size=30, epochs=3, verbose=0,
-                     validation_data=(small["x_te"], small["y_te"]),
-                     callbacks=[cb, keras.callbacks.TensorBoard(log_dir=str(tmp_path / "tb")),
-                                keras.callbacks.EarlyStopping(monitor="loss", patience=1)])
+    hist = model.fit(
+        x,
+        y,
+        batch_size=30,
+        epochs=3,
+        verbose=0,
+        validation_data=(small["x_te"], small["y_te"]),
+        callbacks=[
+            cb,
+            keras.callbacks.TensorBoard(log_dir=str(tmp_path / "tb")),
+            keras.callbacks.EarlyStopping(monitor="loss", patience=1),
+        ],
+    )
     expected = {"loss", "sigma_loss", "min_eigenvalue", "val_loss", "val_min_eigenvalue"}
     assert expected <= set(hist.history)
     assert len(seen) == 3 and hist.history["loss"][2] < hist.history["loss"][0]
@@ -323,8 +359,7 @@ def test_callbacks_history_and_tensorboard(small, tmp_path):
 
 def test_save_and_load_round_trip(small, tmp_path):
     x, y = small["x_tr"], small["y_tr"]
-    model = KernelModel(GaussianFSKernel(0.3), x, M, clusters=2, cluster_batch_size=None,
-                        on_non_positive="backoff")
+    model = KernelModel(GaussianFSKernel(0.3), x, M, clusters=2, cluster_batch_size=None, on_non_positive="backoff")
     model.compile(optimizer=sgd(2e-4))
     model.fit(x, y, batch_size=len(x), epochs=2, verbose=0)
     path = tmp_path / "flow.keras"
@@ -334,25 +369,27 @@ def test_save_and_load_round_trip(small, tmp_path):
     assert isinstance(loaded.kernel, GaussianFSKernel) and loaded.kernel.sigma == 0.3
     assert loaded.on_non_positive == "backoff" and loaded.n_clusters == 2
     np.testing.assert_array_equal(loaded.cluster_labels.numpy(), model.cluster_labels.numpy())
-    np.testing.assert_allclose(loaded.predict(small["x_te"], verbose=0),
-                               model.predict(small["x_te"], verbose=0), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        loaded.predict(small["x_te"], verbose=0), model.predict(small["x_te"], verbose=0), rtol=1e-13, atol=1e-15
+    )
     # training continues identically (optimizer state restored)
     model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
     loaded.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
-    np.testing.assert_allclose(loaded.predict(small["x_te"], verbose=0),
-                               model.predict(small["x_te"], verbose=0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        loaded.predict(small["x_te"], verbose=0), model.predict(small["x_te"], verbose=0), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_config_round_trip_delta_kernel(small):
-    model = KernelModel(DeltaKernel(), small["x_tr"], M, loss={"sigma": 1.0, "volk": 0.5},
-                        reduction="mean")
+    model = KernelModel(DeltaKernel(), small["x_tr"], M, loss={"sigma": 1.0, "volk": 0.5}, reduction="mean")
     config = model.get_config()
     clone = KernelModel.from_config(config)
     assert isinstance(clone.kernel, DeltaKernel)
     assert clone.get_config() == config
     clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(clone.predict(small["x_te"], verbose=0),
-                               model.predict(small["x_te"], verbose=0), rtol=1e-14)
+    np.testing.assert_allclose(
+        clone.predict(small["x_te"], verbose=0), model.predict(small["x_te"], verbose=0), rtol=1e-14
+    )
 
 
 def test_volk_term_is_logged_and_differentiated(small):
@@ -360,9 +397,9 @@ def test_volk_term_is_logged_and_differentiated(small):
     model.compile(optimizer=sgd(1e-4))
     hist = model.fit(small["x_tr"], small["y_tr"], batch_size=60, epochs=2, verbose=0)
     assert {"sigma_loss", "volk_loss"} <= set(hist.history)
-    np.testing.assert_allclose(hist.history["loss"][0],
-                               hist.history["sigma_loss"][0] + 0.1 * hist.history["volk_loss"][0],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        hist.history["loss"][0], hist.history["sigma_loss"][0] + 0.1 * hist.history["volk_loss"][0], rtol=1e-12
+    )
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -447,8 +484,7 @@ def test_user_callable_loss_of_the_metric(small):
     hist = model.fit(x, y, batch_size=60, epochs=3, verbose=0)
     assert hist.history["loss"][-1] < hist.history["loss"][0]
     det = np.real(np.linalg.det(hermitian_from_components(fs_components(small["z_tr"]))))
-    np.testing.assert_allclose(hist.history["loss"][0], np.mean((det / (0.0175 * y[:, 1]) - 1) ** 2),
-                               rtol=1e-10)
+    np.testing.assert_allclose(hist.history["loss"][0], np.mean((det / (0.0175 * y[:, 1]) - 1) ** 2), rtol=1e-10)
 
     def wrong_shape(g, y):
         return tf.zeros((3,), tf.float64)

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import tol
-
+from cyntk.flows.product import KernelProduct, RowIndex, is_pairwise, min_eigenvalues
 from cyntk.geometry import fermat_quintic, hermitian_from_components, to_real
-from cyntk.kernels._flow import KernelProduct, RowIndex, is_pairwise, min_eigenvalues
 from cyntk.kernels.analytic import InfiniteWidthKernel
 from cyntk.kernels.base import Kernel
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
@@ -45,9 +44,11 @@ def dense_product(kernel, x1, x2, v, m):
     return np.einsum("abIJ,bJ->aI", blk, v)
 
 
-@pytest.mark.parametrize("kernel", [GaussianFSKernel(0.2), InfiniteWidthKernel("relu", W_std=2.0,
-                                                                               b_std=0.3, depth=2),
-                                    FullGaussian(9)], ids=["gaussian", "relu-ntk", "full"])
+@pytest.mark.parametrize(
+    "kernel",
+    [GaussianFSKernel(0.2), InfiniteWidthKernel("relu", W_std=2.0, b_std=0.3, depth=2), FullGaussian(9)],
+    ids=["gaussian", "relu-ntk", "full"],
+)
 @pytest.mark.parametrize("tile, threads", [(1, 1), (7, 1), (7, 2), (16, 3), (1000, 2)])
 def test_tiled_products_equal_untiled(pts, rng, kernel, tile, threads):
     xa, xb = pts
@@ -55,10 +56,10 @@ def test_tiled_products_equal_untiled(pts, rng, kernel, tile, threads):
     prod = KernelProduct(kernel, 9, tile_size=tile, n_threads=threads)
     assert prod.pairwise
     # another point set (rectangular tiles) and the set with itself (upper-triangle tiles)
-    np.testing.assert_allclose(prod.matvec(xb, xa, v), dense_product(kernel, xb, xa, v, 9),
-                               **tol("float64"))
-    np.testing.assert_allclose(prod.matvec(xa, xa, v, same=True), dense_product(kernel, xa, None, v, 9),
-                               **tol("float64"))
+    np.testing.assert_allclose(prod.matvec(xb, xa, v), dense_product(kernel, xb, xa, v, 9), **tol("float64"))
+    np.testing.assert_allclose(
+        prod.matvec(xa, xa, v, same=True), dense_product(kernel, xa, None, v, 9), **tol("float64")
+    )
 
 
 def test_non_pairwise_kernels_see_the_whole_source_set(pts, rng):
@@ -71,12 +72,11 @@ def test_non_pairwise_kernels_see_the_whole_source_set(pts, rng):
     np.testing.assert_array_equal(prod.matvec(xa, xa, v, same=True), v)
 
     class RowChunked(GaussianFSKernel):
-        pairwise = False          # forces the row-chunk path of a kernel without its own matvec
+        pairwise = False  # forces the row-chunk path of a kernel without its own matvec
 
     chunked = RowChunked(0.2)
     prod = KernelProduct(chunked, 9, tile_size=9)
-    np.testing.assert_allclose(prod.matvec(xb, xa, v), dense_product(chunked, xb, xa, v, 9),
-                               **tol("float64"))
+    np.testing.assert_allclose(prod.matvec(xb, xa, v), dense_product(chunked, xb, xa, v, 9), **tol("float64"))
 
 
 def test_grouped_product_is_the_block_diagonal_kernel(pts, rng):
@@ -86,12 +86,12 @@ def test_grouped_product_is_the_block_diagonal_kernel(pts, rng):
     gb = rng.integers(0, 3, len(xb))
     v = rng.standard_normal((len(xa), 9))
     prod = KernelProduct(kernel, 9, tile_size=8, n_threads=2)
-    mask = (gb[:, None] == ga[None, :])
-    np.testing.assert_allclose(prod.grouped_matvec(xb, gb, xa, ga, v), (kernel(xb, xa) * mask) @ v,
-                               **tol("float64"))
-    mask = (ga[:, None] == ga[None, :])
-    np.testing.assert_allclose(prod.grouped_matvec(xa, ga, xa, ga, v, same=True),
-                               (kernel(xa, None) * mask) @ v, **tol("float64"))
+    mask = gb[:, None] == ga[None, :]
+    np.testing.assert_allclose(prod.grouped_matvec(xb, gb, xa, ga, v), (kernel(xb, xa) * mask) @ v, **tol("float64"))
+    mask = ga[:, None] == ga[None, :]
+    np.testing.assert_allclose(
+        prod.grouped_matvec(xa, ga, xa, ga, v, same=True), (kernel(xa, None) * mask) @ v, **tol("float64")
+    )
 
 
 def test_wrong_block_shapes_are_reported(pts):

@@ -10,13 +10,13 @@ tf = pytest.importorskip("tensorflow")
 
 from test_kernel_model import sigma_and_grad  # noqa: E402
 
+from cyntk.flows.kernel_model import KernelModel  # noqa: E402
 from cyntk.geometry import components_from_hermitian, fermat_quintic, to_real  # noqa: E402
-from cyntk.kernels.kernel_model import KernelModel  # noqa: E402
 from cyntk.kernels.ntk import EmpiricalNTKKernel  # noqa: E402
 from cyntk.models import MultiplicativeModel, components_from_hermitian_tf  # noqa: E402
 
 M = fermat_quintic()
-LR = 2.0 ** -9
+LR = 2.0**-9
 
 
 def metric_model(seed):
@@ -25,9 +25,13 @@ def metric_model(seed):
     keras.config.set_dtype_policy("float64")
     try:
         keras.utils.set_random_seed(seed)
-        net = keras.Sequential([keras.Input((10,)), keras.layers.Dense(6, activation="tanh"),
-                                keras.layers.Dense(9, kernel_initializer=keras.initializers.RandomNormal(
-                                    stddev=0.1, seed=seed))])
+        net = keras.Sequential(
+            [
+                keras.Input((10,)),
+                keras.layers.Dense(6, activation="tanh"),
+                keras.layers.Dense(9, kernel_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed)),
+            ]
+        )
         model = MultiplicativeModel(net, M, dtype="float64")
     finally:
         keras.config.set_dtype_policy(old)
@@ -88,9 +92,9 @@ def test_after_kernel_uses_the_checkpoint(data):
     for v in net.trainable_variables:
         v.assign(v + 0.05 * rng.standard_normal(v.shape))
     g_ckpt = components_from_hermitian(net(tf.constant(xt)).numpy())
-    kernel = EmpiricalNTKKernel(net)            # the after-kernel at this checkpoint
+    kernel = EmpiricalNTKKernel(net)  # the after-kernel at this checkpoint
     model = KernelModel(kernel, x, M, form="primal")
-    for v in net.trainable_variables:            # training goes on; the flow must not notice
+    for v in net.trainable_variables:  # training goes on; the flow must not notice
         v.assign(v * 0.5)
     model.compile(optimizer=keras.optimizers.SGD(LR))
     g0 = components_from_hermitian(model.predict(xt, verbose=0))
@@ -99,8 +103,7 @@ def test_after_kernel_uses_the_checkpoint(data):
     dual.compile(optimizer=keras.optimizers.SGD(LR))
     model.fit(x, y, batch_size=len(x), epochs=2, verbose=0)
     dual.fit(x, y, batch_size=len(x), epochs=2, verbose=0)
-    np.testing.assert_allclose(model.predict(xt, verbose=0), dual.predict(xt, verbose=0),
-                               rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(model.predict(xt, verbose=0), dual.predict(xt, verbose=0), rtol=1e-9, atol=1e-13)
 
 
 @pytest.mark.slow
@@ -112,18 +115,16 @@ def test_empirical_ntk_flow_save_load(data, tmp_path, form):
     model.fit(x, y, batch_size=len(x), epochs=2, verbose=0)
     model.save(tmp_path / "ntk_flow.keras")
     loaded = keras.models.load_model(tmp_path / "ntk_flow.keras")
-    np.testing.assert_allclose(loaded.predict(xt, verbose=0), model.predict(xt, verbose=0),
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(loaded.predict(xt, verbose=0), model.predict(xt, verbose=0), rtol=1e-12, atol=1e-15)
     model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
     loaded.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
-    np.testing.assert_allclose(loaded.predict(xt, verbose=0), model.predict(xt, verbose=0),
-                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(loaded.predict(xt, verbose=0), model.predict(xt, verbose=0), rtol=1e-10, atol=1e-14)
 
 
 def test_kernel_of_a_network_with_another_input_width_is_refused(data):
-    from cyntk.kernels.analytic import ntk_mlp
+    from cyntk.kernels.ntk_networks import ntk_mlp
 
     x, _, _ = data
-    net = ntk_mlp(8, 16, 1, n_outputs=9, seed=0)          # built for (B, 8) inputs, not (B, 10)
+    net = ntk_mlp(8, 16, 1, n_outputs=9, seed=0)  # built for (B, 8) inputs, not (B, 10)
     with pytest.raises(ValueError, match="cannot be evaluated on the train points of shape"):
         KernelModel(EmpiricalNTKKernel(net), x, M, base_metric="fubini_study")

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("bayes_opt")
 
+from cyntk.flows.search import flow_search  # noqa: E402
 from cyntk.geometry import fermat_quintic  # noqa: E402
 from cyntk.kernels.fs import GaussianFSKernel  # noqa: E402
-from cyntk.kernels.search import flow_search  # noqa: E402
 
 
 class RecordingManifold:
@@ -36,9 +36,18 @@ def test_every_trial_draws_fresh_points_and_the_best_trial_is_returned():
         seen.append(sigma)
         return GaussianFSKernel(sigma)
 
-    res = flow_search(factory, M, {"log10_learning_rate": (-4.5, -3.0), "log10_sigma": (-2.0, -0.5)},
-                      n_train=60, n_test=30, steps=3, init_points=2, n_iter=2, seed=7,
-                      run_eagerly=True)
+    res = flow_search(
+        factory,
+        M,
+        {"log10_learning_rate": (-4.5, -3.0), "log10_sigma": (-2.0, -0.5)},
+        n_train=60,
+        n_test=30,
+        steps=3,
+        init_points=2,
+        n_iter=2,
+        seed=7,
+        run_eagerly=True,
+    )
     assert len(res.trials) == len(M.samples) == len(seen) == 4
     # fresh, distinct point sets, all in the requested chart
     for i in range(4):
@@ -49,8 +58,8 @@ def test_every_trial_draws_fresh_points_and_the_best_trial_is_returned():
     assert [t["seed"] for t in res.trials] == [[7, t] for t in range(4)]
     # log10_ parameters are passed exponentiated and within bounds
     for t, s in zip(res.trials, seen):
-        assert t["params"]["sigma"] == s and 10 ** -2.0 <= s <= 10 ** -0.5
-        assert 10 ** -4.5 <= t["params"]["learning_rate"] <= 1e-3
+        assert t["params"]["sigma"] == s and 10**-2.0 <= s <= 10**-0.5
+        assert 10**-4.5 <= t["params"]["learning_rate"] <= 1e-3
         assert np.isclose(t["target"], np.log10(t["test_gain"]))
         assert t["steps"] == 3
     best = max(res.trials, key=lambda t: t["target"])

@@ -52,10 +52,10 @@ def _gauss_expectation(f, g, k11, k12, k22, h=0.04, lim=9.0):
     fine grid is spectrally accurate for smooth, rapidly decaying integrands.
     """
     s = np.arange(-lim, lim + h / 2, h)
-    w = h * np.exp(-s ** 2 / 2) / np.sqrt(2 * np.pi)
+    w = h * np.exp(-(s**2) / 2) / np.sqrt(2 * np.pi)
     a = np.sqrt(k11)[..., None, None]
     b = (k12 / np.sqrt(k11))[..., None, None]
-    c = np.sqrt(np.maximum(k22 - k12 ** 2 / k11, 0.0))[..., None, None]
+    c = np.sqrt(np.maximum(k22 - k12**2 / k11, 0.0))[..., None, None]
     u = a * s[:, None]
     v = b * s[:, None] + c * s[None, :]
     return np.sum(np.outer(w, w) * f(u) * g(v), axis=(-1, -2))
@@ -63,16 +63,16 @@ def _gauss_expectation(f, g, k11, k12, k22, h=0.04, lim=9.0):
 
 def _recursion_by_quadrature(x1, x2, phi, dphi, w_std, b_std, depth):
     d = x1.shape[1]
-    q1 = w_std ** 2 * np.sum(x1 ** 2, 1) / d + b_std ** 2
-    q2 = w_std ** 2 * np.sum(x2 ** 2, 1) / d + b_std ** 2
-    k = w_std ** 2 * x1 @ x2.T / d + b_std ** 2
+    q1 = w_std**2 * np.sum(x1**2, 1) / d + b_std**2
+    q2 = w_std**2 * np.sum(x2**2, 1) / d + b_std**2
+    k = w_std**2 * x1 @ x2.T / d + b_std**2
     ntk = k.copy()
     for _ in range(depth):
         Q1, Q2 = np.broadcast_to(q1[:, None], k.shape), np.broadcast_to(q2[None, :], k.shape)
-        k_new = w_std ** 2 * _gauss_expectation(phi, phi, Q1, k, Q2) + b_std ** 2
-        ntk = k_new + w_std ** 2 * _gauss_expectation(dphi, dphi, Q1, k, Q2) * ntk
-        q1 = w_std ** 2 * _gauss_expectation(phi, phi, q1, q1, q1) + b_std ** 2
-        q2 = w_std ** 2 * _gauss_expectation(phi, phi, q2, q2, q2) + b_std ** 2
+        k_new = w_std**2 * _gauss_expectation(phi, phi, Q1, k, Q2) + b_std**2
+        ntk = k_new + w_std**2 * _gauss_expectation(dphi, dphi, Q1, k, Q2) * ntk
+        q1 = w_std**2 * _gauss_expectation(phi, phi, q1, q1, q1) + b_std**2
+        q2 = w_std**2 * _gauss_expectation(phi, phi, q2, q2, q2) + b_std**2
         k = k_new
     return k, ntk
 
@@ -81,19 +81,21 @@ def _recursion_by_quadrature(x1, x2, phi, dphi, w_std, b_std, depth):
 def test_erf_matches_gaussian_quadrature(rng, w_std, b_std, depth):
     x1 = rng.normal(size=(5, 3))
     x2 = rng.normal(size=(4, 3))
+
     def d_erf(u):
-        return 2 / np.sqrt(np.pi) * np.exp(-u ** 2)
+        return 2 / np.sqrt(np.pi) * np.exp(-(u**2))
+
     nngp_q, ntk_q = _recursion_by_quadrature(x1, x2, erf, d_erf, w_std, b_std, depth)
-    nngp, ntk = infinite_width_kernel(x1, x2, activation="erf", W_std=w_std, b_std=b_std,
-                                      depth=depth, kind="both")
+    nngp, ntk = infinite_width_kernel(x1, x2, activation="erf", W_std=w_std, b_std=b_std, depth=depth, kind="both")
     np.testing.assert_allclose(nngp, nngp_q, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(ntk, ntk_q, rtol=1e-9, atol=1e-12)
     # x2 = None: same numbers, symmetric
-    nngp_s, ntk_s = infinite_width_kernel(x1, None, activation="erf", W_std=w_std, b_std=b_std,
-                                          depth=depth, kind="both")
-    np.testing.assert_allclose(ntk_s, infinite_width_kernel(x1, x1 + 0.0, activation="erf",
-                                                           W_std=w_std, b_std=b_std, depth=depth),
-                               rtol=1e-12)
+    nngp_s, ntk_s = infinite_width_kernel(
+        x1, None, activation="erf", W_std=w_std, b_std=b_std, depth=depth, kind="both"
+    )
+    np.testing.assert_allclose(
+        ntk_s, infinite_width_kernel(x1, x1 + 0.0, activation="erf", W_std=w_std, b_std=b_std, depth=depth), rtol=1e-12
+    )
     np.testing.assert_array_equal(ntk_s, ntk_s.T)
 
 
@@ -104,30 +106,30 @@ def test_relu_single_layer_closed_form(rng):
     nngp, ntk = infinite_width_kernel(x1, x2, W_std=w_std, b_std=b_std, depth=1, kind="both")
     for a in range(2):
         for b in range(2):
-            k11 = w_std ** 2 * x1[a] @ x1[a] / d + b_std ** 2
-            k22 = w_std ** 2 * x2[b] @ x2[b] / d + b_std ** 2
-            k12 = w_std ** 2 * x1[a] @ x2[b] / d + b_std ** 2
+            k11 = w_std**2 * x1[a] @ x1[a] / d + b_std**2
+            k22 = w_std**2 * x2[b] @ x2[b] / d + b_std**2
+            k12 = w_std**2 * x1[a] @ x2[b] / d + b_std**2
             cov_inv = np.linalg.inv([[k11, k12], [k12, k22]])
-            norm = 2 * np.pi * np.sqrt(k11 * k22 - k12 ** 2)
+            norm = 2 * np.pi * np.sqrt(k11 * k22 - k12**2)
 
             def density(v, u):
-                return np.exp(-0.5 * (cov_inv[0, 0] * u * u + 2 * cov_inv[0, 1] * u * v
-                                      + cov_inv[1, 1] * v * v)) / norm
+                return np.exp(-0.5 * (cov_inv[0, 0] * u * u + 2 * cov_inv[0, 1] * u * v + cov_inv[1, 1] * v * v)) / norm
+
             lim_u, lim_v = 14 * np.sqrt(k11), 14 * np.sqrt(k22)
-            e_phi = dblquad(lambda v, u: u * v * density(v, u), 0, lim_u, 0, lim_v,
-                            epsabs=1e-12, epsrel=1e-11)[0]
+            e_phi = dblquad(lambda v, u: u * v * density(v, u), 0, lim_u, 0, lim_v, epsabs=1e-12, epsrel=1e-11)[0]
             e_dphi = dblquad(density, 0, lim_u, 0, lim_v, epsabs=1e-12, epsrel=1e-11)[0]
-            nngp_q = w_std ** 2 * e_phi + b_std ** 2
+            nngp_q = w_std**2 * e_phi + b_std**2
             np.testing.assert_allclose(nngp[a, b], nngp_q, rtol=1e-9)
-            np.testing.assert_allclose(ntk[a, b], nngp_q + w_std ** 2 * e_dphi * k12, rtol=1e-9)
+            np.testing.assert_allclose(ntk[a, b], nngp_q + w_std**2 * e_dphi * k12, rtol=1e-9)
 
 
 def test_depth_zero_is_linear_kernel(rng):
     x1, x2 = rng.normal(size=(3, 4)), rng.normal(size=(2, 4))
-    expected = 2.0 ** 2 * x1 @ x2.T / 4 + 0.5 ** 2
+    expected = 2.0**2 * x1 @ x2.T / 4 + 0.5**2
     for act in ("relu", "erf"):
-        np.testing.assert_allclose(infinite_width_kernel(x1, x2, activation=act, W_std=2.0,
-                                                         b_std=0.5, depth=0), expected, rtol=1e-14)
+        np.testing.assert_allclose(
+            infinite_width_kernel(x1, x2, activation=act, W_std=2.0, b_std=0.5, depth=0), expected, rtol=1e-14
+        )
 
 
 # ----------------------------------------------------------------------------- Monte-Carlo
@@ -152,8 +154,9 @@ def test_wide_relu_networks_converge_like_inverse_sqrt_width(iw_ref):
     x = iw_ref["x1"][:6]
     analytic = infinite_width_kernel(x, activation="relu", W_std=1.5, b_std=0.05, depth=1)
     widths = np.array([64, 256, 1024, 4096])
-    errors = np.array([_mean_relative_error(x, w, 10, "relu", 1.5, 0.05, 1, analytic, seed=i)
-                       for i, w in enumerate(widths)])
+    errors = np.array(
+        [_mean_relative_error(x, w, 10, "relu", 1.5, 0.05, 1, analytic, seed=i) for i, w in enumerate(widths)]
+    )
     slope = np.polyfit(np.log(widths), np.log(errors), 1)[0]
     assert -0.7 < slope < -0.3, (slope, errors)
     assert errors[-1] < 0.05
@@ -163,7 +166,6 @@ def test_wide_erf_network_converges():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(5, 4))
     analytic = infinite_width_kernel(x, activation="erf", W_std=1.6, b_std=0.2, depth=2)
-    errs = {w: _mean_relative_error(x, w, 6, "erf", 1.6, 0.2, 2, analytic, seed=w)
-            for w in (128, 2048)}
+    errs = {w: _mean_relative_error(x, w, 6, "erf", 1.6, 0.2, 2, analytic, seed=w) for w in (128, 2048)}
     assert errs[2048] < 0.08
-    assert errs[2048] < errs[128] / 2.5          # ~ 1/sqrt(16) = 1/4 expected
+    assert errs[2048] < errs[128] / 2.5  # ~ 1/sqrt(16) = 1/4 expected

@@ -23,7 +23,7 @@ from cyntk.kernels import (
 def _grid(center, half_width, h, d):
     axes = [np.arange(c - half_width, c + half_width + h / 2, h) for c in center]
     mesh = np.meshgrid(*axes, indexing="ij")
-    return np.stack([m.ravel() for m in mesh], axis=1), h ** d
+    return np.stack([m.ravel() for m in mesh], axis=1), h**d
 
 
 @pytest.mark.parametrize("d, sigma_w", [(1, 2.0), (2, 5.0), (3, 1.3)])
@@ -36,12 +36,12 @@ def test_normalised_kernel_integrates_to_one(d, sigma_w):
     # the paper's printed constant (2.36) does not normalise it
     a_paper = paper_cosine_normalisation(sigma_w, d)
     integral_paper = cosine_ntk(x0, grid, sigma_w=sigma_w, amplitude=a_paper).sum() * cell
-    expected_paper = 2 ** -0.5 * (sigma_w / math.sqrt(2 * math.pi * d)) ** (-d / 2)
+    expected_paper = 2**-0.5 * (sigma_w / math.sqrt(2 * math.pi * d)) ** (-d / 2)
     assert integral_paper == pytest.approx(expected_paper, rel=1e-8)
     assert abs(integral_paper - 1) > 0.05
     # A^2/2 is the normalised Gaussian's peak (2 pi sigma^2)^(-d/2)
     a = cosine_normalisation(sigma_w, d)
-    assert a ** 2 / 2 == pytest.approx((2 * math.pi * sigma ** 2) ** (-d / 2), rel=1e-14)
+    assert a**2 / 2 == pytest.approx((2 * math.pi * sigma**2) ** (-d / 2), rel=1e-14)
 
 
 def _exact_finite_width_ntk(net, x1, x2):
@@ -49,7 +49,7 @@ def _exact_finite_width_ntk(net, x1, x2):
     w, b = net.w.numpy(), net.b.numpy()
     f1 = np.cos(np.einsum("pd,mdn->pmn", x1, w) + b)
     f2 = np.cos(np.einsum("pd,mdn->pmn", x2, w) + b)
-    return net.amplitude ** 2 / net.width * np.einsum("amn,bmn->abm", f1, f2)
+    return net.amplitude**2 / net.width * np.einsum("amn,bmn->abm", f1, f2)
 
 
 def test_finite_width_ntk_is_exact_and_tends_to_gaussian(rng):
@@ -61,12 +61,12 @@ def test_finite_width_ntk_is_exact_and_tends_to_gaussian(rng):
         net(x1)
         theta = metric_ntk(net, x1, x2)
         assert theta.shape == (5, 4, 2, 2)
-        np.testing.assert_array_equal(theta[:, :, 0, 1], 0.0)      # independent networks
+        np.testing.assert_array_equal(theta[:, :, 0, 1], 0.0)  # independent networks
         exact = _exact_finite_width_ntk(net, x1, x2)
         np.testing.assert_allclose(theta[:, :, [0, 1], [0, 1]], exact, rtol=1e-10, atol=1e-13)
         errors[width] = np.abs(theta[:, :, [0, 1], [0, 1]] - analytic[..., None]).max() / analytic.max()
     assert errors[16384] < 0.05
-    assert errors[16384] < errors[256] / 3          # ~ 1/sqrt(64) = 1/8 expected
+    assert errors[16384] < errors[256] / 3  # ~ 1/sqrt(64) = 1/8 expected
 
 
 def test_finite_width_ntk_integrates_to_one():
@@ -79,14 +79,15 @@ def test_finite_width_ntk_integrates_to_one():
     assert theta.sum() * cell == pytest.approx(1.0, abs=0.03)
     # with the paper's constant the same network integrates to its (wrong) value
     ratio = paper_cosine_normalisation(sigma_w, 1) ** 2 / cosine_normalisation(sigma_w, 1) ** 2
-    assert theta.sum() * cell * ratio == pytest.approx(
-        2 ** -0.5 * (sigma_w / math.sqrt(2 * math.pi)) ** -0.5, rel=0.03)
+    assert theta.sum() * cell * ratio == pytest.approx(2**-0.5 * (sigma_w / math.sqrt(2 * math.pi)) ** -0.5, rel=0.03)
 
 
 def test_tends_to_delta_function():
     """int Theta_sigma_w(x0, x') f(x') dx' -> f(x0) with error ~ sigma^2 f''/2 = f''/(2 sigma_w^2)."""
+
     def f(x):
         return np.cos(2 * x[:, 0]) + x[:, 0] ** 2
+
     x0 = np.array([[0.4]])
     errs = []
     for sigma_w in (2.0, 8.0, 32.0):
@@ -94,7 +95,7 @@ def test_tends_to_delta_function():
         smoothed = (cosine_ntk(x0, grid, sigma_w=sigma_w)[0] * f(grid)).sum() * cell
         errs.append(abs(smoothed - f(x0)[0]))
     f2 = -4 * np.cos(0.8) + 2
-    np.testing.assert_allclose(errs[2], abs(f2) / (2 * 32.0 ** 2), rtol=0.01)
+    np.testing.assert_allclose(errs[2], abs(f2) / (2 * 32.0**2), rtol=0.01)
     assert errs[0] > errs[1] > errs[2]
 
 
@@ -121,8 +122,9 @@ def test_rescaling_trick(rng):
     theta = metric_ntk(net, x1, x2)
     scaled = metric_ntk(model, x1, x2)
     h1, h2 = Rescaled.h(x1).numpy()[:, 0], Rescaled.h(x2).numpy()[:, 0]
-    np.testing.assert_allclose(scaled, h1[:, None, None, None] * h2[None, :, None, None] * theta,
-                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        scaled, h1[:, None, None, None] * h2[None, :, None, None] * theta, rtol=1e-12, atol=1e-14
+    )
 
 
 def test_cosine_kernel_object(rng):
@@ -133,18 +135,28 @@ def test_cosine_kernel_object(rng):
     k11 = kernel(x1)
     np.testing.assert_array_equal(k11, k11.T)
     assert np.linalg.eigvalsh(k11).min() > 0
-    np.testing.assert_allclose(CosineNTKKernel(1.2, amplitude=2.0)(x1, x2),
-                               2.0 * np.exp(-1.2 ** 2 * ((x1[:, None] - x2[None]) ** 2).sum(-1) / 6),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        CosineNTKKernel(1.2, amplitude=2.0)(x1, x2),
+        2.0 * np.exp(-(1.2**2) * ((x1[:, None] - x2[None]) ** 2).sum(-1) / 6),
+        rtol=1e-14,
+    )
     with pytest.raises(ValueError, match="`sigma_w` must be a finite number > 0"):
         CosineNTKKernel(0.0)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: CosineNetwork(3, 16, sigma_w=2.0, sigma_a=0.5, seed=1),
-    lambda: keras.Sequential([keras.Input((4,)), NTKDense(8, W_std=1.5, b_std=0.1, activation="relu",
-                                                          seed=2), NTKDense(2, W_std=1.5, seed=4)]),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CosineNetwork(3, 16, sigma_w=2.0, sigma_a=0.5, seed=1),
+        lambda: keras.Sequential(
+            [
+                keras.Input((4,)),
+                NTKDense(8, W_std=1.5, b_std=0.1, activation="relu", seed=2),
+                NTKDense(2, W_std=1.5, seed=4),
+            ]
+        ),
+    ],
+)
 def test_serialization_round_trip(tmp_path, make):
     model = make()
     x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")

@@ -18,9 +18,15 @@ NAMES = sorted(k[: -len("_spec")] for k in REF if k.endswith("_spec"))
 
 
 def _kwargs(spec, deg=None):
-    return dict(activation=spec["activation"], W_std=spec["W_std"], b_std=spec["b_std"],
-                depth=spec["depth"], parameterization=spec["parameterization"],
-                width=spec["width"], quad_deg=deg or spec["deg"] or 64)
+    return dict(
+        activation=spec["activation"],
+        W_std=spec["W_std"],
+        b_std=spec["b_std"],
+        depth=spec["depth"],
+        parameterization=spec["parameterization"],
+        width=spec["width"],
+        quad_deg=deg or spec["deg"] or 64,
+    )
 
 
 def _rel(ours, ref):
@@ -37,7 +43,7 @@ def test_matches_neural_tangents(name):
     both12 = infinite_width_kernel(x1, x2, kind="both", **kw)
     both11 = infinite_width_kernel(x1, None, kind="both", **kw)
     closed = spec["activation"] in CLOSED_FORMS
-    rtol = 1e-13 if closed else 5e-14      # quadrature: the same Gauss-Hermite rule as nt's
+    rtol = 1e-13 if closed else 5e-14  # quadrature: the same Gauss-Hermite rule as nt's
     assert _rel(both12.nngp, REF[f"{name}_nngp_12"]) <= rtol
     assert _rel(both12.ntk, REF[f"{name}_ntk_12"]) <= rtol
     assert _rel(both11.nngp, REF[f"{name}_nngp_11"]) <= rtol
@@ -61,8 +67,7 @@ def test_default_quadrature_is_converged(name):
     """The default 64 nodes per axis against nt's 120 (smooth activations; elu is only C^1)."""
     spec = json.loads(str(REF[f"{name}_spec"]))
     p1, p2 = REF[f"{name}_ntk_12"].shape
-    ours = infinite_width_kernel(REF["x1"][:p1], REF["x2"][:p2], kind="both",
-                                 **{**_kwargs(spec), "quad_deg": 64})
+    ours = infinite_width_kernel(REF["x1"][:p1], REF["x2"][:p2], kind="both", **{**_kwargs(spec), "quad_deg": 64})
     tol = 1e-3 if spec["activation"] == "elu" else 1e-12
     assert _rel(ours.ntk, REF[f"{name}_ntk_12"]) <= tol
     assert _rel(ours.nngp, REF[f"{name}_nngp_12"]) <= tol
@@ -72,29 +77,24 @@ def test_default_quadrature_is_converged(name):
 def _trapezoid_expectation(f, g, k11, k12, k22, h=0.05, lim=9.0):
     """E[f(u) g(v)] by the 2-D trapezoidal rule after the Cholesky map (independent of Gauss-Hermite)."""
     s = np.arange(-lim, lim + h / 2, h)
-    w = h * np.exp(-s ** 2 / 2) / np.sqrt(2 * np.pi)
+    w = h * np.exp(-(s**2) / 2) / np.sqrt(2 * np.pi)
     a = np.sqrt(k11)[..., None, None]
     b = (k12 / np.sqrt(k11))[..., None, None]
-    c = np.sqrt(np.maximum(k22 - k12 ** 2 / k11, 0.0))[..., None, None]
-    return np.sum(np.outer(w, w) * f(a * s[:, None]) * g(b * s[:, None] + c * s[None, :]),
-                  axis=(-1, -2))
+    c = np.sqrt(np.maximum(k22 - k12**2 / k11, 0.0))[..., None, None]
+    return np.sum(np.outer(w, w) * f(a * s[:, None]) * g(b * s[:, None] + c * s[None, :]), axis=(-1, -2))
 
 
-@pytest.mark.parametrize("activation", ["gelu", "sin", "cos", "tanh", "softplus", "silu",
-                                        "sigmoid", "erf"])
+@pytest.mark.parametrize("activation", ["gelu", "sin", "cos", "tanh", "softplus", "silu", "sigmoid", "erf"])
 def test_expectation_maps_against_trapezoid(activation):
-    dual = dual_activation(activation, deg=256)   # q = 2.5 needs ~200 nodes for tanh (dual.py)
+    dual = dual_activation(activation, deg=256)  # q = 2.5 needs ~200 nodes for tanh (dual.py)
     q1 = np.array([0.3, 1.2, 2.5])
     q2 = np.array([0.7, 1.9])
     k = np.array([[0.2, -0.3], [0.5, 1.1], [-0.9, 2.0]])
     e_phi, e_dphi = dual.expectations(q1, q2, k)
     Q1, Q2 = np.broadcast_to(q1[:, None], k.shape), np.broadcast_to(q2[None, :], k.shape)
-    np.testing.assert_allclose(e_phi, _trapezoid_expectation(dual.fn, dual.fn, Q1, k, Q2),
-                               rtol=1e-11, atol=1e-13)
-    np.testing.assert_allclose(e_dphi, _trapezoid_expectation(dual.dfn, dual.dfn, Q1, k, Q2),
-                               rtol=1e-11, atol=1e-13)
-    np.testing.assert_allclose(dual.variance(q1),
-                               _trapezoid_expectation(dual.fn, dual.fn, q1, q1, q1), rtol=1e-11)
+    np.testing.assert_allclose(e_phi, _trapezoid_expectation(dual.fn, dual.fn, Q1, k, Q2), rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(e_dphi, _trapezoid_expectation(dual.dfn, dual.dfn, Q1, k, Q2), rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(dual.variance(q1), _trapezoid_expectation(dual.fn, dual.fn, q1, q1, q1), rtol=1e-11)
 
 
 def test_gelu_closed_form_equals_its_quadrature():
@@ -124,26 +124,27 @@ def test_kind_both_is_named_and_ordered():
 def test_readout_arguments_and_no_bias():
     x = np.random.default_rng(1).normal(size=(5, 3))
     a = infinite_width_kernel(x, activation="tanh", W_std=[1.2, 0.8], b_std=[0.1, None])
-    b = infinite_width_kernel(x, activation="tanh", W_std=1.2, b_std=0.1, readout_W_std=0.8,
-                              readout_bias=False)
-    c = infinite_width_kernel(x, activation="tanh", W_std=1.2, b_std=0.1, readout_W_std=0.8,
-                              readout_b_std=0.0)
+    b = infinite_width_kernel(x, activation="tanh", W_std=1.2, b_std=0.1, readout_W_std=0.8, readout_bias=False)
+    c = infinite_width_kernel(x, activation="tanh", W_std=1.2, b_std=0.1, readout_W_std=0.8, readout_b_std=0.0)
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, c)     # 'ntk': a zero-scale bias contributes nothing
+    np.testing.assert_array_equal(a, c)  # 'ntk': a zero-scale bias contributes nothing
     s_nobias = infinite_width_kernel(x, b_std=[0.1, None], parameterization="standard", width=8)
     s_zero = infinite_width_kernel(x, b_std=[0.1, 0.0], parameterization="standard", width=8)
-    np.testing.assert_allclose(s_zero - s_nobias, 1.0, rtol=1e-13)   # 'standard': d f/d b = 1
+    np.testing.assert_allclose(s_zero - s_nobias, 1.0, rtol=1e-13)  # 'standard': d f/d b = 1
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(activation="swish2"), "activation"),
-    (dict(W_std=[1.0, 2.0, 3.0]), "W_std"),
-    (dict(b_std=-1.0), "b_std"),
-    (dict(parameterization="mup"), "parameterization"),
-    (dict(parameterization="standard"), "width"),
-    (dict(quad_deg=0), "quad_deg"),
-    (dict(readout_bias="no"), "readout_bias"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(activation="swish2"), "activation"),
+        (dict(W_std=[1.0, 2.0, 3.0]), "W_std"),
+        (dict(b_std=-1.0), "b_std"),
+        (dict(parameterization="mup"), "parameterization"),
+        (dict(parameterization="standard"), "width"),
+        (dict(quad_deg=0), "quad_deg"),
+        (dict(readout_bias="no"), "readout_bias"),
+    ],
+)
 def test_errors_name_the_argument(bad, match):
     x = np.ones((2, 3))
     with pytest.raises(ValueError, match=match):
@@ -170,21 +171,23 @@ def _mc_error(x, width, n_draws, analytic, seed, **kw):
     for _ in range(n_draws):
         for layer in net.layers:
             for v in layer.trainable_variables:
-                std = 1.0          # 'ntk': N(0, 1); 'standard': the layer's initialiser scale
+                std = 1.0  # 'ntk': N(0, 1); 'standard': the layer's initialiser scale
                 if kw.get("parameterization") == "standard":
-                    std = (layer.kernel_initializer.stddev if v is layer.kernel
-                           else layer.bias_initializer.stddev)
+                    std = layer.kernel_initializer.stddev if v is layer.kernel else layer.bias_initializer.stddev
                 v.assign(std * rng.standard_normal(v.shape))
         emp = metric_ntk(net, x)[:, :, 0, 0]
         errs.append(np.linalg.norm(emp - analytic) / np.linalg.norm(analytic))
     return float(np.mean(errs))
 
 
-@pytest.mark.parametrize("activation, kw", [
-    ("gelu", dict(W_std=[1.5, 1.2, 0.8], b_std=[0.2, 0.1, None], depth=2)),
-    ("tanh", dict(W_std=1.6, b_std=0.1, depth=2)),
-    ("softplus", dict(W_std=1.3, b_std=0.3, depth=1, parameterization="standard")),
-])
+@pytest.mark.parametrize(
+    "activation, kw",
+    [
+        ("gelu", dict(W_std=[1.5, 1.2, 0.8], b_std=[0.2, 0.1, None], depth=2)),
+        ("tanh", dict(W_std=1.6, b_std=0.1, depth=2)),
+        ("softplus", dict(W_std=1.3, b_std=0.3, depth=1, parameterization="standard")),
+    ],
+)
 def test_wide_networks_approach_the_kernel(activation, kw):
     """Seeded wide networks: error small at width 2048 and smaller than at 128 (~ 1/sqrt(width)).
 

@@ -89,5 +89,5 @@ def test_kernel_base_class_contract(rng):
     with pytest.raises(RuntimeError, match=r"Bad._block returned shape \(1, 1\); expected \(3, 3\)"):
         Bad()(_points(rng, 3))
     with pytest.raises(TypeError):
-        Kernel()          # abstract
+        Kernel()  # abstract
     assert "sigma=2.0" in repr(GaussianFSKernel(2.0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cyntk.flows.kernel_model import KernelModel
 from cyntk.geometry import components_from_hermitian, fermat_quintic, to_real
 from cyntk.kernels import infinite_width_kernel, metric_ntk, ntk_mlp
 from cyntk.kernels.infinite_metric import (
@@ -12,7 +13,6 @@ from cyntk.kernels.infinite_metric import (
     network_infinite_width_kernel,
     patch_normalise,
 )
-from cyntk.kernels.kernel_model import KernelModel
 from cyntk.models import MultiplicativeModel
 
 M = fermat_quintic()
@@ -20,8 +20,9 @@ ARCH = dict(activation="gelu", W_std=[1.5, 1.2, 0.7], b_std=[0.2, 0.1, None], de
 
 
 def _model(width, seed=0):
-    net = ntk_mlp(10, width, ARCH["depth"], activation="gelu", W_std=ARCH["W_std"],
-                  b_std=ARCH["b_std"], n_outputs=9, seed=seed)
+    net = ntk_mlp(
+        10, width, ARCH["depth"], activation="gelu", W_std=ARCH["W_std"], b_std=ARCH["b_std"], n_outputs=9, seed=seed
+    )
     return MultiplicativeModel(net, M, kaehler=0.0, transition=0.0, volk=0.0, dtype="float64")
 
 
@@ -49,23 +50,22 @@ def test_against_numpy_composition(pts):
     g = model(pts).numpy()
     G = model.fs_metric(pts).numpy()
     diff = components_from_hermitian(g) - components_from_hermitian(G)
-    np.testing.assert_allclose(np.einsum("aIJ,aJ->aI", mmap, o), diff, rtol=1e-12,
-                               atol=1e-12 * np.abs(diff).max())
+    np.testing.assert_allclose(np.einsum("aIJ,aJ->aI", mmap, o), diff, rtol=1e-12, atol=1e-12 * np.abs(diff).max())
     # Theta_inf_g = k(u, u') M M'^T, u the patch-normalised points (projective invariance of k o u)
     u = patch_normalise(pts)
     scalar = infinite_width_kernel(u, **ARCH)
     expected = scalar[:, :, None, None] * np.einsum("aIK,bJK->abIJ", mmap, mmap)
     theta = kernel(pts)
     np.testing.assert_allclose(theta, expected, rtol=1e-13, atol=1e-14 * np.abs(expected).max())
-    np.testing.assert_allclose(kernel(pts[:3], pts[3:]), expected[:3, 3:], rtol=1e-13,
-                               atol=1e-14 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        kernel(pts[:3], pts[3:]), expected[:3, 3:], rtol=1e-13, atol=1e-14 * np.abs(expected).max()
+    )
     flat = theta.transpose(0, 2, 1, 3).reshape(8 * 9, 8 * 9)
     np.testing.assert_allclose(flat, flat.T, atol=1e-13 * np.abs(flat).max())
     assert np.linalg.eigvalsh(flat).min() > -1e-10 * np.abs(flat).max()
     # the same points in another representative give the same kernel
     z2 = (pts[:, :5] + 1j * pts[:, 5:]) * np.exp(1.1j) * 1.7
-    np.testing.assert_allclose(kernel(to_real(z2)), theta, rtol=1e-10,
-                               atol=1e-12 * np.abs(theta).max())
+    np.testing.assert_allclose(kernel(to_real(z2)), theta, rtol=1e-10, atol=1e-12 * np.abs(theta).max())
 
 
 def test_wide_network_metric_ntk_approaches_the_limit(pts):
@@ -100,6 +100,7 @@ def test_rejects_non_multiplicative_and_bad_networks():
     with pytest.raises(ValueError, match="model"):
         InfiniteWidthMetricKernel(object())
     import keras
+
     net = keras.Sequential([keras.Input((10,)), keras.layers.Dense(9)])
     with pytest.raises(ValueError, match="NTKDense"):
         network_infinite_width_kernel(net)

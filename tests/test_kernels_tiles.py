@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import tol
+from cyntk.flows.product import KernelProduct, uses_tile_api
 from cyntk.geometry import fermat_quintic, to_complex, to_real
-from cyntk.kernels._flow import KernelProduct, uses_tile_api
 from cyntk.kernels.analytic import InfiniteWidthKernel, infinite_width_kernel
 from cyntk.kernels.fs import GaussianFSKernel, _overlap_limit
 
@@ -24,7 +24,7 @@ def _relu_reference(x1, x2, w_std, b_std, depth):
     """The textbook recursion with sin(arccos c) (float64 NumPy), returns (nngp, ntk)."""
     same = x2 is None
     x2 = x1 if same else x2
-    w2, b2, d = w_std ** 2, b_std ** 2, x1.shape[1]
+    w2, b2, d = w_std**2, b_std**2, x1.shape[1]
     q1 = w2 * np.sum(x1 * x1, axis=1) / d + b2
     q2 = w2 * np.sum(x2 * x2, axis=1) / d + b2
     k = w2 * (x1 @ x2.T) / d + b2
@@ -42,8 +42,7 @@ def _relu_reference(x1, x2, w_std, b_std, depth):
     return k, ntk
 
 
-@pytest.mark.parametrize("w_std, b_std, depth", [(80.52, 5.716, 1), (1.5, 0.05, 1), (1.4, 0.1, 3),
-                                                 (2.0, 0.0, 2)])
+@pytest.mark.parametrize("w_std, b_std, depth", [(80.52, 5.716, 1), (1.5, 0.05, 1), (1.4, 0.1, 3), (2.0, 0.0, 2)])
 def test_relu_entries_match_the_textbook_recursion(pts, w_std, b_std, depth):
     xa, xb = pts
     for x2 in (xb, None):
@@ -128,7 +127,9 @@ def test_paper_relu_ntk_tiled_equals_dense(pts, rng, tile, threads):
     k = InfiniteWidthKernel("relu", W_std=80.52, b_std=5.716, depth=1)
     v = rng.standard_normal((len(xa), 9))
     prod = KernelProduct(k, 9, tile_size=tile, n_threads=threads)
-    np.testing.assert_allclose(prod.matvec(xa, xa, v, same=True), k(xa) @ v, rtol=1e-12,
-                               atol=1e-12 * np.abs(k(xa) @ v).max())
-    np.testing.assert_allclose(prod.matvec(xb, xa, v), k(xb, xa) @ v, rtol=1e-12,
-                               atol=1e-12 * np.abs(k(xb, xa) @ v).max())
+    np.testing.assert_allclose(
+        prod.matvec(xa, xa, v, same=True), k(xa) @ v, rtol=1e-12, atol=1e-12 * np.abs(k(xa) @ v).max()
+    )
+    np.testing.assert_allclose(
+        prod.matvec(xb, xa, v), k(xb, xa) @ v, rtol=1e-12, atol=1e-12 * np.abs(k(xb, xa) @ v).max()
+    )

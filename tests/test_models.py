@@ -45,8 +45,12 @@ def reference(cymetric_reference_dir):
     d = cymetric_reference_dir
     with open(d / "basis.pickle", "rb") as fh:
         basis = pickle.load(fh)
-    return {"basis": basis, "points": dict(np.load(d / "points_reference.npz")),
-            "dataset": dict(np.load(d / "dataset.npz")), "dir": d}
+    return {
+        "basis": basis,
+        "points": dict(np.load(d / "points_reference.npz")),
+        "dataset": dict(np.load(d / "dataset.npz")),
+        "dir": d,
+    }
 
 
 def on_manifold(M, z0, patch, j, dx):
@@ -75,10 +79,12 @@ def local_fd_points(M, z0, patch, j, h, order):
     s >= n moves Im x^(s-n).
     """
     n = M.nfold
+
     def e(s):
         d = np.zeros(n, complex)
         d[s % n] = 1.0 if s < n else 1j
         return d
+
     pts = []
     if order == 1:
         for s in range(2 * n):
@@ -117,9 +123,9 @@ def test_hermitian_map_matches_conventions_element_by_element(rng):
     H = hermitian_from_components_tf(tf.constant(o)).numpy()
     for b in range(4):
         o0, o1, o2, o3, o4, o5, o6, o7, o8 = o[b]
-        expected = np.array([[o0, o1 - 1j * o3, o2 - 1j * o6],
-                             [o1 + 1j * o3, o4, o5 - 1j * o7],
-                             [o2 + 1j * o6, o5 + 1j * o7, o8]])
+        expected = np.array(
+            [[o0, o1 - 1j * o3, o2 - 1j * o6], [o1 + 1j * o3, o4, o5 - 1j * o7], [o2 + 1j * o6, o5 + 1j * o7, o8]]
+        )
         np.testing.assert_array_equal(H[b], expected)
     # the general rule for n = 2: A = o.reshape(n, n) row-major
     o2 = rng.normal(size=(3, 4))
@@ -136,7 +142,7 @@ def test_multiplicative_model_is_G_times_one_plus_H(quintic_ds):
     x = quintic_ds.X_val[:20]
     g = model(x).numpy()
     G = quintic_ds.manifold.fs_metric_pb(quintic_ds.points_val[:20])
-    o = net(tf.constant(x)).numpy()              # points are patch-normalised already
+    o = net(tf.constant(x)).numpy()  # points are patch-normalised already
     H = np.empty((20, 3, 3), complex)
     for r in range(3):
         for c in range(3):
@@ -172,13 +178,21 @@ def test_fs_model_float32_matches_cymetric_tf(reference):
     g = model(ref["x_real"].astype(np.float32)).numpy()
     assert g.dtype == np.complex64
     scale = np.max(np.abs(ref["g_fs_pb"]))
-    assert np.max(np.abs(g - ref["g_fs_pb"])) / scale < 2e-6      # cymetric's own TF-vs-NumPy gap: 3.7e-7
+    assert np.max(np.abs(g - ref["g_fs_pb"])) / scale < 2e-6  # cymetric's own TF-vs-NumPy gap: 3.7e-7
     J = model.pullbacks(ref["x_real"].astype(np.float32)).numpy()
     assert np.max(np.abs(J - ref["pullbacks_tf"])) < 5e-6
 
 
-@pytest.mark.parametrize("make", [fermat_quintic, lambda: dwork_quintic(0.4 + 0.2j), fermat_quartic,
-                                  fermat_cubic, lambda: fermat_quintic(kmoduli=2.5)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        fermat_quintic,
+        lambda: dwork_quintic(0.4 + 0.2j),
+        fermat_quartic,
+        fermat_cubic,
+        lambda: fermat_quintic(kmoduli=2.5),
+    ],
+)
 def test_fs_model_equals_geometry_fs_metric(make):
     M = make()
     z = M.sample_points(60, seed=5)
@@ -190,17 +204,22 @@ def test_fs_model_equals_geometry_fs_metric(make):
     # j_elim overrides the elimination choice, as in cymetric's call signature
     j_other = (M.charts(z)[:, 0] + 1) % M.ncoords
     j_other = np.where(j_other == M.charts(z)[:, 1], (j_other + 1) % M.ncoords, j_other)
-    np.testing.assert_allclose(model(x, j_elim=j_other).numpy(), M.fs_metric_pb(z, j_elim=j_other),
-                               **tol("float64"))
+    np.testing.assert_allclose(model(x, j_elim=j_other).numpy(), M.fs_metric_pb(z, j_elim=j_other), **tol("float64"))
 
 
 def test_outputs_hermitian_and_positive_definite_at_init(quintic_ds):
     x = quintic_ds.X_train[:200]
     keras.utils.set_random_seed(0)
-    cymetric_net = keras.Sequential([keras.Input((10,))] + [keras.layers.Dense(64, "gelu") for _ in range(3)]
-                                    + [keras.layers.Dense(9, use_bias=False)])
-    models = [FSModel(quintic_ds), MultiplicativeModel(cymetric_net, quintic_ds),
-              PhiModel(mlp(10, 1, features=True, dtype="float32", last_std=0.01), quintic_ds)]
+    cymetric_net = keras.Sequential(
+        [keras.Input((10,))]
+        + [keras.layers.Dense(64, "gelu") for _ in range(3)]
+        + [keras.layers.Dense(9, use_bias=False)]
+    )
+    models = [
+        FSModel(quintic_ds),
+        MultiplicativeModel(cymetric_net, quintic_ds),
+        PhiModel(mlp(10, 1, features=True, dtype="float32", last_std=0.01), quintic_ds),
+    ]
     for model in models:
         g = model(x).numpy()
         assert g.dtype == np.complex64 and g.shape == (200, 3, 3)
@@ -210,7 +229,7 @@ def test_outputs_hermitian_and_positive_definite_at_init(quintic_ds):
 
 
 def test_fs_holomorphic_derivative_closed_form_vs_finite_differences():
-    M = dwork_quintic(0.3 - 0.1j)                  # a polynomial with mixed monomials
+    M = dwork_quintic(0.3 - 0.1j)  # a polynomial with mixed monomials
     model = FSModel(M, dtype="float64")
     z = M.sample_points(4, seed=2)
     _, dg = model.holomorphic_derivative(to_x(z))
@@ -232,12 +251,12 @@ def test_kaehler_and_transition_vanish_for_fs_and_phi_models(quintic_ds):
     scale = np.abs(fs(x).numpy()).max() ** 2
     assert t["kaehler"].numpy().max() < 1e-26 * scale
     assert t["transition"].numpy().max() < 1e-26 * scale
-    assert t["sigma"].numpy().mean() > 0.1          # but FS is not Ricci flat
+    assert t["sigma"].numpy().mean() > 0.1  # but FS is not Ricci flat
     for mode in ("metric", "phi"):
         phi = PhiModel(mlp(10, 1, features=True, seed=4), quintic_ds, dtype="float64", transition_mode=mode)
         t = phi.loss_terms(x, y, terms=("kaehler", "transition"))
         g = t["g"].numpy()
-        assert np.abs(g - fs(x).numpy()).max() > 1e-3 * np.abs(g).max()   # a genuinely different metric
+        assert np.abs(g - fs(x).numpy()).max() > 1e-3 * np.abs(g).max()  # a genuinely different metric
         assert t["kaehler"].numpy().max() < 1e-24 * np.abs(g).max() ** 2
         assert t["transition"].numpy().max() < 1e-24 * max(1.0, np.abs(g).max() ** 2)
 
@@ -259,9 +278,7 @@ def test_transition_matrix_closed_form():
     for p in range(len(pick)):
         i = list(kp[:, p]).index(1)
         z0, z1, z2, z3 = z[pick[p], :4]
-        expected = np.array([[-(z1 / z0) ** 2, -z2 * z1 / z0 ** 2, -z3 * z1 / z0 ** 2],
-                             [0, z1 / z0, 0],
-                             [0, 0, z1 / z0]])
+        expected = np.array([[-((z1 / z0) ** 2), -z2 * z1 / z0**2, -z3 * z1 / z0**2], [0, z1 / z0, 0], [0, 0, z1 / z0]])
         np.testing.assert_allclose(T[i, p], expected, **tol("float64"))
 
 
@@ -280,7 +297,7 @@ def test_kaehler_loss_of_non_kaehler_metric_vs_finite_differences(quintic_ds):
         fd = fd_holomorphic(model(to_x(pts), j_elim=np.full(len(pts), j)).numpy(), 3, h)
         np.testing.assert_allclose(dg.numpy()[p], fd, rtol=0, atol=1e-7 * np.abs(fd).max())
         k_fd = np.sum(np.abs(fd - np.swapaxes(fd, 0, 1)) ** 2)
-        assert k_fd > 1e-6                                  # the metric is far from Kähler
+        assert k_fd > 1e-6  # the metric is far from Kähler
         np.testing.assert_allclose(k_model[p], k_fd, rtol=1e-6)
 
 
@@ -324,9 +341,9 @@ def test_sigma_measure_fs_matches_cymetric_and_numpy(reference):
     d = reference["dataset"]
     fs32 = FSModel(reference["basis"])
     meas = fs32.measures(d["X_val"].astype(np.float32), d["y_val"].astype(np.float32), which=("sigma", "volk"))
-    assert abs(meas["sigma"] - 0.39791) < 2e-5                 # cymetric: 0.39791 (float32, 5 digits)
+    assert abs(meas["sigma"] - 0.39791) < 2e-5  # cymetric: 0.39791 (float32, 5 digits)
     assert abs(meas["volk"] - 5.0) < 1e-5
-    cb = MeasuresCallback(d, measures=("sigma",))             # the cymetric dataset.npz content
+    cb = MeasuresCallback(d, measures=("sigma",))  # the cymetric dataset.npz content
     cb.set_model(fs32)
     assert cb.compute()["sigma_val"] == pytest.approx(meas["sigma"], rel=1e-6)
     # independent NumPy computation from cyntk.geometry on a fresh set (float64)
@@ -349,13 +366,14 @@ def test_ricci_scalar_vs_finite_differences_and_flat_torus():
     z = M.sample_points(2, seed=4)
     R = fs.ricci_scalar(to_x(z)).numpy()
     G = M.fs_metric_pb(z)
+
     def R_fd(p, k, j, h):
         pts = local_fd_points(M, z[p], k, j, h, 2)
         logdet = np.log(np.linalg.det(fs(to_x(pts), j_elim=np.full(len(pts), j)).numpy()).real)
         return np.trace(np.linalg.solve(G[p], fd_ddbar(logdet, 3, h))).real
 
     for p, (k, j) in enumerate(M.charts(z)):
-        h = 4e-4                       # Richardson extrapolation of the O(h^2) central differences
+        h = 4e-4  # Richardson extrapolation of the O(h^2) central differences
         r = (4 * R_fd(p, k, j, h / 2) - R_fd(p, k, j, h)) / 3
         np.testing.assert_allclose(R[p], r, rtol=1e-6)
     # the flat metric kappa |Omega|^2 of the cubic torus is Ricci flat: R = 0 and Ricci measure 0
@@ -370,14 +388,14 @@ def test_ricci_scalar_vs_finite_differences_and_flat_torus():
             val = self.kappa / (tf.math.real(qj) ** 2 + tf.math.imag(qj) ** 2)
             return tf.complex(val, tf.zeros_like(val))[:, None, None]
 
-        def _evaluate(self, *args):            # generic autodiff route, not FS's closed form
+        def _evaluate(self, *args):  # generic autodiff route, not FS's closed form
             return MetricModel._evaluate(self, *args)
 
     flat = FlatTorus(ds, dtype="float64")
     np.testing.assert_allclose(flat(ds.X_val).numpy()[:, 0, 0].real, ds.kappa * ds.omega_sq_val, rtol=1e-12)
     meas = flat.measures(ds.X_val, ds.y_val, which=("sigma", "ricci", "kaehler", "transition"))
     assert meas["ricci"] < 1e-9 and meas["sigma"] < 1e-12 and meas["transition"] < 1e-20
-    assert np.abs(R).min() > 1.0                      # while FS on the quintic is far from flat
+    assert np.abs(R).min() > 1.0  # while FS on the quintic is far from flat
 
 
 # --------------------------------------------------- inputs and manifolds
@@ -386,12 +404,19 @@ def test_accepts_basis_dicts_paths_hypersurfaces_and_datasets(reference, tmp_pat
     ref = reference["points"]
     x = ref["x_real"][:20]
     M = fermat_quintic()
-    as_tf_basis = {k: np.asarray(v).astype(np.complex64) for k, v in basis.items()}   # prepare_tf_basis style
+    as_tf_basis = {k: np.asarray(v).astype(np.complex64) for k, v in basis.items()}  # prepare_tf_basis style
     ds = make_dataset(M, 100, seed=0)
     ds.save(tmp_path / "data")
-    variants = {"dict": basis, "complex64 dict": as_tf_basis, "path": reference["dir"],
-                "pickle path": str(reference["dir"] / "basis.pickle"), "hypersurface": M,
-                "dataset": ds, "saved dataset dir": tmp_path / "data", "basis()": M.basis(0.5)}
+    variants = {
+        "dict": basis,
+        "complex64 dict": as_tf_basis,
+        "path": reference["dir"],
+        "pickle path": str(reference["dir"] / "basis.pickle"),
+        "hypersurface": M,
+        "dataset": ds,
+        "saved dataset dir": tmp_path / "data",
+        "basis()": M.basis(0.5),
+    }
     outs = {k: FSModel(v, dtype="float64")(x).numpy() for k, v in variants.items()}
     for k, v in outs.items():
         np.testing.assert_allclose(v, ref["g_fs_pb_np"][:20], **tol("float64"), err_msg=k)
@@ -430,10 +455,12 @@ def test_ricci_loss_and_its_weight_gradient(quintic_ds):
     rng = np.random.default_rng(0)
     dirs = [rng.normal(size=v.shape) for v in model.trainable_variables]
     base = [v.numpy() for v in model.trainable_variables]
+
     def loss_at(eps):
         for v, b, d in zip(model.trainable_variables, base, dirs):
             v.assign(b + eps * d)
         return float(tf.reduce_mean(model.loss_terms(x, y, terms=("ricci",))["ricci"]))
+
     h = 1e-6
     fd = (loss_at(h) - loss_at(-h)) / (2 * h)
     loss_at(0.0)
@@ -452,10 +479,11 @@ def test_losses_and_layers_serialise_and_symbolic_call(quintic_ds):
     assert tuple(sym.shape) == (None, 3, 3) and "complex" in str(sym.dtype)
     z = quintic_ds.points_val[:5]
     feats = layer(tf.constant(to_x(z)))
-    feats_scaled = layer(tf.constant(to_x(z * (0.3 - 1.7j))))      # invariant under z -> lambda z
+    feats_scaled = layer(tf.constant(to_x(z * (0.3 - 1.7j))))  # invariant under z -> lambda z
     np.testing.assert_allclose(feats.numpy(), feats_scaled.numpy(), rtol=1e-5, atol=1e-6)
     P = z[:, :, None] * np.conj(z)[:, None, :] / np.sum(np.abs(z) ** 2, 1)[:, None, None]
     iu = np.triu_indices(5, 1)
-    expected = np.concatenate([np.real(np.diagonal(P, axis1=1, axis2=2)), P[:, iu[0], iu[1]].real,
-                               P[:, iu[0], iu[1]].imag], 1)
+    expected = np.concatenate(
+        [np.real(np.diagonal(P, axis1=1, axis2=2)), P[:, iu[0], iu[1]].real, P[:, iu[0], iu[1]].imag], 1
+    )
     np.testing.assert_allclose(feats.numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -46,8 +46,9 @@ def test_fit_logs_exact_epoch_means_over_partial_batches(quintic_ds):
     for k in ("sigma", "kaehler", "transition"):
         np.testing.assert_allclose(hist[f"{k}_loss"][0], terms[k].numpy().mean(), rtol=2e-5)
     # volk is a per-batch Monte-Carlo estimate: its epoch value is the count-weighted batch mean
-    volk_batches = [model.loss_terms(x[s:s + 32], y[s:s + 32], terms=("volk",))["volk"].numpy()
-                    for s in range(0, 100, 32)]
+    volk_batches = [
+        model.loss_terms(x[s : s + 32], y[s : s + 32], terms=("volk",))["volk"].numpy() for s in range(0, 100, 32)
+    ]
     np.testing.assert_allclose(hist["volk_loss"][0], np.concatenate(volk_batches).mean(), rtol=2e-5)
     total = total - weights["volk"] * terms["volk"].numpy() + weights["volk"] * np.concatenate(volk_batches)
     np.testing.assert_allclose(hist["loss"][0], total.mean(), rtol=2e-5)
@@ -61,8 +62,7 @@ def test_short_fit_lowers_sigma_val_and_logs_measures(quintic_ds):
     model = MultiplicativeModel(mlp(10, 9, width=32, seed=5), quintic_ds)
     cb = MeasuresCallback(quintic_ds, initial=True, batch_size=1000)
     model.compile(keras.optimizers.Adam(3e-3))
-    hist = model.fit(quintic_ds.X_train, quintic_ds.y_train, batch_size=64, epochs=2, verbose=0,
-                     callbacks=[cb]).history
+    hist = model.fit(quintic_ds.X_train, quintic_ds.y_train, batch_size=64, epochs=2, verbose=0, callbacks=[cb]).history
     for k in ("sigma_val", "kaehler_val", "transition_val", "volk_val", "ricci_val"):
         assert len(hist[k]) == 2 and np.all(np.isfinite(hist[k]))
     assert hist["sigma_val"][-1] < 0.8 * cb.initial["sigma_val"], (cb.initial, hist["sigma_val"])
@@ -79,8 +79,9 @@ def test_short_fit_lowers_sigma_val_and_logs_measures(quintic_ds):
 def test_loss_weight_switch_really_changes_the_active_losses(quintic_ds):
     x, y = quintic_ds.X_train[:128], quintic_ds.y_train[:128]
     model = MultiplicativeModel(mlp(10, 9, seed=6), quintic_ds)
-    sched = LossWeightScheduler(lambda epoch, w: {"kaehler": 0.0, "transition": 0.0, "volk": 3.0}
-                                if epoch == 1 else None)
+    sched = LossWeightScheduler(
+        lambda epoch, w: {"kaehler": 0.0, "transition": 0.0, "volk": 3.0} if epoch == 1 else None
+    )
     model.compile(keras.optimizers.Adam(1e-3))
     hist = model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[sched]).history
     assert len(hist["kaehler_loss"]) == 1 and len(hist["transition_loss"]) == 1
@@ -99,8 +100,9 @@ def test_nonfinite_policies(quintic_ds):
 
     def make(policy):
         # kappa = 1e-300 makes det g / kappa overflow: the sigma loss is +inf
-        m = MultiplicativeModel(mlp(10, 9, seed=1), quintic_ds, kappa=1e-300, nonfinite=policy,
-                                kaehler=0.0, transition=0.0, volk=0.0)
+        m = MultiplicativeModel(
+            mlp(10, 9, seed=1), quintic_ds, kappa=1e-300, nonfinite=policy, kaehler=0.0, transition=0.0, volk=0.0
+        )
         m.compile(keras.optimizers.Adam(1e-3))
         return m, [v.numpy().copy() for v in m.trainable_variables]
 
@@ -172,7 +174,7 @@ def test_save_load_round_trip(kind, quintic_ds, tmp_path):
     else:
         model = PhiModel(mlp(10, 1, seed=4, features=True, last_std=0.01), quintic_ds, transition_mode="metric")
     x, y = quintic_ds.X_train[:128], quintic_ds.y_train[:128]
-    if kind == "mult":        # a trained model with optimizer state
+    if kind == "mult":  # a trained model with optimizer state
         model.compile(keras.optimizers.Adam(1e-3))
         model.fit(x, y, batch_size=64, epochs=1, verbose=0)
     path = tmp_path / f"{kind}.keras"
@@ -186,7 +188,7 @@ def test_save_load_round_trip(kind, quintic_ds, tmp_path):
     assert again.get_config()["manifold"] == model.get_config()["manifold"]
     if kind == "phi":
         assert loaded.transition_mode == "metric"
-    if kind == "mult":        # the optimizer state came back and training continues
+    if kind == "mult":  # the optimizer state came back and training continues
         assert loaded.optimizer.iterations.numpy() == 2
         loaded.fit(x, y, batch_size=64, epochs=1, verbose=0)
 

@@ -31,10 +31,12 @@ def mlp(widths, activation="tanh", dtype="float64", seed=0, use_bias=True, d=5):
     keras.utils.set_random_seed(seed)
     layers = [keras.Input((d,), dtype=dtype)]
     for w in widths[:-1]:
-        layers.append(keras.layers.Dense(w, activation=activation, dtype=dtype, use_bias=use_bias,
-                                         bias_initializer="random_normal"))
-    layers.append(keras.layers.Dense(widths[-1], dtype=dtype, use_bias=use_bias,
-                                     bias_initializer="random_normal"))
+        layers.append(
+            keras.layers.Dense(
+                w, activation=activation, dtype=dtype, use_bias=use_bias, bias_initializer="random_normal"
+            )
+        )
+    layers.append(keras.layers.Dense(widths[-1], dtype=dtype, use_bias=use_bias, bias_initializer="random_normal"))
     return keras.Sequential(layers)
 
 
@@ -45,9 +47,8 @@ def flat_jacobian_bruteforce(model, x, components):
         per_point = []
         for i in range(components):
             with tf.GradientTape() as tape:
-                out = components_fn(model(x[a:a + 1], training=False))[0, i]
-            grads = tape.gradient(out, model.trainable_variables,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                out = components_fn(model(x[a : a + 1], training=False))[0, i]
+            grads = tape.gradient(out, model.trainable_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             per_point.append(np.concatenate([g.numpy().ravel() for g in grads]))
         rows.append(per_point)
     return np.array(rows)
@@ -121,7 +122,7 @@ def test_bruteforce_and_finite_differences(rng):
     brute = ntk_from_jacobians(j1, j2)
     fd = ntk_from_jacobians(flat_jacobian_fd(model, x1), flat_jacobian_fd(model, x2))
     scale = np.abs(brute).max()
-    assert np.abs(fd - brute).max() <= 1e-7 * scale          # FD truncation ~ eps^2
+    assert np.abs(fd - brute).max() <= 1e-7 * scale  # FD truncation ~ eps^2
     for impl in ("structured", "generic"):
         theta = metric_ntk(model, x1, x2, implementation=impl)
         np.testing.assert_allclose(theta, brute, **tol("float64"))
@@ -157,11 +158,15 @@ def _chain_models(dtype):
     keras.utils.set_random_seed(3)
     frozen = mlp([6, 5, 4], activation="relu", dtype=dtype, seed=4)
     frozen.layers[0].trainable = False
-    nested = keras.Sequential([keras.Input((5,), dtype=dtype),
-                               mlp([7, 6], activation="softplus", dtype=dtype, seed=5),
-                               keras.layers.Activation("tanh", dtype=dtype),
-                               keras.layers.Dropout(0.5, dtype=dtype),
-                               keras.layers.Dense(3, dtype=dtype)])
+    nested = keras.Sequential(
+        [
+            keras.Input((5,), dtype=dtype),
+            mlp([7, 6], activation="softplus", dtype=dtype, seed=5),
+            keras.layers.Activation("tanh", dtype=dtype),
+            keras.layers.Dropout(0.5, dtype=dtype),
+            keras.layers.Dense(3, dtype=dtype),
+        ]
+    )
     inp = keras.Input((5,), dtype=dtype)
     h = keras.layers.Dense(8, dtype=dtype)(inp)
     h = keras.layers.Activation(exact_gelu, dtype=dtype)(h)
@@ -181,7 +186,7 @@ def test_structured_equals_generic(rng, dtype):
     x1 = rng.normal(size=(7, 5))
     x2 = rng.normal(size=(4, 5))
     models = _chain_models(dtype)
-    if dtype == "float32":        # the dtype plumbing; float64 covers every layer kind
+    if dtype == "float32":  # the dtype plumbing; float64 covers every layer kind
         models = {k: models[k] for k in ("tanh", "functional_ntkdense")}
     for name, model in models.items():
         kernel = EmpiricalNTKKernel(model, implementation="auto")
@@ -189,8 +194,9 @@ def test_structured_equals_generic(rng, dtype):
         assert kernel.implementation_ == "structured", name
         slow = metric_ntk(model, x1, x2, implementation="generic")
         assert fast.dtype == np.dtype(dtype)
-        np.testing.assert_allclose(fast, slow, rtol=tol(dtype)["rtol"],
-                                   atol=tol(dtype)["rtol"] * np.abs(slow).max(), err_msg=name)
+        np.testing.assert_allclose(
+            fast, slow, rtol=tol(dtype)["rtol"], atol=tol(dtype)["rtol"] * np.abs(slow).max(), err_msg=name
+        )
 
 
 def test_float32_agrees_with_float64(rng):
@@ -217,9 +223,13 @@ def test_non_chain_model_falls_back_to_generic(rng):
     with pytest.raises(ValueError, match="implementation='structured'"):
         metric_ntk(residual, x, implementation="structured")
     # a non-elementwise activation (softmax couples the units) is not a Dense chain either
-    softmax = keras.Sequential([keras.Input((5,), dtype="float64"),
-                                keras.layers.Dense(4, activation="softmax", dtype="float64"),
-                                keras.layers.Dense(2, dtype="float64")])
+    softmax = keras.Sequential(
+        [
+            keras.Input((5,), dtype="float64"),
+            keras.layers.Dense(4, activation="softmax", dtype="float64"),
+            keras.layers.Dense(2, dtype="float64"),
+        ]
+    )
     kernel = EmpiricalNTKKernel(softmax)
     theta = kernel(x)
     assert kernel.implementation_ == "generic"
@@ -233,13 +243,14 @@ def test_symmetric_psd_and_chunk_invariant(rng, implementation):
     model = mlp([10, 10, 4], activation="tanh")
     x = rng.normal(size=(9, 5))
     theta = metric_ntk(model, x, implementation=implementation, chunk_size=4)
-    np.testing.assert_array_equal(theta, theta.transpose(1, 0, 3, 2))   # exactly symmetric
+    np.testing.assert_array_equal(theta, theta.transpose(1, 0, 3, 2))  # exactly symmetric
     mat = as_matrix(theta)
     eig = np.linalg.eigvalsh(mat)
     assert eig.min() >= -1e-12 * eig.max()
     for chunk in (1, 2, None):
-        np.testing.assert_allclose(metric_ntk(model, x, x, implementation=implementation,
-                                              chunk_size=chunk), theta, **tol("float64"))
+        np.testing.assert_allclose(
+            metric_ntk(model, x, x, implementation=implementation, chunk_size=chunk), theta, **tol("float64")
+        )
 
 
 # ----------------------------------------------------------------------------- multiplicative
@@ -253,11 +264,12 @@ class ToyMultiplicative(keras.Model):
 
     def fs_metric(self, x):
         x = tf.cast(x, "float64")
-        a = tf.complex(x[:, : self.n], x[:, self.n: 2 * self.n])
+        a = tf.complex(x[:, : self.n], x[:, self.n : 2 * self.n])
         # hermitian, positive definite, point dependent
-        s = tf.cast(1.0 + tf.reduce_sum(x ** 2, axis=1), tf.complex128)
-        return (s[:, None, None] * tf.eye(self.n, dtype=tf.complex128)[None]
-                + a[:, :, None] * tf.math.conj(a)[:, None, :])
+        s = tf.cast(1.0 + tf.reduce_sum(x**2, axis=1), tf.complex128)
+        return (
+            s[:, None, None] * tf.eye(self.n, dtype=tf.complex128)[None] + a[:, :, None] * tf.math.conj(a)[:, None, :]
+        )
 
     def call(self, x, training=False):
         G = self.fs_metric(x)
@@ -308,11 +320,15 @@ def test_cyntk_multiplicative_model(rng):
     man = fermat_quintic()
     x = to_real(man.sample_points(12, seed=3))
     z = x[:, :5] + 1j * x[:, 5:]
-    x_scaled = to_real(z * (0.7 * np.exp(1.1j)))     # other representatives of the same points
-    net = keras.Sequential([keras.Input((10,), dtype="float64"),
-                            keras.layers.Dense(16, activation="gelu", dtype="float64"),
-                            keras.layers.Dense(9, dtype="float64")])
-    with warnings.catch_warnings():           # a float32-policy warning may or may not be emitted
+    x_scaled = to_real(z * (0.7 * np.exp(1.1j)))  # other representatives of the same points
+    net = keras.Sequential(
+        [
+            keras.Input((10,), dtype="float64"),
+            keras.layers.Dense(16, activation="gelu", dtype="float64"),
+            keras.layers.Dense(9, dtype="float64"),
+        ]
+    )
+    with warnings.catch_warnings():  # a float32-policy warning may or may not be emitted
         warnings.simplefilter("ignore", UserWarning)
         model = MultiplicativeModel(net, man, dtype="float64")
     model(x[:2])
@@ -323,8 +339,9 @@ def test_cyntk_multiplicative_model(rng):
         generic = metric_ntk(model, pts[:7], pts[7:], implementation="generic")
         np.testing.assert_allclose(theta, generic, rtol=1e-10, atol=1e-12 * np.abs(generic).max())
     v = rng.normal(size=(5, 9))
-    np.testing.assert_allclose(metric_ntk_vp(model, x[7:], v, x[:7]),
-                               np.einsum("abIJ,bJ->aI", kernel(x[:7], x[7:]), v), **tol("float64"))
+    np.testing.assert_allclose(
+        metric_ntk_vp(model, x[7:], v, x[:7]), np.einsum("abIJ,bJ->aI", kernel(x[:7], x[7:]), v), **tol("float64")
+    )
 
 
 # ----------------------------------------------------------------------------- snapshots
@@ -342,7 +359,7 @@ def test_empirical_kernel_snapshot(rng):
     np.testing.assert_allclose(frozen(x), theta0, **tol("float64"))
     assert not np.allclose(live(x), theta0)
     np.testing.assert_allclose(live(x), metric_ntk(model, x), **tol("float64"))
-    for v, w in zip(model.variables, moved):           # weights restored bit for bit
+    for v, w in zip(model.variables, moved):  # weights restored bit for bit
         np.testing.assert_array_equal(v.numpy(), w)
     assert frozen.n_components == 3 and not frozen.component_diagonal
     full = frozen.full(x, n_components=3)
@@ -358,8 +375,7 @@ def test_vector_product_equals_dense(rng):
     u = metric_ntk_vp(model, xs, v, xt, chunk_size=4)
     np.testing.assert_allclose(u, np.einsum("abIJ,bJ->aI", dense, v), **tol("float64"))
     u_self = metric_ntk_vp(model, xs, v)
-    np.testing.assert_allclose(u_self, np.einsum("abIJ,bJ->aI", metric_ntk(model, xs), v),
-                               **tol("float64"))
+    np.testing.assert_allclose(u_self, np.einsum("abIJ,bJ->aI", metric_ntk(model, xs), v), **tol("float64"))
     kernel = EmpiricalNTKKernel(model)
     np.testing.assert_allclose(kernel.matvec(xt, xs, v), u, **tol("float64"))
 
@@ -371,5 +387,4 @@ def test_vector_product_metric_model(rng):
     model(xs)
     v = rng.normal(size=(5, 9))
     dense = metric_ntk(model, xt, xs)
-    np.testing.assert_allclose(metric_ntk_vp(model, xs, v, xt), np.einsum("abIJ,bJ->aI", dense, v),
-                               **tol("float64"))
+    np.testing.assert_allclose(metric_ntk_vp(model, xs, v, xt), np.einsum("abIJ,bJ->aI", dense, v), **tol("float64"))

@@ -20,9 +20,13 @@ from cyntk.kernels import (
 @pytest.fixture(scope="module")
 def net():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((4,), dtype="float64"),
-                             keras.layers.Dense(5, activation="tanh", dtype="float64"),
-                             keras.layers.Dense(3, dtype="float64")])
+    return keras.Sequential(
+        [
+            keras.Input((4,), dtype="float64"),
+            keras.layers.Dense(5, activation="tanh", dtype="float64"),
+            keras.layers.Dense(3, dtype="float64"),
+        ]
+    )
 
 
 class NonHermitian(keras.Model):
@@ -46,31 +50,37 @@ def test_non_hermitian_metric(net):
     with pytest.raises(ValueError, match=r"`model` must return hermitian.*max\|g - g\^dagger\|"):
         metric_ntk(model, X, output="metric")
     with pytest.raises(ValueError, match="hermitian"):
-        metric_ntk(model, X)                      # complex output -> declared metric
+        metric_ntk(model, X)  # complex output -> declared metric
     with pytest.raises(ValueError, match="output='vector'` needs a real model output"):
         metric_ntk(model, X, output="vector")
     with pytest.raises(ValueError, match=r"metrics of shape \(P, n, n\).*received output shape \(5, 3\)"):
         metric_ntk(net, X, output="metric")
 
 
-@pytest.mark.parametrize("call", [
-    lambda m, a, b: metric_ntk(m, a, b),
-    lambda m, a, b: metric_ntk_vp(m, a, np.zeros((len(a), 3)), b),
-    lambda m, a, b: EmpiricalNTKKernel(m)(a, b),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, a, b: metric_ntk(m, a, b),
+        lambda m, a, b: metric_ntk_vp(m, a, np.zeros((len(a), 3)), b),
+        lambda m, a, b: EmpiricalNTKKernel(m)(a, b),
+    ],
+)
 def test_mismatched_widths(net, call):
     with pytest.raises(ValueError, match=r"same input width d.*received d=4 .* d=6"):
         call(net, X, np.zeros((2, 6)))
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((0, 4)), r"`x1` must contain at least one point; received an empty set of shape \(0, 4\)"),
-    (np.array([[0.0, np.nan, 0, 0], [1, 1, 1, 1]]), r"`x1` must be finite; received 1 point\(s\) .* row 0"),
-    (np.array([[0.0, np.inf, 0, 0]]), "`x1` must be finite"),
-    (np.zeros(4), r"`x1` must have shape \(P, d\); received shape \(4,\)"),
-    (np.zeros((2, 2), complex), "must be real points"),
-    (np.array([["a"]]), "real numeric array"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((0, 4)), r"`x1` must contain at least one point; received an empty set of shape \(0, 4\)"),
+        (np.array([[0.0, np.nan, 0, 0], [1, 1, 1, 1]]), r"`x1` must be finite; received 1 point\(s\) .* row 0"),
+        (np.array([[0.0, np.inf, 0, 0]]), "`x1` must be finite"),
+        (np.zeros(4), r"`x1` must have shape \(P, d\); received shape \(4,\)"),
+        (np.zeros((2, 2), complex), "must be real points"),
+        (np.array([["a"]]), "real numeric array"),
+    ],
+)
 def test_bad_points(net, bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         metric_ntk(net, bad)
@@ -88,12 +98,15 @@ def test_bad_points_second_set_and_kernels(net):
             kernel(np.full((1, 4), np.inf))
 
 
-@pytest.mark.parametrize("chunk, exc, match", [
-    (0, ValueError, r"`chunk_size` must be a positive integer .* received 0"),
-    (-3, ValueError, "received -3"),
-    (2.5, TypeError, "received 2.5"),
-    (True, TypeError, "received True"),
-])
+@pytest.mark.parametrize(
+    "chunk, exc, match",
+    [
+        (0, ValueError, r"`chunk_size` must be a positive integer .* received 0"),
+        (-3, ValueError, "received -3"),
+        (2.5, TypeError, "received 2.5"),
+        (True, TypeError, "received True"),
+    ],
+)
 def test_bad_chunk_size(net, chunk, exc, match):
     with pytest.raises(exc, match=match):
         metric_ntk(net, X, chunk_size=chunk)
@@ -104,8 +117,11 @@ def test_bad_chunk_size(net, chunk, exc, match):
 
 
 def test_bad_options_and_models(net):
-    with pytest.raises(ValueError, match=r"`implementation` must be one of 'auto', 'generic', "
-                                         r"'structured'; received 'fast'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`implementation` must be one of 'auto', 'generic', "
+        r"'structured'; received 'fast'",
+    ):
         metric_ntk(net, X, implementation="fast")
     with pytest.raises(ValueError, match="`output` must be one of"):
         metric_ntk(net, X, output="matrix")

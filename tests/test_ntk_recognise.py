@@ -12,11 +12,11 @@ import tensorflow as tf
 
 from conftest import small_mlp
 from cyntk.callbacks import MetricNTKCallback
+from cyntk.flows.kernel_model import KernelModel
+from cyntk.flows.ode import stability_limit
 from cyntk.geometry import chart_counts, fermat_quintic, select_chart, to_real
 from cyntk.kernels import EmpiricalNTKKernel, metric_ntk, metric_ntk_path
-from cyntk.kernels.kernel_model import KernelModel
 from cyntk.kernels.ntk import _engine_for
-from cyntk.kernels.ode import stability_limit
 from cyntk.kernels.recognise import hermitian_hessian_entries
 from cyntk.models import MultiplicativeModel, PhiModel, hermitian_from_components_tf
 
@@ -75,7 +75,7 @@ class ScatterMultiplicative(keras.Model):
 
     def _base(self, x):
         b = tf.shape(x)[0]
-        diag = 1.0 + tf.reduce_sum(x[:, :3] ** 2, axis=1)                    # (B,)
+        diag = 1.0 + tf.reduce_sum(x[:, :3] ** 2, axis=1)  # (B,)
         idx = tf.stack([tf.range(b, dtype=tf.int64), tf.zeros([b], tf.int64)], 1)
         base = tf.tensor_scatter_nd_update(tf.ones((b, 3), x.dtype) * 0.5, idx, diag)
         return tf.linalg.diag(tf.complex(base, tf.zeros_like(base)))
@@ -162,8 +162,16 @@ def _data(rng, n=40):
 
 def _sigma_only(M):
     """A small float64 multiplicative model trained on the sigma loss only (cheap to trace)."""
-    return MultiplicativeModel(small_mlp(10, 9, width=8, features=True), M, kappa=0.0176, sigma=1.0,
-                               kaehler=0.0, transition=0.0, volk=0.0, dtype="float64")
+    return MultiplicativeModel(
+        small_mlp(10, 9, width=8, features=True),
+        M,
+        kappa=0.0176,
+        sigma=1.0,
+        kaehler=0.0,
+        transition=0.0,
+        volk=0.0,
+        dtype="float64",
+    )
 
 
 def test_callback_across_fits_like_train_model(rng, tmp_path):
@@ -174,7 +182,7 @@ def test_callback_across_fits_like_train_model(rng, tmp_path):
     cb = MetricNTKCallback(x[:3], x[3:6], log_dir=tmp_path, model=model)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        for _ in range(2):                                   # two fits per epoch, callbacks on the 2nd
+        for _ in range(2):  # two fits per epoch, callbacks on the 2nd
             model.fit(x, y, epochs=1, batch_size=8, verbose=0)
             model.fit(x, y, epochs=1, batch_size=40, verbose=0, callbacks=[cb])
     assert cb.history.epochs == [0, 1, 2]
@@ -222,8 +230,7 @@ def test_new_history_keeps_the_old_one(rng, tmp_path):
     M, x, y = _data(rng)
     model = _sigma_only(M)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.fit(x, y, epochs=1, batch_size=40, verbose=0,
-              callbacks=[MetricNTKCallback(x[:3], x[3:6], log_dir=tmp_path)])
+    model.fit(x, y, epochs=1, batch_size=40, verbose=0, callbacks=[MetricNTKCallback(x[:3], x[3:6], log_dir=tmp_path)])
     with pytest.warns(UserWarning, match="already held a metric-NTK history"):
         MetricNTKCallback(x[:3], x[3:6], log_dir=tmp_path)
     kept = sorted(p.name for p in (tmp_path / "metric_ntk").glob("history.*.npz") if "_reference" not in p.name)
@@ -244,11 +251,11 @@ def test_kernel_model_leaves_floatx_alone_and_keeps_float64():
     assert keras.config.floatx() == "float32"
     seen = []
     probe = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda e, logs: seen.append((keras.config.floatx(), keras.metrics.Mean().dtype)))
+        on_epoch_begin=lambda e, logs: seen.append((keras.config.floatx(), keras.metrics.Mean().dtype))
+    )
     flow = KernelModel(GaussianFSKernel(0.05), x, M)
-    flow.compile(optimizer=keras.optimizers.SGD(learning_rate=2.0 ** -12))
-    flow.fit(x, y, batch_size=len(x), epochs=2, verbose=0, callbacks=[probe],
-             validation_data=(x, y))
+    flow.compile(optimizer=keras.optimizers.SGD(learning_rate=2.0**-12))
+    flow.fit(x, y, batch_size=len(x), epochs=2, verbose=0, callbacks=[probe], validation_data=(x, y))
     assert seen == [("float32", "float32")] * 2
     # the evaluated loss equals the float64 one computed from the float64 prediction
     g = flow.predict(x, batch_size=len(x), verbose=0)

@@ -29,7 +29,7 @@ def _length(c, sl, t, s):
     for (a, b), tf in zip(sl, t):
         m, d = mid[:, a:b], dc[:, a:b]
         n2 = np.sum(np.abs(m) ** 2, axis=1)
-        h = np.sum(np.abs(d) ** 2, axis=1) / n2 - np.abs(np.sum(np.conj(m) * d, axis=1)) ** 2 / n2 ** 2
+        h = np.sum(np.abs(d) ** 2, axis=1) / n2 - np.abs(np.sum(np.conj(m) * d, axis=1)) ** 2 / n2**2
         speed2 += tf * h
     return float(np.sum(np.sqrt(speed2) * np.diff(s)))
 
@@ -42,9 +42,14 @@ def test_product_distance_is_the_geodesic_length():
     # the FS metric blocks the geometry uses (t_F/pi), times pi, give the same speed
     g = M.fs_metric_ambient(z[:1])[0] * np.pi
     dz = np.random.default_rng(0).standard_normal(8) + 0j
-    speed = sum(tf * (np.vdot(dz[a:b], dz[a:b]).real / np.vdot(z[0, a:b], z[0, a:b]).real
-                      - abs(np.vdot(z[0, a:b], dz[a:b])) ** 2 / np.vdot(z[0, a:b], z[0, a:b]).real ** 2)
-                for (a, b), tf in zip(sl, t))
+    speed = sum(
+        tf
+        * (
+            np.vdot(dz[a:b], dz[a:b]).real / np.vdot(z[0, a:b], z[0, a:b]).real
+            - abs(np.vdot(z[0, a:b], dz[a:b])) ** 2 / np.vdot(z[0, a:b], z[0, a:b]).real ** 2
+        )
+        for (a, b), tf in zip(sl, t)
+    )
     assert np.real(dz @ g @ np.conj(dz)) == pytest.approx(speed, rel=1e-12)
     s = np.linspace(0, 1, 4001)
     rng = np.random.default_rng(1)
@@ -67,8 +72,7 @@ def test_product_distance_reduces_and_is_a_metric():
     assert np.all(D[i, k] <= D[i, j] + D[j, k] + 1e-12)
     np.testing.assert_allclose(D[0, 1:4], product_fs_distance(np.repeat(z[:1], 3, 0), z[1:4], M.factor_slices))
     # one factor, t = 1: the FS distance (paper eq. 3.2)
-    q = (np.random.default_rng(3).standard_normal((5, 5))
-         + 1j * np.random.default_rng(4).standard_normal((5, 5)))
+    q = np.random.default_rng(3).standard_normal((5, 5)) + 1j * np.random.default_rng(4).standard_normal((5, 5))
     np.testing.assert_allclose(product_fs_distance(q[:2], q[2:4], [[0, 5]]), fs_distance(q[:2], q[2:4]), rtol=1e-15)
     with pytest.raises(ValueError, match="factor_slices"):
         product_fs_distance(z[:2], z[2:4], [[0, 3], [3, 7]])

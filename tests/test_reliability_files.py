@@ -81,7 +81,7 @@ def test_corrupt_member_is_named(saved, tmp_path, manifest, member, damage, name
     msg = str(info.value)
     assert named in msg
     assert ("re-create" in msg) or ("recompute" in msg)
-    if manifest:        # the manifest catches it before anything is parsed
+    if manifest:  # the manifest catches it before anything is parsed
         assert isinstance(info.value, IncompleteFileSetError)
     else:
         assert type(info.value) in (CorruptFileError, ValueError)
@@ -98,7 +98,7 @@ def test_empty_or_interrupted_manifest(saved, tmp_path):
 
 
 def test_swapped_y_columns_and_pullbacks_are_caught(saved, tmp_path):
-    d = _copy(saved, tmp_path, manifest=False)      # a cymetric directory: no manifest to lean on
+    d = _copy(saved, tmp_path, manifest=False)  # a cymetric directory: no manifest to lean on
     f = dict(np.load(d / "dataset.npz"))
     good = dict(f)
     f["y_train"] = f["y_train"][:, ::-1].copy()
@@ -110,7 +110,7 @@ def test_swapped_y_columns_and_pullbacks_are_caught(saved, tmp_path):
     np.savez_compressed(d / "dataset.npz", **f)
     with pytest.raises(ValueError, match=r"val_pullbacks disagree"):
         CYDataset.load(d)
-    CYDataset.load(d, check_points=False)            # the expert opt-out
+    CYDataset.load(d, check_points=False)  # the expert opt-out
     np.savez_compressed(d / "dataset.npz", **good)
     assert CYDataset.load(d).n_train == 108
 
@@ -119,7 +119,7 @@ def test_basis_of_another_kahler_class_is_not_paired_silently(saved, tmp_path):
     d = _copy(saved, tmp_path)
     other = tmp_path / "t2"
     make_dataset(fermat_quintic(kmoduli=2.0), 120, seed=5).save(other)
-    shutil.copy(other / "basis.pickle", d / "basis.pickle")    # same points, other kappa/basis
+    shutil.copy(other / "basis.pickle", d / "basis.pickle")  # same points, other kappa/basis
     with pytest.raises(IncompleteFileSetError, match="basis.pickle"):
         CYDataset.load(d)
 
@@ -148,7 +148,7 @@ def test_file_set_and_stale_temporaries(tmp_path):
     atomic_write(d / "a.txt", lambda fh: fh.write("one"), "w")
     finish_file_set(d / "manifest.json", ["a.txt"])
     assert check_file_set(d / "manifest.json")[0] == "complete"
-    (d / "a.txt").write_text("two")                                # same size, other content
+    (d / "a.txt").write_text("two")  # same size, other content
     status, reason, _ = check_file_set(d / "manifest.json")
     assert status == "incomplete" and "SHA-256" in reason
     # a temporary file of a process that no longer exists is removed; a live one's is kept
@@ -167,6 +167,6 @@ def test_file_set_and_stale_temporaries(tmp_path):
     assert live.exists()
     live.unlink()
     stale.write_text("half")
-    atomic_write(d / "b.txt", lambda fh: fh.write("x"), "w")          # every write sweeps first
+    atomic_write(d / "b.txt", lambda fh: fh.write("x"), "w")  # every write sweeps first
     assert not stale.exists()
     assert json.loads((d / "manifest.json").read_text())["complete"] is True

@@ -31,8 +31,13 @@ from cyntk.geometry import (  # noqa: E402
     to_real,
 )
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 QUINTIC = fermat_quintic()
 GOOD = QUINTIC.sample_points(8, seed=0)
 
@@ -41,6 +46,7 @@ GOOD = QUINTIC.sample_points(8, seed=0)
 def no_hang(seconds=20):
     def alarm(signum, frame):
         raise TimeoutError(f"call did not return within {seconds} s")
+
     old = signal.signal(signal.SIGALRM, alarm)
     signal.alarm(seconds)
     try:
@@ -77,8 +83,9 @@ def _assert_finite(out):
 
 
 # ------------------------------------------------------------------ strategies
-DTYPES = st.sampled_from([np.float64, np.float32, np.complex128, np.complex64, np.int64, np.bool_,
-                          np.uint8, "U3", object])
+DTYPES = st.sampled_from(
+    [np.float64, np.float32, np.complex128, np.complex64, np.int64, np.bool_, np.uint8, "U3", object]
+)
 SPECIAL = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e308, 1e-308, 2.0])
 
 
@@ -109,9 +116,15 @@ def near_points(draw):
     return to_real(z) if draw(st.booleans()) else z
 
 
-ODD = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.integers(-10**15, 10**15),
-                st.floats(allow_nan=True, allow_infinity=True), st.complex_numbers(max_magnitude=10),
-                st.lists(st.integers(-3, 8), max_size=3).map(tuple))
+ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.text(max_size=4),
+    st.integers(-(10**15), 10**15),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.complex_numbers(max_magnitude=10),
+    st.lists(st.integers(-3, 8), max_size=3).map(tuple),
+)
 
 
 # ------------------------------------------------------------------ geometry
@@ -133,26 +146,29 @@ def test_geometry_at_hostile_points(z, check):
 @SETTINGS
 @given(points=st.one_of(hostile_arrays(), near_points()), val_split=ODD)
 def test_dataset_from_points(points, val_split):
-    works_or_names(lambda: CYDataset.from_points(QUINTIC, points, val_split=val_split),
-                   ("`points`", "`val_split`"))
+    works_or_names(lambda: CYDataset.from_points(QUINTIC, points, val_split=val_split), ("`points`", "`val_split`"))
 
 
 @SETTINGS
-@given(n=st.one_of(st.integers(2, 200), st.integers(2, 200), ODD), val_split=st.one_of(ODD, st.floats(0, 0.99)),
-       seed=st.one_of(st.integers(0, 10), ODD), chart=st.one_of(st.none(), ODD, st.tuples(ODD, ODD)))
+@given(
+    n=st.one_of(st.integers(2, 200), st.integers(2, 200), ODD),
+    val_split=st.one_of(ODD, st.floats(0, 0.99)),
+    seed=st.one_of(st.integers(0, 10), ODD),
+    chart=st.one_of(st.none(), ODD, st.tuples(ODD, ODD)),
+)
 def test_make_dataset_options(n, val_split, seed, chart):
     if isinstance(n, int) and 1000 < n < 10**11:
-        n = n % 1000       # keep real sampling small; huge requests must be refused up front
-    works_or_names(lambda: make_dataset(QUINTIC, n, val_split=val_split, seed=seed, chart=chart),
-                   ("`n_points`", "`val_split`", "`seed`", "`chart`", "`points`"))
+        n = n % 1000  # keep real sampling small; huge requests must be refused up front
+    works_or_names(
+        lambda: make_dataset(QUINTIC, n, val_split=val_split, seed=seed, chart=chart),
+        ("`n_points`", "`val_split`", "`seed`", "`chart`", "`points`"),
+    )
 
 
 @SETTINGS
-@given(name=st.one_of(st.sampled_from(["quintic", "dwork", "cubic", "k3"]), ODD),
-       psi=ODD, kmoduli=ODD)
+@given(name=st.one_of(st.sampled_from(["quintic", "dwork", "cubic", "k3"]), ODD), psi=ODD, kmoduli=ODD)
 def test_get_manifold_options(name, psi, kmoduli):
-    works_or_names(lambda: get_manifold(name, psi=psi, kmoduli=kmoduli),
-                   ("manifold name", "`psi`", "`kmoduli`"))
+    works_or_names(lambda: get_manifold(name, psi=psi, kmoduli=kmoduli), ("manifold name", "`psi`", "`kmoduli`"))
 
 
 @SETTINGS
@@ -183,9 +199,12 @@ def test_points_off_the_variety_refused_everywhere():
     rng = np.random.default_rng(0)
     z = rng.standard_normal((6, 5)) + 1j * rng.standard_normal((6, 5))
     z /= z[np.arange(6), np.argmax(np.abs(z), axis=1)][:, None]
-    for call, name in ((lambda: QUINTIC.geometry(z), "`z`"), (lambda: QUINTIC.weights(z), "`z`"),
-                       (lambda: QUINTIC.kappa(z), "`z`"),
-                       (lambda: CYDataset.from_points(QUINTIC, z), "`points`")):
+    for call, name in (
+        (lambda: QUINTIC.geometry(z), "`z`"),
+        (lambda: QUINTIC.weights(z), "`z`"),
+        (lambda: QUINTIC.kappa(z), "`z`"),
+        (lambda: CYDataset.from_points(QUINTIC, z), "`points`"),
+    ):
         with pytest.raises(ValueError, match=name + r".*not on the variety.*check_variety=False"):
             call()
     # the expert opt-out computes anyway
@@ -196,14 +215,28 @@ def test_points_off_the_variety_refused_everywhere():
 FLAGS = ["-n", "--seed", "--val-split", "--psi", "--kmoduli", "--chart"]
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(manifold=st.sampled_from(["quintic", "dwork", "cubic", "octic", ""]),
-       options=st.lists(st.tuples(st.sampled_from(FLAGS),
-                                  st.one_of(st.sampled_from(["-1", "0", "1", "0.5", "nan", "inf", "1e30",
-                                                             "2,1", "0,0", "1+1j", "abc", "", "99999999999999"]),
-                                            st.text(max_size=5))),
-                        max_size=3))
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    manifold=st.sampled_from(["quintic", "dwork", "cubic", "octic", ""]),
+    options=st.lists(
+        st.tuples(
+            st.sampled_from(FLAGS),
+            st.one_of(
+                st.sampled_from(
+                    ["-1", "0", "1", "0.5", "nan", "inf", "1e30", "2,1", "0,0", "1+1j", "abc", "", "99999999999999"]
+                ),
+                st.text(max_size=5),
+            ),
+        ),
+        max_size=3,
+    ),
+)
 def test_cli_sample_hostile_options(tmp_path_factory, capfd, manifold, options):
     out = tmp_path_factory.mktemp("cli")
     argv = ["sample", manifold, "-o", str(out / "ds")]
@@ -213,7 +246,7 @@ def test_cli_sample_hostile_options(tmp_path_factory, capfd, manifold, options):
         argv += ["-n", "20"]
     argv_n = dict(options).get("-n", "20")
     if argv_n.strip().isdigit() and 200 < int(argv_n) < 10**11:
-        return                                    # a real, large sampling run: not a hostile input
+        return  # a real, large sampling run: not a hostile input
     with no_hang(60):
         rc = main(argv)
     err = capfd.readouterr().err

@@ -29,7 +29,7 @@ import pytest
 
 from cyntk.geometry import CYDataset, IncompleteFileSetError
 
-SAMPLE_CHILD = r'''
+SAMPLE_CHILD = r"""
 import os, sys, time
 from pathlib import Path
 import cyntk.geometry.dataset as D
@@ -56,9 +56,9 @@ def from_points(cls, *args, **kwargs):
 D.atomic_write = atomic_write
 D.CYDataset.from_points = classmethod(from_points)
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
-REPRODUCE_CHILD = r'''
+REPRODUCE_CHILD = r"""
 import os, sys, time, types
 from pathlib import Path
 import cyntk
@@ -112,7 +112,7 @@ runner.atomic_write, runner.save_json = atomic_write, save_json
 n = int(os.environ.get("NPTS", "30"))
 runner.register(runner.Experiment("toy", run, plot, {"quick": dict(n_points=n, seed=n)}, "a toy"))
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def _child(script, args, marks: Path, *, stall="", signum=None, env_extra=None, timeout=60):
@@ -120,8 +120,9 @@ def _child(script, args, marks: Path, *, stall="", signum=None, env_extra=None, 
     for f in marks.iterdir():
         f.unlink()
     env = dict(os.environ, MARKS=str(marks), STALL=stall, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     if signum is not None:
         deadline = time.monotonic() + timeout
         while not (marks / stall).exists():
@@ -205,13 +206,15 @@ def test_reproduce_killed_and_interrupted_at_every_stage(tmp_path, marks):
     assert "done" in stdout
 
     def loaded():
-        code = ("import sys, types, json; from pathlib import Path; import cyntk;"
-                "pkg = types.ModuleType('cyntk.experiments');"
-                "pkg.__path__ = [str(Path(cyntk.__file__).parent / 'experiments')];"
-                "sys.modules['cyntk.experiments'] = pkg;"
-                "from cyntk.experiments.runner import load_result;"
-                f"r = load_result({str(out)!r}, 'toy');"
-                "print(json.dumps([int(r['n_points']), list(r['distances'].shape)]))")
+        code = (
+            "import sys, types, json; from pathlib import Path; import cyntk;"
+            "pkg = types.ModuleType('cyntk.experiments');"
+            "pkg.__path__ = [str(Path(cyntk.__file__).parent / 'experiments')];"
+            "sys.modules['cyntk.experiments'] = pkg;"
+            "from cyntk.experiments.runner import load_result;"
+            f"r = load_result({str(out)!r}, 'toy');"
+            "print(json.dumps([int(r['n_points']), list(r['distances'].shape)]))"
+        )
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         return p.returncode, p.stdout.strip(), p.stderr
 
@@ -225,15 +228,13 @@ def test_reproduce_killed_and_interrupted_at_every_stage(tmp_path, marks):
     assert loaded()[:2] == (0, "[30, [30, 30]]")
 
     # --force killed between result.npz and result.json: refused as incomplete, not mixed
-    rc, _, _ = _child(REPRODUCE_CHILD, force, marks, stall="before_json", signum=signal.SIGKILL,
-                      env_extra=bigger)
+    rc, _, _ = _child(REPRODUCE_CHILD, force, marks, stall="before_json", signum=signal.SIGKILL, env_extra=bigger)
     assert rc == -signal.SIGKILL
     rc, _, err = loaded()
     assert rc != 0 and "IncompleteFileSetError" in err and "never finished" in err
 
     # killed in the middle of writing result.npz: its temporary file is left ...
-    rc, _, _ = _child(REPRODUCE_CHILD, force, marks, stall="mid_result.npz", signum=signal.SIGKILL,
-                      env_extra=bigger)
+    rc, _, _ = _child(REPRODUCE_CHILD, force, marks, stall="mid_result.npz", signum=signal.SIGKILL, env_extra=bigger)
     assert rc == -signal.SIGKILL
     assert any(name.startswith(".result.npz.") for name in _hidden(d))
 
@@ -278,10 +279,11 @@ def test_plain_cyntk_sample_interrupted_while_sampling(tmp_path, signum):
     cmd = [sys.executable, "-m", "cyntk", "sample", "quartic", "-o", str(out), "--seed", "4"]
     assert subprocess.run(cmd + ["-n", "300"], capture_output=True, timeout=60).returncode == 0
     before = CYDataset.load(out).points_train.copy()
-    proc = subprocess.Popen(cmd + ["-n", "3000000", "--seed", "5"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd + ["-n", "3000000", "--seed", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     seen = ""
-    while "sampling" not in seen:                  # the progress bar has started
+    while "sampling" not in seen:  # the progress bar has started
         ch = proc.stderr.read(1)
         assert ch, f"cyntk sample ended early: {seen}"
         seen += ch

@@ -21,6 +21,7 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 from cyntk.callbacks import MetricNTKHistory  # noqa: E402
 from cyntk.experiments._io import load_json, save_json  # noqa: E402
 from cyntk.experiments.runner import ResultStore  # noqa: E402
+from cyntk.flows.kernel_model import KernelModel  # noqa: E402
 from cyntk.geometry import (  # noqa: E402
     CorruptFileError,
     IncompleteFileSetError,
@@ -28,7 +29,6 @@ from cyntk.geometry import (  # noqa: E402
     to_real,
 )
 from cyntk.kernels.fs import GaussianFSKernel  # noqa: E402
-from cyntk.kernels.kernel_model import KernelModel  # noqa: E402
 from cyntk.models import FSModel  # noqa: E402
 
 M = fermat_quintic()
@@ -69,12 +69,15 @@ def kernel_model():
     return model, y
 
 
-@pytest.mark.parametrize("sw, match", [
-    (-np.ones(40), r"`sample_weight` must be >= 0.*ascend"),
-    (np.r_[np.ones(39), np.nan], r"`sample_weight` must be finite"),
-    (np.zeros(40), r"`sample_weight` is 0 for every point"),
-    (np.ones(7), r"`sample_weight` must have one entry per point \(40\)"),
-])
+@pytest.mark.parametrize(
+    "sw, match",
+    [
+        (-np.ones(40), r"`sample_weight` must be >= 0.*ascend"),
+        (np.r_[np.ones(39), np.nan], r"`sample_weight` must be finite"),
+        (np.zeros(40), r"`sample_weight` is 0 for every point"),
+        (np.ones(7), r"`sample_weight` must have one entry per point \(40\)"),
+    ],
+)
 def test_kernel_model_sample_weight_refused(kernel_model, sw, match):
     model, y = kernel_model
     with pytest.raises(ValueError, match=match):
@@ -88,17 +91,21 @@ def test_kernel_model_sample_weight_refused(kernel_model, sw, match):
 def test_kernel_model_targets_checks_points():
     with pytest.raises(ValueError, match=r"`x`: 40 of 40 point\(s\) are not on the variety"):
         KernelModel.targets(M, X_OFF)
-    y = KernelModel.targets(M, X.astype(np.float32))          # float32 rounding is within tolerance
+    y = KernelModel.targets(M, X.astype(np.float32))  # float32 rounding is within tolerance
     assert np.allclose(y, KernelModel.targets(M, X), rtol=1e-5)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(x=st.one_of(
-    hnp.arrays(st.sampled_from([np.float64, np.float32, np.complex128, np.int64, np.bool_]),
-               hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12)),
-    st.sampled_from([X, X_OFF, X[:, :9], X[None], X.astype(np.float32)]),
-    st.one_of(st.none(), st.text(max_size=3), st.lists(st.floats(), max_size=3))))
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    x=st.one_of(
+        hnp.arrays(
+            st.sampled_from([np.float64, np.float32, np.complex128, np.int64, np.bool_]),
+            hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
+        ),
+        st.sampled_from([X, X_OFF, X[:, :9], X[None], X.astype(np.float32)]),
+        st.one_of(st.none(), st.text(max_size=3), st.lists(st.floats(), max_size=3)),
+    )
+)
 def test_targets_hostile_inputs(x):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -125,7 +132,7 @@ def test_history_kernels_belong_to_their_history(tmp_path):
     back = MetricNTKHistory.load(path)
     assert back.epochs == [0, 1] and np.array_equal(back.arrays["theta_reference"], h.arrays["theta_reference"])
     back.append(2, {"ntk_a": 0.2}, {"s": np.ones(3)})
-    back.save(path)                                    # re-saving keeps the recorded digest
+    back.save(path)  # re-saving keeps the recorded digest
     assert MetricNTKHistory.load(path).epochs == [0, 1, 2]
     ref = tmp_path / "history_reference.npz"
     # a kill between the kernel file and the history: new kernels beside the old history
@@ -170,11 +177,18 @@ def test_result_files_and_store_items_are_named(tmp_path):
 
 
 # ------------------------------------------------------------ constructors and options
-ODD = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.integers(-10**12, 10**12),
-                st.floats(allow_nan=True, allow_infinity=True), st.complex_numbers(max_magnitude=10),
-                st.lists(st.integers(-2, 3), max_size=2))
-OPTS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.text(max_size=4),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.complex_numbers(max_magnitude=10),
+    st.lists(st.integers(-2, 3), max_size=2),
+)
+OPTS = settings(
+    max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _works_or_names(fn, names):
@@ -190,9 +204,10 @@ def _works_or_names(fn, names):
 @OPTS
 @given(kappa=ODD, sigma=ODD, volk=ODD, nonfinite=ODD, dtype=st.one_of(ODD, st.sampled_from(["float32", "float64"])))
 def test_metric_model_options(kappa, sigma, volk, nonfinite, dtype):
-    model = _works_or_names(lambda: FSModel(M, kappa=kappa, sigma=sigma, volk=volk, nonfinite=nonfinite,
-                                            dtype=dtype),
-                            ("kappa", "sigma", "volk", "nonfinite", "dtype", "loss weight"))
+    model = _works_or_names(
+        lambda: FSModel(M, kappa=kappa, sigma=sigma, volk=volk, nonfinite=nonfinite, dtype=dtype),
+        ("kappa", "sigma", "volk", "nonfinite", "dtype", "loss weight"),
+    )
     if model is not None:
         assert np.all(np.isfinite(np.asarray(model(X[:3]))))
 
@@ -204,11 +219,16 @@ def test_gaussian_kernel_options(sigma):
 
 
 @OPTS
-@given(x=st.one_of(st.sampled_from([X, X_OFF, X[:, :9], X[:1], X.astype(np.complex128)]), ODD),
-       tile_size=st.one_of(st.just(16), ODD), n_threads=st.one_of(st.just(1), ODD))
+@given(
+    x=st.one_of(st.sampled_from([X, X_OFF, X[:, :9], X[:1], X.astype(np.complex128)]), ODD),
+    tile_size=st.one_of(st.just(16), ODD),
+    n_threads=st.one_of(st.just(1), ODD),
+)
 def test_kernel_model_options(x, tile_size, n_threads):
-    _works_or_names(lambda: KernelModel(GaussianFSKernel(0.2), x, M, tile_size=tile_size, n_threads=n_threads),
-                    ("x_train", "tile_size", "n_threads"))
+    _works_or_names(
+        lambda: KernelModel(GaussianFSKernel(0.2), x, M, tile_size=tile_size, n_threads=n_threads),
+        ("x_train", "tile_size", "n_threads"),
+    )
 
 
 @OPTS
@@ -218,7 +238,8 @@ def test_reproduce_options(tmp_path_factory, names, scale):
 
     listed = names if isinstance(names, list) else [names]
     if any(isinstance(n, str) and (n in EXPERIMENTS or n == "all") for n in listed):
-        return                                  # a real experiment run is not a hostile input
+        return  # a real experiment run is not a hostile input
     out = tmp_path_factory.mktemp("rep")
-    _works_or_names(lambda: reproduce(names, scale=scale, output=out, log=lambda *_: None),
-                    ("experiment", "scale", "names"))
+    _works_or_names(
+        lambda: reproduce(names, scale=scale, output=out, log=lambda *_: None), ("experiment", "scale", "names")
+    )

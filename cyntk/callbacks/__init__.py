@@ -28,11 +28,24 @@ from cyntk.callbacks.spectra import (
 
 __all__ = [
     # the callback and its record
-    "MetricNTKCallback", "MetricNTKHistory", "BLOCKS", "HISTORY_FORMAT",
+    "MetricNTKCallback",
+    "MetricNTKHistory",
+    "BLOCKS",
+    "HISTORY_FORMAT",
     # spectra and evolution measures
-    "SPECTRUM_KINDS", "kernel_matrix", "block_eigenvalues", "pooled_block_spectrum", "full_spectrum",
-    "wasserstein", "log_spectrum", "relative_frobenius_change", "kernel_distance",
+    "SPECTRUM_KINDS",
+    "kernel_matrix",
+    "block_eigenvalues",
+    "pooled_block_spectrum",
+    "full_spectrum",
+    "wasserstein",
+    "log_spectrum",
+    "relative_frobenius_change",
+    "kernel_distance",
     "kernel_target_alignment",
     # Figure 4
-    "plot_figure4", "plot_spectrum_histograms", "plot_wasserstein", "figure_to_rgba",
+    "plot_figure4",
+    "plot_spectrum_histograms",
+    "plot_wasserstein",
+    "figure_to_rgba",
 ]

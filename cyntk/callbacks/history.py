@@ -70,16 +70,15 @@ class MetricNTKHistory:
         self.spectra: dict[str, list[np.ndarray]] = {}
         self.arrays: dict[str, np.ndarray] = {}
         self.meta: dict = dict(meta or {})
-        self._saved_kernels: dict = {}   # name -> (path, id of the array) last written
-        self._kernel_digest = None       # (size, sha256) of the reference file last written/read
+        self._saved_kernels: dict = {}  # name -> (path, id of the array) last written
+        self._kernel_digest = None  # (size, sha256) of the reference file last written/read
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
         return len(self.epochs)
 
     def __repr__(self) -> str:
-        return (f"MetricNTKHistory(epochs={self.epochs}, scalars={sorted(self.scalars)}, "
-                f"spectra={sorted(self.spectra)})")
+        return f"MetricNTKHistory(epochs={self.epochs}, scalars={sorted(self.scalars)}, spectra={sorted(self.spectra)})"
 
     @property
     def last_epoch(self) -> int | None:
@@ -122,12 +121,16 @@ class MetricNTKHistory:
             old = self.spectra.get(name)
             if old is None:
                 if t:
-                    raise ValueError(f"spectrum {name!r} first appears at epoch {epoch}, after "
-                                     f"{t} recorded epochs; every epoch must record the same spectra.")
+                    raise ValueError(
+                        f"spectrum {name!r} first appears at epoch {epoch}, after "
+                        f"{t} recorded epochs; every epoch must record the same spectra."
+                    )
                 self.spectra[name] = []
             elif old and old[0].shape != value.shape:
-                raise ValueError(f"spectrum {name!r} has {value.size} values at epoch {epoch} but "
-                                 f"{old[0].size} before; the tracked points changed.")
+                raise ValueError(
+                    f"spectrum {name!r} has {value.size} values at epoch {epoch} but "
+                    f"{old[0].size} before; the tracked points changed."
+                )
         missing = set(self.spectra) - set(spectra)
         if missing and t:
             raise ValueError(f"spectra {sorted(missing)} are missing at epoch {epoch}.")
@@ -141,7 +144,7 @@ class MetricNTKHistory:
     def truncate(self, last_epoch: int) -> list[int]:
         """Drop every record with epoch > ``last_epoch``; returns the dropped epochs."""
         keep = [i for i, e in enumerate(self.epochs) if e <= last_epoch]
-        dropped = self.epochs[len(keep):]
+        dropped = self.epochs[len(keep) :]
         n = len(keep)
         self.epochs = self.epochs[:n]
         for k in self.scalars:
@@ -163,19 +166,24 @@ class MetricNTKHistory:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        payload = {"epochs": np.asarray(self.epochs, dtype=np.int64),
-                   "meta_json": np.asarray(json.dumps(self._json_meta()))}
+        payload = {
+            "epochs": np.asarray(self.epochs, dtype=np.int64),
+            "meta_json": np.asarray(json.dumps(self._json_meta())),
+        }
         for k, v in self.scalars.items():
             payload[_SCALAR + k] = np.asarray(v, dtype=np.float64)
         for k, v in self.spectra.items():
-            payload[_SPECTRUM + k] = (np.stack(v) if v else np.zeros((0, 0)))
+            payload[_SPECTRUM + k] = np.stack(v) if v else np.zeros((0, 0))
         for k, v in self.arrays.items():
             if k not in KERNEL_ARRAYS:
                 payload[_ARRAY + k] = np.asarray(v)
         kernels = {k: np.asarray(v) for k, v in self.arrays.items() if k in KERNEL_ARRAYS}
         kernel_path = reference_path(path)
-        if kernels and (self._kernel_digest is None or not kernel_path.is_file() or any(
-                self._saved_kernels.get(k) != (kernel_path, id(v)) for k, v in kernels.items())):
+        if kernels and (
+            self._kernel_digest is None
+            or not kernel_path.is_file()
+            or any(self._saved_kernels.get(k) != (kernel_path, id(v)) for k, v in kernels.items())
+        ):
             data = _npz_bytes(kernels)
             atomic_write(kernel_path, lambda fh: fh.write(data), "wb")
             self._saved_kernels = {k: (kernel_path, id(v)) for k, v in kernels.items()}
@@ -184,12 +192,13 @@ class MetricNTKHistory:
             payload["reference_size"] = np.asarray(self._kernel_digest[0], dtype=np.int64)
             payload["reference_sha256"] = np.asarray(self._kernel_digest[1])
         atomic_write(path, lambda fh: _write_npz(fh, payload), "wb")
-        summary = {"format": HISTORY_FORMAT, "epochs": list(self.epochs),
-                   "scalars": {k: [None if not math.isfinite(x) else x for x in v]
-                               for k, v in self.scalars.items()},
-                   "meta": self._json_meta()}
-        atomic_write(path.with_suffix(".json"),
-                     lambda fh: fh.write(json.dumps(summary, indent=1, sort_keys=True)), "w")
+        summary = {
+            "format": HISTORY_FORMAT,
+            "epochs": list(self.epochs),
+            "scalars": {k: [None if not math.isfinite(x) else x for x in v] for k, v in self.scalars.items()},
+            "meta": self._json_meta(),
+        }
+        atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(summary, indent=1, sort_keys=True)), "w")
         return path
 
     @classmethod
@@ -200,8 +209,10 @@ class MetricNTKHistory:
             path = path.with_suffix(".npz")
         if not path.is_file():
             raise FileNotFoundError(f"metric-NTK history file {path} does not exist.")
-        fix = ("delete it (and its _reference.npz / .json siblings) and rerun, or train with "
-               "`resume=False` into another `log_dir`.")
+        fix = (
+            "delete it (and its _reference.npz / .json siblings) and rerun, or train with "
+            "`resume=False` into another `log_dir`."
+        )
         f = read_npz(path, what="a cyntk metric-NTK history", fix=fix)
         files = set(f)
         if "epochs" not in files or "meta_json" not in files:
@@ -217,28 +228,29 @@ class MetricNTKHistory:
         out.epochs = [int(e) for e in f["epochs"]]
         for name in sorted(files):
             if name.startswith(_SCALAR):
-                out.scalars[name[len(_SCALAR):]] = [float(x) for x in f[name]]
+                out.scalars[name[len(_SCALAR) :]] = [float(x) for x in f[name]]
             elif name.startswith(_SPECTRUM):
-                out.spectra[name[len(_SPECTRUM):]] = list(np.asarray(f[name], dtype=np.float64))
+                out.spectra[name[len(_SPECTRUM) :]] = list(np.asarray(f[name], dtype=np.float64))
             elif name.startswith(_ARRAY):
-                out.arrays[name[len(_ARRAY):]] = np.asarray(f[name])
+                out.arrays[name[len(_ARRAY) :]] = np.asarray(f[name])
         n = len(out.epochs)
         bad = [k for k, v in list(out.scalars.items()) + list(out.spectra.items()) if len(v) != n]
         if bad:
-            raise CorruptFileError(f"{path}: record(s) {bad} do not have one entry per tracked epoch "
-                                   f"({n}); {fix}")
+            raise CorruptFileError(f"{path}: record(s) {bad} do not have one entry per tracked epoch ({n}); {fix}")
         kernel_path = reference_path(path)
         expected = None
         if "reference_sha256" in files:
             expected = (int(f["reference_size"]), str(f["reference_sha256"]))
             if not kernel_path.is_file():
-                raise IncompleteFileSetError(f"{kernel_path} is missing, but the history {path} was saved "
-                                             f"with it (its reference kernels); {fix}")
+                raise IncompleteFileSetError(
+                    f"{kernel_path} is missing, but the history {path} was saved with it (its reference kernels); {fix}"
+                )
             data = kernel_path.read_bytes()
             if (len(data), hashlib.sha256(data).hexdigest()) != expected:
                 raise IncompleteFileSetError(
                     f"{kernel_path} does not belong to {path} (size/SHA-256 differ from the ones the history "
-                    f"recorded: a save was interrupted between the two files, or one was replaced); {fix}")
+                    f"recorded: a save was interrupted between the two files, or one was replaced); {fix}"
+                )
         if kernel_path.is_file():
             kernels = read_npz(kernel_path, what="the reference kernels of a metric-NTK history", fix=fix)
             for name, value in kernels.items():

@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cyntk.callbacks import _checks
+from cyntk import _validation as _checks
 from cyntk.callbacks.history import MetricNTKHistory
 from cyntk.callbacks.spectra import (
     SPECTRUM_KINDS,
@@ -209,13 +209,35 @@ class MetricNTKCallback(keras.callbacks.Callback):
         log_keys: the keys this callback writes into Keras' ``logs``.
     """
 
-    def __init__(self, train_points, test_points, *, data=None, seed: int = 0, every: int = 1,
-                 log_dir=None, history_path=None, resume=False, block: str = "train_test",
-                 spectrum: str = "eigenvalues", wasserstein_p: float = 1, log_spectrum: bool = False,
-                 log_floor: float = 1e-10, train_targets=None, signal_fn=None,
-                 log_all_blocks: bool = False, histogram_bins: int = 30, image_every: int | None = None,
-                 save_kernels: bool = False, track_last: bool = True, ntk_fn=None, ntk_kwargs=None,
-                 verbose: int = 0, model=None, on_error: str = "warn"):
+    def __init__(
+        self,
+        train_points,
+        test_points,
+        *,
+        data=None,
+        seed: int = 0,
+        every: int = 1,
+        log_dir=None,
+        history_path=None,
+        resume=False,
+        block: str = "train_test",
+        spectrum: str = "eigenvalues",
+        wasserstein_p: float = 1,
+        log_spectrum: bool = False,
+        log_floor: float = 1e-10,
+        train_targets=None,
+        signal_fn=None,
+        log_all_blocks: bool = False,
+        histogram_bins: int = 30,
+        image_every: int | None = None,
+        save_kernels: bool = False,
+        track_last: bool = True,
+        ntk_fn=None,
+        ntk_kwargs=None,
+        verbose: int = 0,
+        model=None,
+        on_error: str = "warn",
+    ):
         super().__init__()
         if on_error not in ON_ERROR:
             raise ValueError(f"`on_error` must be one of {ON_ERROR}; received {on_error!r}.")
@@ -237,21 +259,29 @@ class MetricNTKCallback(keras.callbacks.Callback):
         self.log_spectrum = bool(log_spectrum)
         self.log_floor = float(log_floor)
         if not math.isfinite(self.log_floor) or not 0 < self.log_floor < 1:
-            raise ValueError(f"`log_floor` must be a number in (0, 1) (relative to the largest "
-                             f"|eigenvalue|); received {log_floor!r}.")
+            raise ValueError(
+                f"`log_floor` must be a number in (0, 1) (relative to the largest "
+                f"|eigenvalue|); received {log_floor!r}."
+            )
         self.log_all_blocks = bool(log_all_blocks)
         self.histogram_bins = _checks.positive_int(histogram_bins, "histogram_bins", "histogram buckets")
-        self.image_every = None if image_every is None else _checks.positive_int(
-            image_every, "image_every", "records between Figure-4 images")
+        self.image_every = (
+            None
+            if image_every is None
+            else _checks.positive_int(image_every, "image_every", "records between Figure-4 images")
+        )
         self.save_kernels = bool(save_kernels)
         self.track_last = bool(track_last)
         if signal_fn is not None and not callable(signal_fn):
-            raise TypeError(f"`signal_fn` must be callable signal_fn(model, x_train) -> (P_train, m); "
-                            f"received {type(signal_fn).__name__}.")
+            raise TypeError(
+                f"`signal_fn` must be callable signal_fn(model, x_train) -> (P_train, m); "
+                f"received {type(signal_fn).__name__}."
+            )
         self.signal_fn = signal_fn
         if ntk_fn is not None and not callable(ntk_fn):
-            raise TypeError(f"`ntk_fn` must be callable ntk_fn(model, x, **ntk_kwargs); received "
-                            f"{type(ntk_fn).__name__}.")
+            raise TypeError(
+                f"`ntk_fn` must be callable ntk_fn(model, x, **ntk_kwargs); received {type(ntk_fn).__name__}."
+            )
         self.ntk_fn = ntk_fn
         self.ntk_kwargs = dict(ntk_kwargs or {})
         if verbose not in (0, 1, False, True):
@@ -270,8 +300,7 @@ class MetricNTKCallback(keras.callbacks.Callback):
             _checks.writable_dir(history_path.parent, "history_path")
         self.history_path = history_path
         if self.save_kernels and self.history_path is None:
-            raise ValueError("`save_kernels=True` needs a place to write: pass `log_dir` or "
-                             "`history_path`.")
+            raise ValueError("`save_kernels=True` needs a place to write: pass `log_dir` or `history_path`.")
 
         # ----------------------------------------------------------- points
         x_train, x_test, train_index = self._resolve_points(train_points, test_points, data, seed)
@@ -289,9 +318,12 @@ class MetricNTKCallback(keras.callbacks.Callback):
         self._kinds = {b: spectrum for b in BLOCKS}
         if spectrum == "eigenvalues" and len(x_train) != len(x_test):
             self._kinds["train_test"] = "singular_values"
-            warnings.warn(f"MetricNTKCallback: P_train={len(x_train)} != P_test={len(x_test)}, so the "
-                          "train-test blocks are rectangular and have no eigenvalues; their pooled "
-                          "spectrum uses singular values. Use equal counts for eigenvalues.", stacklevel=2)
+            warnings.warn(
+                f"MetricNTKCallback: P_train={len(x_train)} != P_test={len(x_test)}, so the "
+                "train-test blocks are rectangular and have no eigenvalues; their pooled "
+                "spectrum uses singular values. Use equal counts for eigenvalues.",
+                stacklevel=2,
+            )
         self.history.meta.update(self._meta())
         self.history.arrays["x_train"] = x_train
         self.history.arrays["x_test"] = x_test
@@ -306,10 +338,10 @@ class MetricNTKCallback(keras.callbacks.Callback):
         self._offset = 0
         self._last_label = None
         self._last_image = None
-        self._theta_last = None        # float64 kernel of the latest record (in memory only)
-        self._ref64 = None             # float64 reference kernel
+        self._theta_last = None  # float64 kernel of the latest record (in memory only)
+        self._ref64 = None  # float64 reference kernel
         self._kernel_dtype = np.float64
-        self._live = False             # a record was made in this process (not only loaded)
+        self._live = False  # a record was made in this process (not only loaded)
         if model is not None:
             self.set_model(model)
             self._inspect_model()
@@ -323,8 +355,13 @@ class MetricNTKCallback(keras.callbacks.Callback):
             keys = [k for k in self._all_scalar_keys() if k != "ntk_seconds"]
         else:
             b = self.block
-            keys = [f"ntk_wasserstein_{b}", f"ntk_wasserstein_step_{b}", f"ntk_frobenius_{b}",
-                    f"ntk_kernel_distance_{b}", "ntk_full_wasserstein_train_train"]
+            keys = [
+                f"ntk_wasserstein_{b}",
+                f"ntk_wasserstein_step_{b}",
+                f"ntk_frobenius_{b}",
+                f"ntk_kernel_distance_{b}",
+                "ntk_full_wasserstein_train_train",
+            ]
             if self.log_spectrum:
                 keys.append(f"ntk_log_wasserstein_{b}")
             keys += self._alignment_keys()
@@ -341,8 +378,14 @@ class MetricNTKCallback(keras.callbacks.Callback):
     def _all_scalar_keys(self) -> list[str]:
         keys = []
         for b in BLOCKS:
-            keys += [f"ntk_wasserstein_{b}", f"ntk_wasserstein_step_{b}", f"ntk_frobenius_{b}",
-                     f"ntk_frobenius_step_{b}", f"ntk_kernel_distance_{b}", f"ntk_norm_{b}"]
+            keys += [
+                f"ntk_wasserstein_{b}",
+                f"ntk_wasserstein_step_{b}",
+                f"ntk_frobenius_{b}",
+                f"ntk_frobenius_step_{b}",
+                f"ntk_kernel_distance_{b}",
+                f"ntk_norm_{b}",
+            ]
             if self.log_spectrum:
                 keys.append(f"ntk_log_wasserstein_{b}")
         for b in _SYMMETRIC:
@@ -352,54 +395,67 @@ class MetricNTKCallback(keras.callbacks.Callback):
         return keys + self._alignment_keys() + ["ntk_seconds"]
 
     def _meta(self) -> dict:
-        return {"wasserstein_p": self.wasserstein_p, "spectrum": self.spectrum,
-                "spectrum_kinds": dict(self._kinds), "block": self.block, "every": self.every,
-                "log_spectrum": self.log_spectrum, "log_floor": self.log_floor,
-                "n_train": int(len(self.x_train)), "n_test": int(len(self.x_test)),
-                "seed": self.seed if isinstance(self.seed, (int, type(None))) else str(self.seed),
-                "wasserstein_reports": "W_p (the p-th root of POT's wasserstein_1d)"}
+        return {
+            "wasserstein_p": self.wasserstein_p,
+            "spectrum": self.spectrum,
+            "spectrum_kinds": dict(self._kinds),
+            "block": self.block,
+            "every": self.every,
+            "log_spectrum": self.log_spectrum,
+            "log_floor": self.log_floor,
+            "n_train": int(len(self.x_train)),
+            "n_test": int(len(self.x_test)),
+            "seed": self.seed if isinstance(self.seed, (int, type(None))) else str(self.seed),
+            "wasserstein_reports": "W_p (the p-th root of POT's wasserstein_1d)",
+        }
 
     @staticmethod
     def _resolve_points(train_points, test_points, data, seed):
-        counts = [isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_))
-                  for p in (train_points, test_points)]
+        counts = [
+            isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_))
+            for p in (train_points, test_points)
+        ]
         if not any(counts):
             if data is not None:
-                raise ValueError("`data` is only used when `train_points`/`test_points` are counts; "
-                                 "received arrays of points and `data`. Pass one or the other.")
+                raise ValueError(
+                    "`data` is only used when `train_points`/`test_points` are counts; "
+                    "received arrays of points and `data`. Pass one or the other."
+                )
             x_train = _checks.real_points(train_points, "train_points")
             x_test = _checks.real_points(test_points, "test_points")
             index = None
         else:
             if data is None:
-                raise ValueError("`train_points`/`test_points` given as counts need `data` to draw the "
-                                 "points from (a CYDataset, a dict with 'X_train'/'X_val', a pair of "
-                                 "arrays or one (N, d) array); received data=None.")
+                raise ValueError(
+                    "`train_points`/`test_points` given as counts need `data` to draw the "
+                    "points from (a CYDataset, a dict with 'X_train'/'X_val', a pair of "
+                    "arrays or one (N, d) array); received data=None."
+                )
             pool_train, pool_test = _checks.data_pools(data)
             pool_train = _checks.real_points(pool_train, "data (train pool)")
             shared = pool_test is None
             pool_test = pool_train if shared else _checks.real_points(pool_test, "data (test pool)")
             rng = np.random.default_rng(seed)
-            n_tr = (_checks.positive_int(train_points, "train_points", "number of train points")
-                    if counts[0] else None)
-            n_te = (_checks.positive_int(test_points, "test_points", "number of test points")
-                    if counts[1] else None)
-            for n, name, pool in ((n_tr, "train_points", pool_train), (n_te, "test_points", pool_test)):
+            n_tr = _checks.positive_int(train_points, "train_points", "number of train points") if counts[0] else None
+            n_te = _checks.positive_int(test_points, "test_points", "number of test points") if counts[1] else None
+            for n, name in ((n_tr, "train_points"), (n_te, "test_points")):
                 if n is not None and n < 2:
-                    raise ValueError(f"`{name}` must be at least 2 (a kernel block needs P >= 2); "
-                                     f"received {n}.")
+                    raise ValueError(f"`{name}` must be at least 2 (a kernel block needs P >= 2); received {n}.")
             if shared and n_tr is not None and n_te is not None:
                 if n_tr + n_te > len(pool_train):
-                    raise ValueError(f"`data` has {len(pool_train)} points; cannot draw "
-                                     f"train_points={n_tr} + test_points={n_te} disjoint points.")
+                    raise ValueError(
+                        f"`data` has {len(pool_train)} points; cannot draw "
+                        f"train_points={n_tr} + test_points={n_te} disjoint points."
+                    )
                 perm = rng.choice(len(pool_train), size=n_tr + n_te, replace=False)
                 index = perm[:n_tr]
                 x_train, x_test = pool_train[index], pool_train[perm[n_tr:]]
             else:
                 if n_tr is not None:
                     if n_tr > len(pool_train):
-                        raise ValueError(f"`train_points`={n_tr} exceeds the {len(pool_train)} points "
-                                         "available in `data`.")
+                        raise ValueError(
+                            f"`train_points`={n_tr} exceeds the {len(pool_train)} points available in `data`."
+                        )
                     index = rng.choice(len(pool_train), size=n_tr, replace=False)
                     x_train = pool_train[index]
                 else:
@@ -407,15 +463,18 @@ class MetricNTKCallback(keras.callbacks.Callback):
                     x_train = _checks.real_points(train_points, "train_points")
                 if n_te is not None:
                     if n_te > len(pool_test):
-                        raise ValueError(f"`test_points`={n_te} exceeds the {len(pool_test)} points "
-                                         "available in `data`.")
+                        raise ValueError(
+                            f"`test_points`={n_te} exceeds the {len(pool_test)} points available in `data`."
+                        )
                     x_test = pool_test[rng.choice(len(pool_test), size=n_te, replace=False)]
                 else:
                     x_test = _checks.real_points(test_points, "test_points")
             x_train, x_test = np.array(x_train), np.array(x_test)
         if x_train.shape[1] != x_test.shape[1]:
-            raise ValueError(f"`train_points` and `test_points` must have the same width d (shape "
-                             f"(P, d)); received d={x_train.shape[1]} and d={x_test.shape[1]}.")
+            raise ValueError(
+                f"`train_points` and `test_points` must have the same width d (shape "
+                f"(P, d)); received d={x_train.shape[1]} and d={x_test.shape[1]}."
+            )
         return x_train, x_test, index
 
     @staticmethod
@@ -427,24 +486,30 @@ class MetricNTKCallback(keras.callbacks.Callback):
             raise TypeError(f"`train_targets` must be numeric; received dtype {y.dtype}.")
         if np.iscomplexobj(y):
             if y.ndim != 3 or y.shape[1] != y.shape[2]:
-                raise ValueError(f"complex `train_targets` must be metrics of shape (P, n, n); received "
-                                 f"shape {y.shape}.")
+                raise ValueError(
+                    f"complex `train_targets` must be metrics of shape (P, n, n); received shape {y.shape}."
+                )
             from cyntk.geometry import components_from_hermitian
+
             y = components_from_hermitian(y)
         if y.ndim == 1:
             y = y[:, None]
         if y.ndim != 2:
-            raise ValueError(f"`train_targets` must have shape (P_train, m) (or complex (P_train, n, n)); "
-                             f"received shape {y.shape}.")
+            raise ValueError(
+                f"`train_targets` must have shape (P_train, m) (or complex (P_train, n, n)); received shape {y.shape}."
+            )
         if train_index is not None:
             if y.shape[0] <= int(np.max(train_index)):
-                raise ValueError(f"with a count of train points, `train_targets` must be aligned with the "
-                                 f"pool they are drawn from; received {y.shape[0]} rows, fewer than the "
-                                 f"pool's drawn index {int(np.max(train_index))}.")
+                raise ValueError(
+                    f"with a count of train points, `train_targets` must be aligned with the "
+                    f"pool they are drawn from; received {y.shape[0]} rows, fewer than the "
+                    f"pool's drawn index {int(np.max(train_index))}."
+                )
             y = y[train_index]
         elif y.shape[0] != n_train:
-            raise ValueError(f"`train_targets` must have one row per train point ({n_train}); received "
-                             f"shape {y.shape}.")
+            raise ValueError(
+                f"`train_targets` must have one row per train point ({n_train}); received shape {y.shape}."
+            )
         if not np.all(np.isfinite(y)):
             raise ValueError("`train_targets` must be finite; received NaN or inf entries.")
         return np.array(y, dtype=np.float64)
@@ -455,8 +520,10 @@ class MetricNTKCallback(keras.callbacks.Callback):
             return None
         if resume is True:
             if self.history_path is None:
-                raise ValueError("`resume=True` needs `log_dir` or `history_path` (where the history to "
-                                 "continue is); received neither.")
+                raise ValueError(
+                    "`resume=True` needs `log_dir` or `history_path` (where the history to "
+                    "continue is); received neither."
+                )
             if not self.history_path.is_file():
                 return None
             return MetricNTKHistory.load(self.history_path)
@@ -486,9 +553,13 @@ class MetricNTKCallback(keras.callbacks.Callback):
             new = kernels.with_name(f"kernels.{stamp}")
             kernels.replace(new)
             moved.append(new.name + "/")
-        warnings.warn(f"MetricNTKCallback: {str(path)!r} already held a metric-NTK history; it was kept as "
-                      f"{', '.join(moved)} in {str(path.parent)!r} and a new history starts (pass "
-                      "resume=True to continue the old one instead).", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"MetricNTKCallback: {str(path)!r} already held a metric-NTK history; it was kept as "
+            f"{', '.join(moved)} in {str(path.parent)!r} and a new history starts (pass "
+            "resume=True to continue the old one instead).",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _check_resumed(self, loaded, x_train, x_test):
         for key, value in (("x_train", x_train), ("x_test", x_test)):
@@ -496,25 +567,33 @@ class MetricNTKCallback(keras.callbacks.Callback):
             if old is None:
                 raise ValueError(f"the history to resume has no `{key}`; it cannot be continued.")
             if old.shape != value.shape or not np.array_equal(old, value):
-                raise ValueError(f"`resume`: the history was recorded on other {key.replace('x_', '')} "
-                                 f"points (shape {old.shape}) than those given (shape {value.shape}); "
-                                 "pass the same points (or the same count, data and seed).")
+                raise ValueError(
+                    f"`resume`: the history was recorded on other {key.replace('x_', '')} "
+                    f"points (shape {old.shape}) than those given (shape {value.shape}); "
+                    "pass the same points (or the same count, data and seed)."
+                )
         for key in ("wasserstein_p", "spectrum", "log_spectrum"):
             if key in loaded.meta and loaded.meta[key] != getattr(self, key):
-                raise ValueError(f"`resume`: the history was recorded with {key}={loaded.meta[key]!r}; "
-                                 f"received {key}={getattr(self, key)!r}. Use the same setting.")
+                raise ValueError(
+                    f"`resume`: the history was recorded with {key}={loaded.meta[key]!r}; "
+                    f"received {key}={getattr(self, key)!r}. Use the same setting."
+                )
         if loaded.epochs and "theta_reference" not in loaded.arrays:
-            raise ValueError("the history to resume lacks its reference kernel (the "
-                             "`<stem>_reference.npz` file beside it); it cannot be continued.")
+            raise ValueError(
+                "the history to resume lacks its reference kernel (the "
+                "`<stem>_reference.npz` file beside it); it cannot be continued."
+            )
         return loaded.arrays["x_train"].astype(np.float64), loaded.arrays["x_test"].astype(np.float64)
 
     # ================================================================ hooks
     def set_model(self, model):
         previous = getattr(self, "_model", None)
         if previous is not None and model is not previous and self._live:
-            raise ValueError(f"MetricNTKCallback was given the model {previous.name!r} (at construction "
-                             f"or in an earlier fit) and now receives {model.name!r}; one callback "
-                             "tracks one model. Create a new callback for the other model.")
+            raise ValueError(
+                f"MetricNTKCallback was given the model {previous.name!r} (at construction "
+                f"or in an earlier fit) and now receives {model.name!r}; one callback "
+                "tracks one model. Create a new callback for the other model."
+            )
         self._model = model
 
     def on_train_begin(self, logs=None):
@@ -530,7 +609,9 @@ class MetricNTKCallback(keras.callbacks.Callback):
                     "callback first sees it, so its reference kernel ('epoch 0') is not the kernel at "
                     "initialisation (e.g. cymetric's train_model passes callbacks only to the second "
                     "fit of each epoch). Pass `model=` to MetricNTKCallback to record the reference "
-                    "when the callback is created.", stacklevel=2)
+                    "when the callback is created.",
+                    stacklevel=2,
+                )
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._fit_started:
@@ -548,8 +629,11 @@ class MetricNTKCallback(keras.callbacks.Callback):
         elif last is not None and epoch < last:
             dropped = self.history.truncate(epoch)
             if dropped:
-                warnings.warn(f"MetricNTKCallback: training resumes at epoch {epoch}; the records of "
-                              f"epochs {dropped} (after the resume point) are dropped.", stacklevel=2)
+                warnings.warn(
+                    f"MetricNTKCallback: training resumes at epoch {epoch}; the records of "
+                    f"epochs {dropped} (after the resume point) are dropped.",
+                    stacklevel=2,
+                )
                 self._theta_last = None
         label = epoch + self._offset
         if label in self.history.epochs:
@@ -571,7 +655,7 @@ class MetricNTKCallback(keras.callbacks.Callback):
         if self.log_dir is not None and len(self.history):
             self._write_image()
         if self._writer is not None:
-            self._writer.flush()      # kept open: one event file per training, across fit calls
+            self._writer.flush()  # kept open: one event file per training, across fit calls
 
     def close(self):
         """Close the TensorBoard writer (it is also closed when the callback is collected)."""
@@ -606,18 +690,24 @@ class MetricNTKCallback(keras.callbacks.Callback):
         except (AttributeError, TypeError, ValueError):
             width = None
         if width is not None and width != d:
-            raise ValueError(f"`train_points`/`test_points` must have the model's input width d={width} "
-                             f"(shape (P, {width})); received points of shape {self.x_train.shape}.")
+            raise ValueError(
+                f"`train_points`/`test_points` must have the model's input width d={width} "
+                f"(shape (P, {width})); received points of shape {self.x_train.shape}."
+            )
         try:
             out = self._call_model(self.x_train[:2])
         except Exception as err:  # noqa: BLE001 - re-raised with context
-            raise ValueError(f"MetricNTKCallback could not call the model on `train_points` of shape "
-                             f"{self.x_train.shape} (width d={d}) with training=False: "
-                             f"{type(err).__name__}: {err}. The points must be valid model inputs "
-                             "(shape (P, d) with the model's d).") from err
+            raise ValueError(
+                f"MetricNTKCallback could not call the model on `train_points` of shape "
+                f"{self.x_train.shape} (width d={d}) with training=False: "
+                f"{type(err).__name__}: {err}. The points must be valid model inputs "
+                "(shape (P, d) with the model's d)."
+            ) from err
         if isinstance(out, (list, tuple, dict)):
-            raise ValueError("MetricNTKCallback needs a model with one output, a metric (complex (B, n, n)) "
-                             f"or a vector (real (B, m)); received a {type(out).__name__} of outputs.")
+            raise ValueError(
+                "MetricNTKCallback needs a model with one output, a metric (complex (B, n, n)) "
+                f"or a vector (real (B, m)); received a {type(out).__name__} of outputs."
+            )
         shape = tuple(out.shape)
         dtype = keras.backend.standardize_dtype(out.dtype)
         if dtype.startswith("complex") and len(shape) == 3 and shape[1] == shape[2]:
@@ -632,17 +722,22 @@ class MetricNTKCallback(keras.callbacks.Callback):
         elif dtype.startswith(("float", "bfloat")) and len(shape) == 2:
             kind, m = "vector", shape[1]
         else:
-            raise ValueError("MetricNTKCallback needs a model whose output is a metric (complex (B, n, n), "
-                             "cymetric's signature) or a vector (real (B, m)); received output of dtype "
-                             f"{dtype} and shape {shape}. Wrap the model so that it returns one of these.")
+            raise ValueError(
+                "MetricNTKCallback needs a model whose output is a metric (complex (B, n, n), "
+                "cymetric's signature) or a vector (real (B, m)); received output of dtype "
+                f"{dtype} and shape {shape}. Wrap the model so that it returns one of these."
+            )
         prev = self.history.meta.get("m")
         if prev is not None and int(prev) != m:
-            raise ValueError(f"`resume`: the history was recorded for a model with m={prev} components; "
-                             f"this model has m={m}.")
+            raise ValueError(
+                f"`resume`: the history was recorded for a model with m={prev} components; this model has m={m}."
+            )
         if self._train_targets is not None and self._train_targets.shape[1] != m:
-            raise ValueError(f"`train_targets` must have m={m} components per point (the model's "
-                             f"{'metric components n*n' if kind == 'metric' else 'outputs'}); received "
-                             f"shape {self._train_targets.shape}.")
+            raise ValueError(
+                f"`train_targets` must have m={m} components per point (the model's "
+                f"{'metric components n*n' if kind == 'metric' else 'outputs'}); received "
+                f"shape {self._train_targets.shape}."
+            )
         self._output_kind, self._m = kind, m
         self.history.meta.update({"output_kind": kind, "m": m})
 
@@ -652,8 +747,10 @@ class MetricNTKCallback(keras.callbacks.Callback):
         try:
             from cyntk.kernels import metric_ntk
         except ImportError as err:
-            raise ImportError("MetricNTKCallback needs cyntk.kernels.metric_ntk (the empirical "
-                              f"metric-NTK engine), which could not be imported: {err}.") from err
+            raise ImportError(
+                "MetricNTKCallback needs cyntk.kernels.metric_ntk (the empirical "
+                f"metric-NTK engine), which could not be imported: {err}."
+            ) from err
         return metric_ntk
 
     def _kernel(self) -> np.ndarray:
@@ -666,8 +763,9 @@ class MetricNTKCallback(keras.callbacks.Callback):
         if self.ntk_fn is None and "ntk_path" not in self.history.meta:
             from cyntk.kernels import metric_ntk_path
 
-            path = metric_ntk_path(self.model, **{k: v for k, v in kwargs.items()
-                                                  if k in ("chunk_size", "implementation", "output")})
+            path = metric_ntk_path(
+                self.model, **{k: v for k, v in kwargs.items() if k in ("chunk_size", "implementation", "output")}
+            )
             if path is not None:
                 self.history.meta["ntk_path"] = path
                 if self.verbose:
@@ -676,8 +774,10 @@ class MetricNTKCallback(keras.callbacks.Callback):
         self._kernel_dtype = theta.dtype if theta.dtype in (np.float32, np.float64) else np.float64
         p = len(x)
         if theta.shape != (p, p, self._m, self._m):
-            raise RuntimeError(f"the NTK engine returned shape {theta.shape}; expected (P, P, m, m) = "
-                               f"({p}, {p}, {self._m}, {self._m}).")
+            raise RuntimeError(
+                f"the NTK engine returned shape {theta.shape}; expected (P, P, m, m) = "
+                f"({p}, {p}, {self._m}, {self._m})."
+            )
         return theta
 
     def _split(self, theta):
@@ -695,8 +795,10 @@ class MetricNTKCallback(keras.callbacks.Callback):
     def _log_floors(self, ref_spectra) -> dict:
         floors = self.history.meta.get("log_floors")
         if floors is None:
-            floors = {k: self.log_floor * max(float(np.max(np.abs(v))), np.finfo(np.float64).tiny)
-                      for k, v in ref_spectra.items()}
+            floors = {
+                k: self.log_floor * max(float(np.max(np.abs(v))), np.finfo(np.float64).tiny)
+                for k, v in ref_spectra.items()
+            }
             self.history.meta["log_floors"] = floors
         return floors
 
@@ -710,9 +812,12 @@ class MetricNTKCallback(keras.callbacks.Callback):
         except Exception as err:  # noqa: BLE001 - never kill the user's training (on_error="warn")
             message = f"{type(err).__name__}: {err}"
             self.history.meta.setdefault("errors", []).append({"epoch": int(label), "error": message})
-            warnings.warn(f"MetricNTKCallback: the record of epoch {label} failed and is skipped "
-                          f"({message}); training goes on. Pass on_error='raise' to stop instead.",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"MetricNTKCallback: the record of epoch {label} failed and is skipped "
+                f"({message}); training goes on. Pass on_error='raise' to stop instead.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             if logs is not None:
                 logs["ntk_failed"] = 1.0
                 for k in self.log_keys:
@@ -730,10 +835,15 @@ class MetricNTKCallback(keras.callbacks.Callback):
         first = not self.history.epochs
         if not finite:
             if first:
-                raise FloatingPointError("the metric-NTK at the start of training has NaN or inf entries; "
-                                         "the model's output or its gradients are not finite.")
-            warnings.warn(f"MetricNTKCallback: the metric-NTK at epoch {label} has NaN or inf entries; "
-                          "its measures are recorded as NaN.", stacklevel=2)
+                raise FloatingPointError(
+                    "the metric-NTK at the start of training has NaN or inf entries; "
+                    "the model's output or its gradients are not finite."
+                )
+            warnings.warn(
+                f"MetricNTKCallback: the metric-NTK at epoch {label} has NaN or inf entries; "
+                "its measures are recorded as NaN.",
+                stacklevel=2,
+            )
         theta64 = theta.astype(np.float64)
         with _single_threaded_blas():
             scalars, spectra, floors = self._measures(theta64, finite, first)
@@ -757,7 +867,8 @@ class MetricNTKCallback(keras.callbacks.Callback):
                 f"MetricNTK epoch {label}: W_{p:g}({b})={scalars[f'ntk_wasserstein_{b}']:.4g}, "
                 f"frobenius={scalars[f'ntk_frobenius_{b}']:.4g}, "
                 f"kernel distance={scalars[f'ntk_kernel_distance_{b}']:.4g} "
-                f"({scalars['ntk_seconds']:.2f} s)")
+                f"({scalars['ntk_seconds']:.2f} s)"
+            )
 
     def _measures(self, theta64, finite, first):
         """Spectra and every scalar measure of one kernel (float64 (P, P, m, m))."""
@@ -790,10 +901,12 @@ class MetricNTKCallback(keras.callbacks.Callback):
             if self.log_spectrum:
                 f = floors[f"pooled_{b}"]
                 scalars[f"ntk_log_wasserstein_{b}"] = _nan_safe(
-                    lambda u, v: wasserstein(log_spectrum(u, f), log_spectrum(v, f), p), s, s0)
+                    lambda u, v: wasserstein(log_spectrum(u, f), log_spectrum(v, f), p), s, s0
+                )
             scalars[f"ntk_frobenius_{b}"] = _nan_safe(relative_frobenius_change, blocks[b], ref_blocks[b])
             scalars[f"ntk_frobenius_step_{b}"] = (
-                _nan_safe(relative_frobenius_change, blocks[b], prev_blocks[b]) if prev_blocks else math.nan)
+                _nan_safe(relative_frobenius_change, blocks[b], prev_blocks[b]) if prev_blocks else math.nan
+            )
             scalars[f"ntk_kernel_distance_{b}"] = _nan_safe(kernel_distance, blocks[b], ref_blocks[b])
             scalars[f"ntk_norm_{b}"] = float(np.linalg.norm(blocks[b].reshape(-1)))
         for b in _SYMMETRIC:
@@ -803,7 +916,8 @@ class MetricNTKCallback(keras.callbacks.Callback):
             if self.log_spectrum:
                 f = floors[f"full_{b}"]
                 scalars[f"ntk_full_log_wasserstein_{b}"] = _nan_safe(
-                    lambda u, v: wasserstein(log_spectrum(u, f), log_spectrum(v, f), p), s, s0)
+                    lambda u, v: wasserstein(log_spectrum(u, f), log_spectrum(v, f), p), s, s0
+                )
         scalars.update(self._alignments(blocks["train_train"]))
         return scalars, spectra, floors
 
@@ -820,8 +934,10 @@ class MetricNTKCallback(keras.callbacks.Callback):
             if np.iscomplexobj(sig) and sig.ndim == 3:
                 sig = self._components(sig)
             if sig.shape != (len(self.x_train), self._m):
-                raise ValueError(f"`signal_fn` must return shape (P_train, m) = ({len(self.x_train)}, "
-                                 f"{self._m}); received shape {sig.shape}.")
+                raise ValueError(
+                    f"`signal_fn` must return shape (P_train, m) = ({len(self.x_train)}, "
+                    f"{self._m}); received shape {sig.shape}."
+                )
             out["ntk_signal_alignment"] = _nan_safe(kernel_target_alignment, theta_tt, sig)
         return out
 
@@ -829,6 +945,7 @@ class MetricNTKCallback(keras.callbacks.Callback):
         arr = np.asarray(keras.ops.convert_to_numpy(out))
         if np.iscomplexobj(arr):
             from cyntk.geometry import components_from_hermitian
+
             arr = components_from_hermitian(arr)
         return arr.astype(np.float64)
 
@@ -865,16 +982,22 @@ class MetricNTKCallback(keras.callbacks.Callback):
         hist_md = histogram_metadata.create_summary_metadata(display_name=None, description=None)
         with writer.as_default():
             for k, v in scalars.items():
-                tf.summary.write(f"metric_ntk/{k}", tf.constant(v, tf.float32), step=label,
-                                 metadata=scalar_md)
+                tf.summary.write(f"metric_ntk/{k}", tf.constant(v, tf.float32), step=label, metadata=scalar_md)
             for name, s in spectra.items():
                 if np.all(np.isfinite(s)):
-                    tf.summary.write(f"metric_ntk_spectrum/{name}", _histogram_buckets(s, self.histogram_bins),
-                                     step=label, metadata=hist_md)
+                    tf.summary.write(
+                        f"metric_ntk_spectrum/{name}",
+                        _histogram_buckets(s, self.histogram_bins),
+                        step=label,
+                        metadata=hist_md,
+                    )
                     if floors is not None:
-                        tf.summary.write(f"metric_ntk_log_spectrum/{name}",
-                                         _histogram_buckets(log_spectrum(s, floors[name]), self.histogram_bins),
-                                         step=label, metadata=hist_md)
+                        tf.summary.write(
+                            f"metric_ntk_log_spectrum/{name}",
+                            _histogram_buckets(log_spectrum(s, floors[name]), self.histogram_bins),
+                            step=label,
+                            metadata=hist_md,
+                        )
         writer.flush()
         if self.image_every is not None and len(self.history) % self.image_every == 0:
             self._write_image()
@@ -891,9 +1014,13 @@ class MetricNTKCallback(keras.callbacks.Callback):
         image = figure_to_rgba(fig, dpi=80)
         writer = self._get_writer()
         with writer.as_default():
-            tf.summary.image(f"metric_ntk_figure/{self.block}", image, step=label,
-                             description="metric-NTK spectrum at the first vs latest record, and W_p to "
-                                         "epoch 0 (Figure 4 of arXiv:2310.19870)")
+            tf.summary.image(
+                f"metric_ntk_figure/{self.block}",
+                image,
+                step=label,
+                description="metric-NTK spectrum at the first vs latest record, and W_p to "
+                "epoch 0 (Figure 4 of arXiv:2310.19870)",
+            )
         writer.flush()
         self._last_image = label
 
@@ -902,8 +1029,11 @@ class MetricNTKCallback(keras.callbacks.Callback):
         from cyntk.geometry import atomic_write
 
         path = self.history_path.parent / "kernels" / f"epoch_{label:06d}.npz"
-        atomic_write(path, lambda fh: np.savez(fh, theta=theta, x_train=self.x_train, x_test=self.x_test,
-                                               epoch=np.int64(label)), "wb")
+        atomic_write(
+            path,
+            lambda fh: np.savez(fh, theta=theta, x_train=self.x_train, x_test=self.x_test, epoch=np.int64(label)),
+            "wb",
+        )
 
     def _check_resume_point(self, label):
         """At a resume point the kernel should be the one recorded there (weights restored).
@@ -923,15 +1053,19 @@ class MetricNTKCallback(keras.callbacks.Callback):
         else:
             with _single_threaded_blas():
                 spectra = self._spectra(self._split(now))
-            change = max(float(np.max(np.abs(spectra[k] - self.history.spectra[k][-1])))
-                         / max(float(np.max(np.abs(self.history.spectra[k][-1]))), np.finfo(float).tiny)
-                         for k in spectra)
+            change = max(
+                float(np.max(np.abs(spectra[k] - self.history.spectra[k][-1])))
+                / max(float(np.max(np.abs(self.history.spectra[k][-1]))), np.finfo(float).tiny)
+                for k in spectra
+            )
         if change > 1e-4:
-            warnings.warn(f"MetricNTKCallback: resuming at epoch {label}, but the model's metric-NTK differs "
-                          f"from the one recorded at that epoch (relative change {change:.3g}); were the "
-                          "weights restored from the checkpoint of that epoch?", stacklevel=2)
+            warnings.warn(
+                f"MetricNTKCallback: resuming at epoch {label}, but the model's metric-NTK differs "
+                f"from the one recorded at that epoch (relative change {change:.3g}); were the "
+                "weights restored from the checkpoint of that epoch?",
+                stacklevel=2,
+            )
         self._theta_last = now
-
 
 
 def _optimizer_steps(model) -> int:
@@ -981,6 +1115,7 @@ def _single_threaded_blas():
     if not _BLAS_CONTROLLER:
         try:
             from threadpoolctl import ThreadpoolController
+
             _BLAS_CONTROLLER.append(ThreadpoolController())
         except Exception:  # noqa: BLE001 - threadpoolctl is optional (it comes with scikit-learn)
             _BLAS_CONTROLLER.append(None)

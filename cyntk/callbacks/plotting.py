@@ -32,8 +32,10 @@ def _history(history) -> MetricNTKHistory:
     elif isinstance(history, (str, Path)):
         out = MetricNTKHistory.load(history)
     else:
-        raise TypeError("`history` must be a MetricNTKHistory or the path of a saved history (.npz); "
-                        f"received {type(history).__name__}.")
+        raise TypeError(
+            "`history` must be a MetricNTKHistory or the path of a saved history (.npz); "
+            f"received {type(history).__name__}."
+        )
     if not out.epochs:
         raise ValueError("`history` is empty: nothing was recorded yet.")
     return out
@@ -45,8 +47,9 @@ def _spectrum_name(history: MetricNTKHistory, block: str, spectrum: str) -> str:
     name = f"{spectrum}_{block}"
     if name not in history.spectra:
         available = sorted(history.spectra)
-        raise ValueError(f"`block`={block!r} with `spectrum`={spectrum!r} is not in this history; "
-                         f"available spectra: {available}.")
+        raise ValueError(
+            f"`block`={block!r} with `spectrum`={spectrum!r} is not in this history; available spectra: {available}."
+        )
     return name
 
 
@@ -62,8 +65,16 @@ def _new_axes(ax, figsize, ncols=1):
     return fig, axes
 
 
-def plot_spectrum_histograms(history, block: str = "train_test", *, epochs=None, spectrum: str = "pooled",
-                             bins: int = 40, scale: str = "linear", ax=None):
+def plot_spectrum_histograms(
+    history,
+    block: str = "train_test",
+    *,
+    epochs=None,
+    spectrum: str = "pooled",
+    bins: int = 40,
+    scale: str = "linear",
+    ax=None,
+):
     """Histograms of one spectrum at several epochs (Figure 4, left).
 
     Args:
@@ -97,8 +108,11 @@ def plot_spectrum_histograms(history, block: str = "train_test", *, epochs=None,
     fig, ax = _new_axes(ax, (5, 4))
     for e, v in zip(epochs, values):
         ax.hist(v, bins=edges, alpha=0.55, label=f"epoch {int(e)}")
-    label = "eigenvalue" if h.meta.get("spectrum_kinds", {}).get(block, "eigenvalues") == "eigenvalues" \
+    label = (
+        "eigenvalue"
+        if h.meta.get("spectrum_kinds", {}).get(block, "eigenvalues") == "eigenvalues"
         else "singular value"
+    )
     if spectrum == "full":
         label = "eigenvalue (full kernel)"
     ax.set_xlabel(f"log10 |{label}|" if scale == "log" else label)
@@ -108,8 +122,9 @@ def plot_spectrum_histograms(history, block: str = "train_test", *, epochs=None,
     return fig
 
 
-def plot_wasserstein(history, block: str = "train_test", *, spectrum: str = "pooled", step: bool = False,
-                     log: bool = False, ax=None):
+def plot_wasserstein(
+    history, block: str = "train_test", *, spectrum: str = "pooled", step: bool = False, log: bool = False, ax=None
+):
     """Wasserstein distance of the spectrum to epoch 0 vs epoch (Figure 4, right).
 
     Plots the recorded ``ntk_[full_][log_]wasserstein[_step]_<block>`` measure
@@ -128,15 +143,20 @@ def plot_wasserstein(history, block: str = "train_test", *, spectrum: str = "poo
     """
     h = _history(history)
     _spectrum_name(h, block, spectrum)
-    key = "ntk_" + ("full_" if spectrum == "full" else "") + ("log_" if log else "") + "wasserstein" + \
-        ("_step" if step else "") + f"_{block}"
+    key = (
+        "ntk_"
+        + ("full_" if spectrum == "full" else "")
+        + ("log_" if log else "")
+        + "wasserstein"
+        + ("_step" if step else "")
+        + f"_{block}"
+    )
     y = h.scalar(key)
     fig, ax = _new_axes(ax, (5, 4))
     ax.plot(h.epochs, y, marker="o", ms=3)
     p = h.meta.get("wasserstein_p", 1)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"W_{p:g}" + (" (log10 spectra)" if log else "") +
-                  (" to previous" if step else " to epoch 0"))
+    ax.set_ylabel(f"W_{p:g}" + (" (log10 spectra)" if log else "") + (" to previous" if step else " to epoch 0"))
     ax.set_title(f"spectrum evolution ({block.replace('_', '-')})")
     ax.set_ylim(bottom=0)
     from matplotlib.ticker import MaxNLocator
@@ -145,8 +165,9 @@ def plot_wasserstein(history, block: str = "train_test", *, spectrum: str = "poo
     return fig
 
 
-def plot_figure4(history, block: str = "train_test", *, spectrum: str = "pooled", bins: int = 40,
-                 scale: str = "log", figsize=(10, 4)):
+def plot_figure4(
+    history, block: str = "train_test", *, spectrum: str = "pooled", bins: int = 40, scale: str = "log", figsize=(10, 4)
+):
     """Figure 4: spectrum histograms at the first and last epoch, and W_p vs epoch.
 
     Args:

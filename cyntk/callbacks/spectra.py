@@ -72,14 +72,17 @@ def _as_kernel(theta, name: str = "theta") -> np.ndarray:
     """Validate a (P1, P2, m, m) real kernel and return it as float64."""
     arr = np.asarray(theta)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise TypeError(f"`{name}` must be a real array of shape (P1, P2, m, m); received dtype "
-                        f"{arr.dtype}.")
+        raise TypeError(f"`{name}` must be a real array of shape (P1, P2, m, m); received dtype {arr.dtype}.")
     if arr.ndim != 4 or arr.shape[2] != arr.shape[3] or 0 in arr.shape:
-        raise ValueError(f"`{name}` must have shape (P1, P2, m, m) (points a, b; components I, J) "
-                         f"with non-zero sizes; received shape {arr.shape}.")
+        raise ValueError(
+            f"`{name}` must have shape (P1, P2, m, m) (points a, b; components I, J) "
+            f"with non-zero sizes; received shape {arr.shape}."
+        )
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`{name}` must be finite; received {int(np.sum(~np.isfinite(arr)))} NaN or "
-                         "inf entries (did training diverge?).")
+        raise ValueError(
+            f"`{name}` must be finite; received {int(np.sum(~np.isfinite(arr)))} NaN or "
+            "inf entries (did training diverge?)."
+        )
     return arr.astype(np.float64, copy=False)
 
 
@@ -125,8 +128,10 @@ def block_eigenvalues(theta) -> np.ndarray:
     t = _as_kernel(theta)
     p1, p2, m, _ = t.shape
     if p1 != p2:
-        raise ValueError(f"`theta` must be a square block (P1 == P2) to have eigenvalues; received "
-                         f"shape {t.shape}. Use singular values instead.")
+        raise ValueError(
+            f"`theta` must be a square block (P1 == P2) to have eigenvalues; received "
+            f"shape {t.shape}. Use singular values instead."
+        )
     return np.linalg.eigvals(_blocks(t)).reshape(m, m, p1)
 
 
@@ -157,9 +162,11 @@ def pooled_block_spectrum(theta, kind: str = "eigenvalues", *, symmetric: bool |
     if kind == "singular_values":
         return np.sort(np.linalg.svd(blocks, compute_uv=False), axis=-1).reshape(-1)
     if p1 != p2:
-        raise ValueError(f"kind='eigenvalues' needs square blocks (P1 == P2); received `theta` of shape "
-                         f"{t.shape}. Use kind='singular_values' for rectangular (train-test) blocks "
-                         "with different numbers of train and test points.")
+        raise ValueError(
+            f"kind='eigenvalues' needs square blocks (P1 == P2); received `theta` of shape "
+            f"{t.shape}. Use kind='singular_values' for rectangular (train-test) blocks "
+            "with different numbers of train and test points."
+        )
     if symmetric is None:
         symmetric = _is_symmetric_block(t)
     if not symmetric:
@@ -190,8 +197,7 @@ def full_spectrum(theta) -> np.ndarray:
     """
     t = _as_kernel(theta)
     if t.shape[0] != t.shape[1]:
-        raise ValueError(f"`theta` must be a square symmetric block (P, P, m, m); received shape "
-                         f"{t.shape}.")
+        raise ValueError(f"`theta` must be a square symmetric block (P, P, m, m); received shape {t.shape}.")
     k = kernel_matrix(t)
     return np.linalg.eigvalsh(0.5 * (k + k.T))
 
@@ -199,14 +205,12 @@ def full_spectrum(theta) -> np.ndarray:
 def _as_sample(values, name: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise TypeError(f"`{name}` must be a real 1-D array of spectrum values; received dtype "
-                        f"{arr.dtype}.")
+        raise TypeError(f"`{name}` must be a real 1-D array of spectrum values; received dtype {arr.dtype}.")
     arr = arr.astype(np.float64).reshape(-1)
     if arr.size == 0:
         raise ValueError(f"`{name}` must contain at least one value; received an empty array.")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`{name}` must be finite; received {int(np.sum(~np.isfinite(arr)))} NaN or "
-                         "inf values.")
+        raise ValueError(f"`{name}` must be finite; received {int(np.sum(~np.isfinite(arr)))} NaN or inf values.")
     return arr
 
 
@@ -280,8 +284,9 @@ def relative_frobenius_change(theta_t, theta_0) -> float:
     _same_shape(a, b)
     nb = np.linalg.norm(b.reshape(-1))
     if nb == 0:
-        raise ValueError("`theta_0` is identically zero (a model without trainable parameters?); the "
-                         "relative change is undefined.")
+        raise ValueError(
+            "`theta_0` is identically zero (a model without trainable parameters?); the relative change is undefined."
+        )
     return float(np.linalg.norm((a - b).reshape(-1)) / nb)
 
 
@@ -333,8 +338,7 @@ def kernel_target_alignment(theta, y) -> float:
     if yy.ndim == 1 and m == 1:
         yy = yy[:, None]
     if yy.shape != (p, m):
-        raise ValueError(f"`y` must have shape (P, m) = ({p}, {m}) to match `theta`; received shape "
-                         f"{np.shape(y)}.")
+        raise ValueError(f"`y` must have shape (P, m) = ({p}, {m}) to match `theta`; received shape {np.shape(y)}.")
     if not np.all(np.isfinite(yy)):
         raise ValueError("`y` must be finite; received NaN or inf entries.")
     yv = yy.reshape(-1)

@@ -9,7 +9,13 @@ from cyntk.experiments.clustering import plot_fig2, run_fig2
 from cyntk.experiments.distances import fit_power_law, plot_fig3_distances, run_fig3_distances
 
 __all__ = [
-    "run_fig2", "plot_fig2",
-    "run_fig3_distances", "plot_fig3_distances", "fit_power_law",
-    "save_json", "load_json", "save_figure", "to_jsonable",
+    "run_fig2",
+    "plot_fig2",
+    "run_fig3_distances",
+    "plot_fig3_distances",
+    "fit_power_law",
+    "save_json",
+    "load_json",
+    "save_figure",
+    "to_jsonable",
 ]

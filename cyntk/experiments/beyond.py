@@ -11,7 +11,7 @@
   and test points).
 * :func:`run_noclustering` -- the paper clustered its points (clusters of
   ~1e3) because a 9 x 9 x N x N kernel did not fit, and extrapolated from
-  there. :class:`~cyntk.kernels.kernel_model.KernelModel` computes the kernel
+  there. :class:`~cyntk.flows.kernel_model.KernelModel` computes the kernel
   products in tiles, so we flow 1e3 ... 1e5 quintic points exactly, without
   clustering, and compare with the paper's per-cluster flows at the same N.
 
@@ -34,7 +34,15 @@ import numpy as np
 
 from cyntk.geometry import fermat_cubic, fermat_quintic, fs_nearest, make_dataset, to_complex, to_real
 
-__all__ = ["TORUS_KERNELS", "TORUS_LR_GRIDS", "kernel_row_mass", "run_torus", "plot_torus", "run_noclustering", "plot_noclustering"]
+__all__ = [
+    "TORUS_KERNELS",
+    "TORUS_LR_GRIDS",
+    "kernel_row_mass",
+    "run_torus",
+    "plot_torus",
+    "run_noclustering",
+    "plot_noclustering",
+]
 
 #: Kernels of the torus study and their fixed (non-step-size) parameters.
 TORUS_KERNELS = {
@@ -60,7 +68,7 @@ def _relative_error(g, omega_sq, kappa):
 
 def _predict(model, x, chunk=8192):
     """``model(x)`` in chunks, as a NumPy array (no Keras predict loop: no retracing per model)."""
-    return np.concatenate([np.asarray(model(x[s:s + chunk], training=False)) for s in range(0, len(x), chunk)])
+    return np.concatenate([np.asarray(model(x[s : s + chunk], training=False)) for s in range(0, len(x), chunk)])
 
 
 def _kernel(name, params, mu):
@@ -71,16 +79,38 @@ def _kernel(name, params, mu):
     return make_kernel(name, **{k: v for k, v in params.items() if k != "sigma_over_nn"})
 
 
-def _flow(name, params, M, x_tr, kappa, lr, steps, decay, *, x_eval=(), clusters=None,
-          cluster_batch_size=10_000, seed=0, track=False):
+def _flow(
+    name,
+    params,
+    M,
+    x_tr,
+    kappa,
+    lr,
+    steps,
+    decay,
+    *,
+    x_eval=(),
+    clusters=None,
+    cluster_batch_size=10_000,
+    seed=0,
+    track=False,
+):
     """One KernelModel flow; returns (model, per-step train losses, per-step eval errors, failed)."""
     import keras
 
-    from cyntk.kernels.kernel_model import KernelModel, NonPositiveMetricError
+    from cyntk.flows.kernel_model import KernelModel, NonPositiveMetricError
 
     mu = float(fs_nearest(to_complex(x_tr))[0].mean())
-    model = KernelModel(_kernel(name, params, mu), x_tr, M, kappa=kappa, on_non_positive="stop",
-                        clusters=clusters, cluster_batch_size=cluster_batch_size, seed=seed)
+    model = KernelModel(
+        _kernel(name, params, mu),
+        x_tr,
+        M,
+        kappa=kappa,
+        on_non_positive="stop",
+        clusters=clusters,
+        cluster_batch_size=cluster_batch_size,
+        seed=seed,
+    )
     sched = keras.optimizers.schedules.ExponentialDecay(float(lr), 1, float(decay))
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=sched))
     y_tr = KernelModel.targets(M, x_tr)
@@ -96,14 +126,27 @@ def _flow(name, params, M, x_tr, kappa, lr, steps, decay, *, x_eval=(), clusters
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
-            model.fit(x_tr, y_tr, batch_size=len(x_tr), epochs=int(steps), shuffle=False, verbose=0,
-                      callbacks=[hist] + ([Track()] if track and x_eval else []))
+            model.fit(
+                x_tr,
+                y_tr,
+                batch_size=len(x_tr),
+                epochs=int(steps),
+                shuffle=False,
+                verbose=0,
+                callbacks=[hist] + ([Track()] if track and x_eval else []),
+            )
         except NonPositiveMetricError:
             pass
     done = len(hist.history.get("loss", []))
-    failed = 0 if done >= int(steps) else done + 1   # "stop" ends fit at the first invalid step
-    return {"model": model, "losses": np.asarray(hist.history.get("loss", []), dtype=float), "errors": errs,
-            "failed_at_step": failed, "mu": mu, "fit_seconds": time.perf_counter() - t0}
+    failed = 0 if done >= int(steps) else done + 1  # "stop" ends fit at the first invalid step
+    return {
+        "model": model,
+        "losses": np.asarray(hist.history.get("loss", []), dtype=float),
+        "errors": errs,
+        "failed_at_step": failed,
+        "mu": mu,
+        "fit_seconds": time.perf_counter() - t0,
+    }
 
 
 def kernel_row_mass(kernel, x, n_rows=256, seed=0) -> float:
@@ -119,7 +162,7 @@ def kernel_row_mass(kernel, x, n_rows=256, seed=0) -> float:
 
 def _tune_lr(name, params, M, chart, n, kappa, steps, decay, grid, rng):
     """Best step size on a fresh tuning set: lowest final train loss over ``grid`` (finite runs)."""
-    from cyntk.kernels.kernel_model import KernelModel
+    from cyntk.flows.kernel_model import KernelModel
 
     x = to_real(M.sample_points(n, seed=rng, chart=chart))
     y = KernelModel.targets(M, x)
@@ -130,8 +173,10 @@ def _tune_lr(name, params, M, chart, n, kappa, steps, decay, grid, rng):
         scores.append(final if (r["failed_at_step"] == 0 and np.isfinite(final)) else np.inf)
     scores = np.asarray(scores)
     if not np.isfinite(scores).any():
-        raise FloatingPointError(f"every step size of the grid {list(grid)} broke the {name} flow "
-                                 "(non-positive metric); widen the grid toward smaller steps.")
+        raise FloatingPointError(
+            f"every step size of the grid {list(grid)} broke the {name} flow "
+            "(non-positive metric); widen the grid toward smaller steps."
+        )
     return float(grid[int(np.argmin(scores))]), scores
 
 
@@ -149,23 +194,39 @@ def _torus_network(ds, hidden, activation, epochs, learning_rate, seed, callback
 
     keras.utils.set_random_seed(int(seed))
     N = ds.manifold.ncoords
-    net = keras.Sequential([keras.Input((2 * N,)), ProjectiveFeatures()]
-                           + [keras.layers.Dense(int(h), activation=activation) for h in hidden]
-                           + [keras.layers.Dense(1, use_bias=False)])
+    net = keras.Sequential(
+        [keras.Input((2 * N,)), ProjectiveFeatures()]
+        + [keras.layers.Dense(int(h), activation=activation) for h in hidden]
+        + [keras.layers.Dense(1, use_bias=False)]
+    )
     model = MultiplicativeModel(net, ds, kaehler=0.0, volk=0.0)
     batch = 64
     steps = max(1, epochs * int(np.ceil(ds.n_train / batch)))
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(float(learning_rate), steps,
-                                                                               alpha=0.01)))
+    model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(float(learning_rate), steps, alpha=0.01))
+    )
     model.fit(ds.X_train, ds.y_train, batch_size=batch, epochs=epochs, callbacks=callbacks, verbose=verbose)
     return model
 
 
-def run_torus(*, n_points: int = 20_000, epochs: int = 20, hidden=(64, 64, 64), activation: str = "gelu",
-              learning_rate: float = 1e-2,
-              n_flow: int = 1000, n_test: int = 500, steps: int = 50, decay_rate: float = 0.9,
-              lr_grid=None, kernels=("gaussian", "delta", "relu"),
-              chart=(0, 1), seed: int = 0, verbose: int = 0, log=print) -> dict:
+def run_torus(
+    *,
+    n_points: int = 20_000,
+    epochs: int = 20,
+    hidden=(64, 64, 64),
+    activation: str = "gelu",
+    learning_rate: float = 1e-2,
+    n_flow: int = 1000,
+    n_test: int = 500,
+    steps: int = 50,
+    decay_rate: float = 0.9,
+    lr_grid=None,
+    kernels=("gaussian", "delta", "relu"),
+    chart=(0, 1),
+    seed: int = 0,
+    verbose: int = 0,
+    log=print,
+) -> dict:
     """Network and kernel flows on the cubic torus against the exact metric ``kappa |Omega|^2``.
 
     Args:
@@ -191,7 +252,7 @@ def run_torus(*, n_points: int = 20_000, epochs: int = 20, hidden=(64, 64, 64), 
         ``<k>/learning_rate``, ``<k>/lr_scores`` and ``<k>/failed_at_step``.
         Errors are means of ``|g - g_exact| / g_exact``.
     """
-    from cyntk.kernels.kernel_model import KernelModel
+    from cyntk.flows.kernel_model import KernelModel
     from cyntk.models import FSModel
 
     log = log or (lambda *a: None)
@@ -203,10 +264,16 @@ def run_torus(*, n_points: int = 20_000, epochs: int = 20, hidden=(64, 64, 64), 
     z_te = M.sample_points(int(n_test), seed=rng, chart=chart)
     x_te = to_real(z_te)
     y_te = KernelModel.targets(M, x_te)
-    out = {"kappa": kappa, "n_points": int(n_points), "epochs": int(epochs), "n_flow": int(n_flow),
-           "n_test": int(n_test), "steps": int(steps), "kernels": list(kernels)}
-    out["fs/test_error"] = float(np.mean(_relative_error(_predict(FSModel(ds), x_te),
-                                                         y_te[:, 1], kappa)))
+    out = {
+        "kappa": kappa,
+        "n_points": int(n_points),
+        "epochs": int(epochs),
+        "n_flow": int(n_flow),
+        "n_test": int(n_test),
+        "steps": int(steps),
+        "kernels": list(kernels),
+    }
+    out["fs/test_error"] = float(np.mean(_relative_error(_predict(FSModel(ds), x_te), y_te[:, 1], kappa)))
 
     # network: error on the validation set per epoch, and on the kernel test points at the end
     import keras
@@ -224,8 +291,13 @@ def run_torus(*, n_points: int = 20_000, epochs: int = 20, hidden=(64, 64, 64), 
     log(f"torus: multiplicative network {hidden} {activation}, {epochs} epochs on {n_points} points")
     model = _torus_network(ds, hidden, activation, int(epochs), learning_rate, seed, [ValError()], verbose)
     e_te = _relative_error(_predict(model, x_te), y_te[:, 1], kappa)
-    out.update({"network/val_error": np.asarray(val_err), "network/test_error": float(e_te.mean()),
-                "network/test_error_max": float(e_te.max())})
+    out.update(
+        {
+            "network/val_error": np.asarray(val_err),
+            "network/test_error": float(e_te.mean()),
+            "network/test_error_max": float(e_te.max()),
+        }
+    )
 
     for k in kernels:
         if k not in TORUS_KERNELS:
@@ -236,14 +308,22 @@ def run_torus(*, n_points: int = 20_000, epochs: int = 20, hidden=(64, 64, 64), 
         log(f"torus: {k} kernel flow, dt = {lr:g} (tuned on fresh points)")
         x_tr = to_real(M.sample_points(int(n_flow), seed=rng, chart=chart))
         y_tr = KernelModel.targets(M, x_tr)
-        r = _flow(k, params, M, x_tr, kappa, lr, steps, decay_rate, x_eval=[(x_tr, y_tr), (x_te, y_te)],
-                  track=True)
+        r = _flow(k, params, M, x_tr, kappa, lr, steps, decay_rate, x_eval=[(x_tr, y_tr), (x_te, y_te)], track=True)
         km, errs, failed, mu = r["model"], r["errors"], r["failed_at_step"], r["mu"]
-        init = [float(np.mean(_relative_error(_predict(km.base_model, xe), ye[:, 1], kappa)))
-                for xe, ye in [(x_tr, y_tr), (x_te, y_te)]]
-        out.update({f"{k}/train_error": np.r_[init[0], errs[0]], f"{k}/test_error": np.r_[init[1], errs[1]],
-                    f"{k}/learning_rate": lr, f"{k}/lr_scores": scores, f"{k}/failed_at_step": failed,
-                    f"{k}/nn_distance": mu})
+        init = [
+            float(np.mean(_relative_error(_predict(km.base_model, xe), ye[:, 1], kappa)))
+            for xe, ye in [(x_tr, y_tr), (x_te, y_te)]
+        ]
+        out.update(
+            {
+                f"{k}/train_error": np.r_[init[0], errs[0]],
+                f"{k}/test_error": np.r_[init[1], errs[1]],
+                f"{k}/learning_rate": lr,
+                f"{k}/lr_scores": scores,
+                f"{k}/failed_at_step": failed,
+                f"{k}/nn_distance": mu,
+            }
+        )
     out["wall_s"] = time.perf_counter() - t0
     return out
 
@@ -285,11 +365,23 @@ def _train_points(M, seed, i, n, chart):
 
 _NOCL_FIELDS = ("train_gain", "test_gain", "seconds_per_step", "failed_at_step", "learning_rate")
 
-def run_noclustering(*, sizes=(1000, 3000, 10_000), kernels=("gaussian", "delta"), n_test: int = 500,
-                     steps: int = 50, decay_rate: float = 0.85, sigma_over_nn: float = 0.5,
-                     cluster_size: int = 1000, cluster_batch_size: int = 10_000,
-                     lr_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2), chart=(0, 1), seed: int = 0,
-                     store=None, log=print) -> dict:
+
+def run_noclustering(
+    *,
+    sizes=(1000, 3000, 10_000),
+    kernels=("gaussian", "delta"),
+    n_test: int = 500,
+    steps: int = 50,
+    decay_rate: float = 0.85,
+    sigma_over_nn: float = 0.5,
+    cluster_size: int = 1000,
+    cluster_batch_size: int = 10_000,
+    lr_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    chart=(0, 1),
+    seed: int = 0,
+    store=None,
+    log=print,
+) -> dict:
     """Exact kernel flows on 1e3 ... 1e5 quintic points, with and without the paper's clustering.
 
     Args:
@@ -316,7 +408,7 @@ def run_noclustering(*, sizes=(1000, 3000, 10_000), kernels=("gaussian", "delta"
         smallest N) and ``<k>/nn_distance`` (mu(N)).
         Gains are before/after ratios of the mean per-point sigma loss.
     """
-    from cyntk.kernels.kernel_model import KernelModel
+    from cyntk.flows.kernel_model import KernelModel
 
     log = log or (lambda *a: None)
     M = fermat_quintic()
@@ -326,8 +418,13 @@ def run_noclustering(*, sizes=(1000, 3000, 10_000), kernels=("gaussian", "delta"
     kappa = float(ds_kappa)
     x_te = to_real(M.sample_points(int(n_test), seed=rng, chart=chart))
     y_te = KernelModel.targets(M, x_te)
-    out = {"sizes": np.asarray(sizes), "kernels": list(kernels), "steps": int(steps), "kappa": kappa,
-           "cluster_size": int(cluster_size)}
+    out = {
+        "sizes": np.asarray(sizes),
+        "kernels": list(kernels),
+        "steps": int(steps),
+        "kappa": kappa,
+        "cluster_size": int(cluster_size),
+    }
     for k in kernels:
         params = {"sigma_over_nn": sigma_over_nn} if k == "gaussian" else {}
         key = f"{k}_lr_{seed}"
@@ -341,8 +438,7 @@ def run_noclustering(*, sizes=(1000, 3000, 10_000), kernels=("gaussian", "delta"
                 store.put(key, cached)
         lr, mass0 = float(cached["lr"]), float(cached["mass0"])
         out[f"{k}/learning_rate"] = lr
-        res = {m: {q: np.full(len(sizes), np.nan) for q in _NOCL_FIELDS}
-               for m in ("exact", "clustered")}
+        res = {m: {q: np.full(len(sizes), np.nan) for q in _NOCL_FIELDS} for m in ("exact", "clustered")}
         mus = np.full(len(sizes), np.nan)
         for i, n in enumerate(sizes):
             for mode in ("exact", "clustered"):
@@ -352,27 +448,42 @@ def run_noclustering(*, sizes=(1000, 3000, 10_000), kernels=("gaussian", "delta"
                 key = f"{k}_{mode}_{n}_{seed}"
                 cached = None if store is None else store.get(key)
                 if cached is None:
-                    log(f"no-clustering: {k} {mode} N={n}" + (f" ({n_clusters} clusters)" if mode == "clustered"
-                                                             else ""))
+                    log(
+                        f"no-clustering: {k} {mode} N={n}"
+                        + (f" ({n_clusters} clusters)" if mode == "clustered" else "")
+                    )
                     x_tr = _train_points(M, seed, i, n, chart)
                     y_tr = KernelModel.targets(M, x_tr)
                     mu = float(fs_nearest(to_complex(x_tr))[0].mean())
                     mass = kernel_row_mass(_kernel(k, params, mu), x_tr, seed=seed)
-                    r = _flow(k, params, M, x_tr, kappa, lr * mass0 / mass, steps, decay_rate,
-                              clusters=n_clusters if mode == "clustered" else None,
-                              cluster_batch_size=cluster_batch_size, seed=seed)
+                    r = _flow(
+                        k,
+                        params,
+                        M,
+                        x_tr,
+                        kappa,
+                        lr * mass0 / mass,
+                        steps,
+                        decay_rate,
+                        clusters=n_clusters if mode == "clustered" else None,
+                        cluster_batch_size=cluster_batch_size,
+                        seed=seed,
+                    )
                     km, failed = r["model"], r["failed_at_step"]
                     dt = r["fit_seconds"] / max(1, len(r["losses"]))
                     base = km.base_model
-                    before_tr = float(np.mean(_relative_error(_predict(base, x_tr),
-                                                              y_tr[:, 1], kappa)))
-                    after_tr = float(np.mean(_relative_error(_predict(km, x_tr),
-                                                             y_tr[:, 1], kappa)))
+                    before_tr = float(np.mean(_relative_error(_predict(base, x_tr), y_tr[:, 1], kappa)))
+                    after_tr = float(np.mean(_relative_error(_predict(km, x_tr), y_tr[:, 1], kappa)))
                     before_te = float(np.mean(_relative_error(_predict(base, x_te), y_te[:, 1], kappa)))
                     after_te = float(np.mean(_relative_error(_predict(km, x_te), y_te[:, 1], kappa)))
-                    cached = {"train_gain": before_tr / after_tr, "test_gain": before_te / after_te,
-                              "seconds_per_step": dt, "mu": mu, "failed_at_step": failed,
-                              "learning_rate": lr * mass0 / mass}
+                    cached = {
+                        "train_gain": before_tr / after_tr,
+                        "test_gain": before_te / after_te,
+                        "seconds_per_step": dt,
+                        "mu": mu,
+                        "failed_at_step": failed,
+                        "learning_rate": lr * mass0 / mass,
+                    }
                     if store is not None:
                         store.put(key, cached)
                 for q in _NOCL_FIELDS:

@@ -9,19 +9,20 @@ from __future__ import annotations
 import numpy as np
 
 from cyntk.geometry import fs_distance_matrix, get_manifold
-from cyntk.kernels.clustering import (
-    BatchedFSClustering,
-    birch_clustering,
-    cluster_order,
-    fs_agglomerative,
-    silhouette,
-)
+from cyntk.geometry.clustering import BatchedFSClustering, birch_clustering, cluster_order, fs_agglomerative, silhouette
 
 __all__ = ["run_fig2", "plot_fig2"]
 
 
-def run_fig2(*, n_points: int = 1000, n_clusters: int = 10, n_batches: int = 5, manifold: str = "quintic",
-             chart=None, seed: int = 0) -> dict:
+def run_fig2(
+    *,
+    n_points: int = 1000,
+    n_clusters: int = 10,
+    n_batches: int = 5,
+    manifold: str = "quintic",
+    chart=None,
+    seed: int = 0,
+) -> dict:
     """Cluster quintic points three ways and score them.
 
     Args:
@@ -46,11 +47,21 @@ def run_fig2(*, n_points: int = 1000, n_clusters: int = 10, n_batches: int = 5, 
     lf = fs_agglomerative(z, n_clusters)
     lbi = birch_clustering(z, n_clusters)
     return {
-        "n_points": n_points, "n_clusters": n_clusters, "n_batches": n_batches, "seed": seed,
-        "distance": D, "labels_batched": lb, "labels_full": lf, "labels_birch": lbi,
-        "order_batched": cluster_order(lb), "order_full": cluster_order(lf),
-        "silhouette": {"batched": silhouette(z, lb, distance=D), "full": silhouette(z, lf, distance=D),
-                       "birch": silhouette(z, lbi, distance=D)},
+        "n_points": n_points,
+        "n_clusters": n_clusters,
+        "n_batches": n_batches,
+        "seed": seed,
+        "distance": D,
+        "labels_batched": lb,
+        "labels_full": lf,
+        "labels_birch": lbi,
+        "order_batched": cluster_order(lb),
+        "order_full": cluster_order(lf),
+        "silhouette": {
+            "batched": silhouette(z, lb, distance=D),
+            "full": silhouette(z, lf, distance=D),
+            "birch": silhouette(z, lbi, distance=D),
+        },
         "paper_silhouette": {"batched": 0.016, "full": -0.011, "birch": -0.032},
     }
 
@@ -61,9 +72,11 @@ def plot_fig2(result: dict):
 
     D = result["distance"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    panels = [("no clustering", np.arange(len(D)), None),
-              (f"batched ({result['n_batches']} batches)", result["order_batched"], "batched"),
-              ("full clustering", result["order_full"], "full")]
+    panels = [
+        ("no clustering", np.arange(len(D)), None),
+        (f"batched ({result['n_batches']} batches)", result["order_batched"], "batched"),
+        ("full clustering", result["order_full"], "full"),
+    ]
     for ax, (title, order, key) in zip(axes, panels):
         im = ax.imshow(D[np.ix_(order, order)], cmap="viridis", vmin=0, vmax=np.pi / 2)
         if key:
@@ -72,6 +85,9 @@ def plot_fig2(result: dict):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(im, ax=axes, shrink=0.8, label="FS geodesic distance")
-    fig.suptitle(f"Figure 2: FS distances of {len(D)} quintic points, {result['n_clusters']} clusters "
-                 f"(Birch baseline silhouette {result['silhouette']['birch']:.3f})", fontsize=11)
+    fig.suptitle(
+        f"Figure 2: FS distances of {len(D)} quintic points, {result['n_clusters']} clusters "
+        f"(Birch baseline silhouette {result['silhouette']['birch']:.3f})",
+        fontsize=11,
+    )
     return fig

@@ -30,10 +30,18 @@ __all__ = ["DEMO_SCALES", "DEMO_FLOW_HYPERPARAMETERS", "run_demo"]
 
 #: Sizes of the demo ('default' ~ a few minutes on 2 cores; 'tiny' for tests).
 DEMO_SCALES = {
-    "default": dict(n_points=20_000, epochs=5, hidden=(64, 64, 64), n_flow=(400, 200), flow_steps=50,
-                    n_cluster=600, nn_sizes=(100, 300, 1000, 3000, 10_000)),
-    "tiny": dict(n_points=1500, epochs=2, hidden=(16, 16), n_flow=(60, 30), flow_steps=5,
-                 n_cluster=80, nn_sizes=(50, 100, 200)),
+    "default": dict(
+        n_points=20_000,
+        epochs=5,
+        hidden=(64, 64, 64),
+        n_flow=(400, 200),
+        flow_steps=50,
+        n_cluster=600,
+        nn_sizes=(100, 300, 1000, 3000, 10_000),
+    ),
+    "tiny": dict(
+        n_points=1500, epochs=2, hidden=(16, 16), n_flow=(60, 30), flow_steps=5, n_cluster=80, nn_sizes=(50, 100, 200)
+    ),
 }
 
 #: Flow hyperparameters of the demo: step sizes that keep the metric positive-definite with
@@ -78,18 +86,23 @@ def run_demo(output="cyntk-demo", *, scale: str = "default", seed: int = 0, log=
     results["data"] = {"n_train": ds.n_train, "n_val": ds.n_val, "kappa": ds.kappa, "vol_cy": ds.vol_cy}
 
     # 2. network with the metric-NTK callback
-    step(f"2/5 training the multiplicative model {cfg['hidden']} gelu for {cfg['epochs']} epochs "
-         f"with MetricNTKCallback (10 + 10 points)")
+    step(
+        f"2/5 training the multiplicative model {cfg['hidden']} gelu for {cfg['epochs']} epochs "
+        f"with MetricNTKCallback (10 + 10 points)"
+    )
     tb_dir = out / "tensorboard"
     ntk_cb = MetricNTKCallback(10, 10, data=ds, seed=seed, log_dir=str(tb_dir))
     tb = keras.callbacks.TensorBoard(log_dir=str(tb_dir), histogram_freq=0, write_graph=False)
-    model, hist, meas = train_multiplicative(ds, hidden=cfg["hidden"], activation="gelu", epochs=cfg["epochs"],
-                                             seed=seed, callbacks=[ntk_cb, tb], verbose=2)
+    model, hist, meas = train_multiplicative(
+        ds, hidden=cfg["hidden"], activation="gelu", epochs=cfg["epochs"], seed=seed, callbacks=[ntk_cb, tb], verbose=2
+    )
     h = ntk_cb.history
     results["network"] = {
-        "sigma_val_initial": meas.initial["sigma_val"], "sigma_val": list(meas.history["sigma_val"]),
+        "sigma_val_initial": meas.initial["sigma_val"],
+        "sigma_val": list(meas.history["sigma_val"]),
         "sigma_gain": meas.initial["sigma_val"] / meas.history["sigma_val"][-1],
-        "ntk_epochs": list(h.epochs), "ntk_wasserstein": h.scalar("ntk_wasserstein_train_test").tolist(),
+        "ntk_epochs": list(h.epochs),
+        "ntk_wasserstein": h.scalar("ntk_wasserstein_train_test").tolist(),
         "ntk_frobenius": h.scalar("ntk_frobenius_train_test").tolist(),
         "train_loss": hist.history["loss"],
     }
@@ -98,16 +111,26 @@ def run_demo(output="cyntk-demo", *, scale: str = "default", seed: int = 0, log=
     # 3. kernel flows
     step("3/5 frozen-kernel flows (Gaussian-FS, Delta, ReLU NTK) on chart-fixed points")
     hyper = {k: dict(v, n_points=cfg["n_flow"][0]) for k, v in DEMO_FLOW_HYPERPARAMETERS.items()}
-    flows = run_kernel_gains(hyperparameters=hyper, steps=cfg["flow_steps"], n_test=cfg["n_flow"][1],
-                             noise_levels=(1e-3, 1e-2, 1e-1), seed=seed)
-    results["kernel_flows"] = {k: {kk: vv for kk, vv in v.items() if kk != "loss_history"}
-                               for k, v in flows["kernels"].items()}
+    flows = run_kernel_gains(
+        hyperparameters=hyper,
+        steps=cfg["flow_steps"],
+        n_test=cfg["n_flow"][1],
+        noise_levels=(1e-3, 1e-2, 1e-1),
+        seed=seed,
+    )
+    results["kernel_flows"] = {
+        k: {kk: vv for kk, vv in v.items() if kk != "loss_history"} for k, v in flows["kernels"].items()
+    }
     save_figure(plot_kernel_gains(flows), figs / "fig3_left_kernel_gains.png")
 
     # 4. clustering
     step(f"4/5 FS clustering of {cfg['n_cluster']} points (batched vs full vs Birch)")
-    fig2 = run_fig2(n_points=cfg["n_cluster"], n_clusters=10 if cfg["n_cluster"] >= 200 else 4,
-                    n_batches=5 if cfg["n_cluster"] >= 200 else 2, seed=seed)
+    fig2 = run_fig2(
+        n_points=cfg["n_cluster"],
+        n_clusters=10 if cfg["n_cluster"] >= 200 else 4,
+        n_batches=5 if cfg["n_cluster"] >= 200 else 2,
+        seed=seed,
+    )
     results["clustering"] = {"silhouette": fig2["silhouette"], "paper_silhouette": fig2["paper_silhouette"]}
     save_figure(plot_fig2(fig2), figs / "fig2_clustering.png")
 
@@ -131,24 +154,26 @@ def _summary(r, table):
     net = r["network"]
     nn = r["nearest_neighbour"]
     sil = r["clustering"]["silhouette"]
-    return "\n".join([
-        "# cyntk demo: Fermat quintic",
-        "",
-        f"- points: {r['data']['n_train']} train + {r['data']['n_val']} validation, "
-        f"kappa = {r['data']['kappa']:.6g}",
-        f"- multiplicative model: sigma_val {net['sigma_val_initial']:.4f} -> {net['sigma_val'][-1]:.4f} "
-        f"(gain {net['sigma_gain']:.2f}) in {len(net['sigma_val'])} epochs",
-        f"- metric-NTK (10 train x 10 test points): W1 of the pooled spectrum to epoch 0 at the last epoch "
-        f"= {net['ntk_wasserstein'][-1]:.4g}, relative Frobenius change {net['ntk_frobenius'][-1]:.4g}",
-        f"- FS clustering silhouettes: batched {sil['batched']:.3f}, full {sil['full']:.3f}, "
-        f"Euclidean Birch {sil['birch']:.3f} (paper .016 / -.011 / -.032)",
-        f"- nearest-neighbour distance: mu = {nn['a']:.3f} N^{nn['b']:.3f} (paper .968 N^-.184, theory N^-1/6)",
-        "",
-        "## Frozen-kernel flows (gain = sigma loss before / after)",
-        "",
-        table,
-        "",
-        "Figures: `figures/`; TensorBoard: `tensorboard --logdir tensorboard`; all numbers: `results.json`.",
-        f"Wall time: {r['wall_seconds']:.0f} s.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# cyntk demo: Fermat quintic",
+            "",
+            f"- points: {r['data']['n_train']} train + {r['data']['n_val']} validation, "
+            f"kappa = {r['data']['kappa']:.6g}",
+            f"- multiplicative model: sigma_val {net['sigma_val_initial']:.4f} -> {net['sigma_val'][-1]:.4f} "
+            f"(gain {net['sigma_gain']:.2f}) in {len(net['sigma_val'])} epochs",
+            f"- metric-NTK (10 train x 10 test points): W1 of the pooled spectrum to epoch 0 at the last epoch "
+            f"= {net['ntk_wasserstein'][-1]:.4g}, relative Frobenius change {net['ntk_frobenius'][-1]:.4g}",
+            f"- FS clustering silhouettes: batched {sil['batched']:.3f}, full {sil['full']:.3f}, "
+            f"Euclidean Birch {sil['birch']:.3f} (paper .016 / -.011 / -.032)",
+            f"- nearest-neighbour distance: mu = {nn['a']:.3f} N^{nn['b']:.3f} (paper .968 N^-.184, theory N^-1/6)",
+            "",
+            "## Frozen-kernel flows (gain = sigma loss before / after)",
+            "",
+            table,
+            "",
+            "Figures: `figures/`; TensorBoard: `tensorboard --logdir tensorboard`; all numbers: `results.json`.",
+            f"Wall time: {r['wall_seconds']:.0f} s.",
+            "",
+        ]
+    )

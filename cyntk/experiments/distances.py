@@ -27,16 +27,23 @@ def fit_power_law(n, y) -> tuple[float, float]:
     n = np.asarray(n, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if n.shape != y.shape or n.ndim != 1 or len(n) < 2:
-        raise ValueError(f"`n` and `y` must be 1-D arrays of the same length >= 2; received shapes "
-                         f"{n.shape} and {y.shape}.")
+        raise ValueError(
+            f"`n` and `y` must be 1-D arrays of the same length >= 2; received shapes {n.shape} and {y.shape}."
+        )
     if np.any(n <= 0) or np.any(y <= 0):
         raise ValueError("`n` and `y` must be positive for a power-law fit in log space.")
     b, log_a = np.polyfit(np.log(n), np.log(y), 1)
     return float(np.exp(log_a)), float(b)
 
 
-def run_fig3_distances(*, sizes=(100, 300, 1000, 3000, 10_000, 30_000, 100_000), manifold: str = "quintic",
-                       seed: int = 0, progress: bool = False, store=None) -> dict:
+def run_fig3_distances(
+    *,
+    sizes=(100, 300, 1000, 3000, 10_000, 30_000, 100_000),
+    manifold: str = "quintic",
+    seed: int = 0,
+    progress: bool = False,
+    store=None,
+) -> dict:
     """Nearest-neighbour FS distances for growing point sets.
 
     Args:
@@ -59,6 +66,7 @@ def run_fig3_distances(*, sizes=(100, 300, 1000, 3000, 10_000, 30_000, 100_000),
     it = sizes
     if progress:
         from tqdm.auto import tqdm
+
         it = tqdm(sizes, desc="nearest-neighbour distances")
     mean, lo, hi = [], [], []
     for k, n in enumerate(it):
@@ -74,8 +82,17 @@ def run_fig3_distances(*, sizes=(100, 300, 1000, 3000, 10_000, 30_000, 100_000),
         lo.append(float(item["min"]))
         hi.append(float(item["max"]))
     a, b = fit_power_law(sizes, np.array(mean))
-    return {"sizes": sizes, "mean": np.array(mean), "min": np.array(lo), "max": np.array(hi),
-            "a": a, "b": b, "b_theory": -1.0 / (2 * M.nfold), "paper_a": 0.968, "paper_b": -0.184}
+    return {
+        "sizes": sizes,
+        "mean": np.array(mean),
+        "min": np.array(lo),
+        "max": np.array(hi),
+        "a": a,
+        "b": b,
+        "b_theory": -1.0 / (2 * M.nfold),
+        "paper_a": 0.968,
+        "paper_b": -0.184,
+    }
 
 
 def plot_fig3_distances(result: dict, ax=None):
@@ -89,10 +106,13 @@ def plot_fig3_distances(result: dict, ax=None):
     ax.fill_between(n, result["min"], result["max"], alpha=0.25, label="min-max")
     ax.loglog(n, result["mean"], "o", label="mean")
     grid = np.geomspace(n[0], n[-1], 100)
-    ax.loglog(grid, result["a"] * grid ** result["b"], "-",
-              label=f"fit {result['a']:.3f} N^{result['b']:.3f}")
-    ax.loglog(grid, result["paper_a"] * grid ** result["paper_b"], ":",
-              label=f"paper {result['paper_a']} N^{result['paper_b']}")
+    ax.loglog(grid, result["a"] * grid ** result["b"], "-", label=f"fit {result['a']:.3f} N^{result['b']:.3f}")
+    ax.loglog(
+        grid,
+        result["paper_a"] * grid ** result["paper_b"],
+        ":",
+        label=f"paper {result['paper_a']} N^{result['paper_b']}",
+    )
     ax.set_xlabel("number of points N")
     ax.set_ylabel("FS distance to nearest other sample")
     ax.set_title("Figure 3 (right)")

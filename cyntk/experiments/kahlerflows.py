@@ -3,9 +3,9 @@
 For each manifold (the Fermat cubic torus, whose Ricci-flat metric is known,
 ``g = kappa |Omega|^2`` in the 1-d local coordinate, and the Fermat quintic):
 
-1. **Local (Galerkin) phi-flows** of :mod:`cyntk.models.kahler_flows`: the
+1. **Local (Galerkin) phi-flows** of :mod:`cyntk.flows.kahler`: the
    potential ``phi = sum_k c_k f_k`` in the degree-k basis of
-   :class:`~cyntk.models.kahler_flows.HermitianMonomials` flows by
+   :class:`~cyntk.models.layers.HermitianMonomials` flows by
    ``d phi/dt = V`` projected on the basis (the frozen-kernel flow with the
    basis' projection kernel; L2(mu_g)-projected for Calabi), integrated in time
    with Dormand-Prince (or BDF,
@@ -34,9 +34,8 @@ from cyntk.geometry import get_manifold, make_dataset
 
 __all__ = ["run_kahlerflows", "plot_kahlerflows", "DEFAULT_FLOWS"]
 
-#: The flows run by default (names of cyntk.models.kahler_flows.FLOWS).
-DEFAULT_FLOWS = ("kahler_ricci", "ultralocal", "ultralocal_paper", "two_derivative", "monge_ampere",
-                 "calabi")
+#: The flows run by default (names of cyntk.flows.kahler.FLOWS).
+DEFAULT_FLOWS = ("kahler_ricci", "ultralocal", "ultralocal_paper", "two_derivative", "monge_ampere", "calabi")
 
 _LYAPUNOV_CHEAP = ("ultralocal", "entropy", "monge_ampere")
 
@@ -44,7 +43,7 @@ _LYAPUNOV_CHEAP = ("ultralocal", "entropy", "monge_ampere")
 def _measures(pf, x, w, om, c):
     import tensorflow as tf
 
-    from cyntk.models.kahler_flows import kahler_measures
+    from cyntk.flows.kahler import kahler_measures
 
     geo = pf.geometry
     return kahler_measures(geo, tf.constant(x, geo.dtype), w, om, params=tf.constant(c, geo.dtype))
@@ -58,6 +57,7 @@ def _ill_posed_stop(pf, c0, factor=10.0):
     def stop(t, c):
         eta = pf.eta(c)
         return bool(not np.all(np.isfinite(eta)) or np.min(eta) <= 0 or np.max(np.abs(eta - 1.0)) > limit)
+
     return stop
 
 
@@ -79,9 +79,25 @@ def _fixed_step_run(runner, flow, times, dt):
     return grid[idx], np.asarray(states)[idx], status
 
 
-def _run_phi_flows(M, ds, degree, flows, times, calabi_times, calabi_points, calabi_dt, log, store, key,
-                   method="dopri", ill_posed_dt=1e-3, calabi_degree=2):
-    from cyntk.models.kahler_flows import FLOWS, PhiFlow, linear_phi_model
+def _run_phi_flows(
+    M,
+    ds,
+    degree,
+    flows,
+    times,
+    calabi_times,
+    calabi_points,
+    calabi_dt,
+    log,
+    store,
+    key,
+    method="dopri",
+    ill_posed_dt=1e-3,
+    calabi_degree=2,
+):
+    from cyntk.flows.kahler import FLOWS
+    from cyntk.flows.phi_flow import PhiFlow
+    from cyntk.models.layers import linear_phi_model
 
     out = {}
     model = linear_phi_model(ds, degree)
@@ -100,8 +116,12 @@ def _run_phi_flows(M, ds, degree, flows, times, calabi_times, calabi_points, cal
         if spec.order > 2:
             sub = min(calabi_points, ds.n_train)
             # L2(mu_g) projection: the projected Calabi flow stays a gradient flow of the entropy far from eta = 1
-            pfc = PhiFlow(linear_phi_model(ds, min(degree, calabi_degree)), ds.X_train[:sub],
-                          ds.weights_train[:sub], projection="mu_g")
+            pfc = PhiFlow(
+                linear_phi_model(ds, min(degree, calabi_degree)),
+                ds.X_train[:sub],
+                ds.weights_train[:sub],
+                projection="mu_g",
+            )
             tt, states, status = _fixed_step_run(pfc, flow, calabi_times, calabi_dt)
             runner, lyap = pfc, ("entropy", "calabi_energy")
         elif not spec.well_posed:
@@ -121,7 +141,7 @@ def _run_phi_flows(M, ds, degree, flows, times, calabi_times, calabi_points, cal
                 status = "failed"
             runner = pf
             lyap = tuple(dict.fromkeys(spec.lyapunov))
-        rec = {"times": tt[:len(states)], "status": status}
+        rec = {"times": tt[: len(states)], "status": status}
         cols = {"sigma": [], "volk": [], "eta_l1": [], "eta_max_dev": []}
         fun = {nm: [] for nm in lyap}
         for c in states:
@@ -146,9 +166,11 @@ def _run_phi_flows(M, ds, degree, flows, times, calabi_times, calabi_points, cal
         rec["seconds"] = time.perf_counter() - t0
         if store is not None:
             store.put(k, {kk: (np.asarray(v) if not isinstance(v, str) else np.asarray(v)) for kk, v in rec.items()})
-        log(f"  {key} {flow:17s} sigma {cols['sigma'][0] if n_ok else np.nan:.4g} -> "
+        log(
+            f"  {key} {flow:17s} sigma {cols['sigma'][0] if n_ok else np.nan:.4g} -> "
             f"{cols['sigma'][-1] if n_ok else np.nan:.4g} at t = {rec['times'][-1] if n_ok else 0:g} "
-            f"[{rec['status']}, {rec['seconds']:.1f} s]")
+            f"[{rec['status']}, {rec['seconds']:.1f} s]"
+        )
         out.update({f"{flow}/{kk}": v for kk, v in rec.items()})
     return out
 
@@ -163,8 +185,11 @@ def _gelu_net(N, width, depth, out, seed, dtype, projective=False):
     if projective:
         layers.append(ProjectiveFeatures(dtype=dtype))
     layers += [keras.layers.Dense(width, activation="gelu", dtype=dtype) for _ in range(depth)]
-    layers.append(keras.layers.Dense(out, use_bias=False, dtype=dtype,
-                                     kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3, seed=seed)))
+    layers.append(
+        keras.layers.Dense(
+            out, use_bias=False, dtype=dtype, kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3, seed=seed)
+        )
+    )
     return keras.Sequential(layers)
 
 
@@ -172,8 +197,10 @@ def _run_networks(M, ds, net_cfg, log, store, key):
     """Multiplicative network (Adam, cymetric losses) and KRF as gradient descent (SGD)."""
     import keras
 
+    from cyntk.flows.kahler import kahler_measures
+    from cyntk.flows.network import network_flow
     from cyntk.models import MultiplicativeModel, PhiModel
-    from cyntk.models.kahler_flows import KahlerPotentialGeometry, kahler_measures, network_flow
+    from cyntk.models.kahler_potential import KahlerPotentialGeometry
 
     out = {}
     n, N = M.nfold, M.ncoords
@@ -186,33 +213,49 @@ def _run_networks(M, ds, net_cfg, log, store, key):
     if got is None:
         t0 = time.perf_counter()
         # cymetric's batch-64 loss set (volk off); projective input features; cosine-decayed Adam
-        model = MultiplicativeModel(_gelu_net(N, width, depth, n * n, seed, dtype, projective=True), ds,
-                                    dtype=dtype, volk=0.0)
+        model = MultiplicativeModel(
+            _gelu_net(N, width, depth, n * n, seed, dtype, projective=True), ds, dtype=dtype, volk=0.0
+        )
         total = max(1, net_cfg["epochs"] * int(np.ceil(ds.n_train / net_cfg["batch_size"])))
-        model.compile(optimizer=keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(net_cfg["adam_lr"], total, alpha=0.01)))
+        model.compile(
+            optimizer=keras.optimizers.Adam(
+                keras.optimizers.schedules.CosineDecay(net_cfg["adam_lr"], total, alpha=0.01)
+            )
+        )
         sig, vol = [], []
         m0 = model.measures(xv, yv, which=("sigma", "volk"))
         sig.append(m0["sigma"])
         vol.append(m0["volk"])
         for _ in range(net_cfg["epochs"]):
-            model.fit(ds.X_train, ds.y_train, batch_size=net_cfg["batch_size"], epochs=1, verbose=0,
-                      shuffle=True)
+            model.fit(ds.X_train, ds.y_train, batch_size=net_cfg["batch_size"], epochs=1, verbose=0, shuffle=True)
             m1 = model.measures(xv, yv, which=("sigma", "volk"))
             sig.append(m1["sigma"])
             vol.append(m1["volk"])
-        got = {"epochs": np.arange(len(sig)), "sigma": np.asarray(sig), "volk": np.asarray(vol),
-               "seconds": time.perf_counter() - t0}
+        got = {
+            "epochs": np.arange(len(sig)),
+            "sigma": np.asarray(sig),
+            "volk": np.asarray(vol),
+            "seconds": time.perf_counter() - t0,
+        }
         if store is not None:
             store.put(k, got)
         log(f"  {key} multiplicative (Adam, {net_cfg['epochs']} epochs): sigma {sig[0]:.4g} -> {sig[-1]:.4g}")
     out.update({f"mult_adam/{kk}": v for kk, v in got.items()})
     # (b) KRF velocity-matching loss, gradient descent: multiplicative model and phi network
     for name, builder, target, lr in (
-            ("mult_krf", lambda: MultiplicativeModel(_gelu_net(N, width, depth, n * n, seed, dtype), ds,
-                                                     dtype=dtype), "kahler_ricci_metric", net_cfg["flow_lr_mult"]),
-            ("phi_krf", lambda: PhiModel(_gelu_net(N, width, depth, 1, seed, dtype, projective=True), ds,
-                                         dtype=dtype), "kahler_ricci", net_cfg["flow_lr_phi"])):
+        (
+            "mult_krf",
+            lambda: MultiplicativeModel(_gelu_net(N, width, depth, n * n, seed, dtype), ds, dtype=dtype),
+            "kahler_ricci_metric",
+            net_cfg["flow_lr_mult"],
+        ),
+        (
+            "phi_krf",
+            lambda: PhiModel(_gelu_net(N, width, depth, 1, seed, dtype, projective=True), ds, dtype=dtype),
+            "kahler_ricci",
+            net_cfg["flow_lr_phi"],
+        ),
+    ):
         k = f"{key}/{name}"
         got = store.get(k) if store is not None else None
         if got is None:
@@ -237,8 +280,17 @@ def _run_networks(M, ds, net_cfg, log, store, key):
             try:
                 # omega_bar = Vol_CY: the loss integrates against the probability measure mu_CY / Vol_CY,
                 # so the learning rates mean the same on manifolds with very different Vol_CY
-                network_flow(model, xs, ws, target, steps=net_cfg["flow_steps"], learning_rate=lr,
-                             omega_bar=float(np.mean(ws)), every=max(1, net_cfg["flow_steps"] // 10), callback=cb)
+                network_flow(
+                    model,
+                    xs,
+                    ws,
+                    target,
+                    steps=net_cfg["flow_steps"],
+                    learning_rate=lr,
+                    omega_bar=float(np.mean(ws)),
+                    every=max(1, net_cfg["flow_steps"] // 10),
+                    callback=cb,
+                )
             except FloatingPointError:
                 status = "diverged"
             got = {kk: np.asarray(v) for kk, v in rec.items()}
@@ -246,23 +298,39 @@ def _run_networks(M, ds, net_cfg, log, store, key):
             got["seconds"] = time.perf_counter() - t0
             if store is not None:
                 store.put(k, got)
-            log(f"  {key} {name} (SGD lr {lr:g}, {net_cfg['flow_steps']} steps): sigma "
-                f"{rec['sigma'][0]:.4g} -> {rec['sigma'][-1]:.4g} [{status}]")
+            log(
+                f"  {key} {name} (SGD lr {lr:g}, {net_cfg['flow_steps']} steps): sigma "
+                f"{rec['sigma'][0]:.4g} -> {rec['sigma'][-1]:.4g} [{status}]"
+            )
         out.update({f"{name}/{kk}": v for kk, v in got.items()})
     return out
 
 
-def run_kahlerflows(*, manifolds=("cubic", "quintic"), n_points=None, degrees=None, flows=DEFAULT_FLOWS,
-                    times=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0), calabi_times=None,
-                    calabi_points=400, calabi_dt=2e-4, calabi_degrees=None, networks=True, net_cfg=None,
-                    seed=2021, method="dopri", store=None, log=print) -> dict:
+def run_kahlerflows(
+    *,
+    manifolds=("cubic", "quintic"),
+    n_points=None,
+    degrees=None,
+    flows=DEFAULT_FLOWS,
+    times=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+    calabi_times=None,
+    calabi_points=400,
+    calabi_dt=2e-4,
+    calabi_degrees=None,
+    networks=True,
+    net_cfg=None,
+    seed=2021,
+    method="dopri",
+    store=None,
+    log=print,
+) -> dict:
     """Run the appendix-B flows and the network flows on each manifold.
 
     Args:
         manifolds: names (``get_manifold``).
         n_points: dict manifold -> number of points (train + 10% validation).
         degrees: dict manifold -> basis degree k of the phi flows.
-        flows: names of :data:`cyntk.models.kahler_flows.FLOWS`.
+        flows: names of :data:`cyntk.flows.kahler.FLOWS`.
         times: output flow times of the 2nd-order flows.
         calabi_times: output times of the Calabi flow (4th order, faster and
             stiffer; default ``(0, 1, 2, 3, 4, 5) * 20 calabi_dt``), or a dict
@@ -284,7 +352,7 @@ def run_kahlerflows(*, manifolds=("cubic", "quintic"), n_points=None, degrees=No
             rate) or one flow_lr for both, seed.
         seed: dataset seed.
         method: ODE method of the well-posed 2nd-order flows (``"dopri"``,
-            ``"bdf"``, ...; see :func:`cyntk.models.kahler_flows.integrate_ode`).
+            ``"bdf"``, ...; see :func:`cyntk.flows.solvers.integrate_ode`).
             The ill-posed ``"ultralocal_paper"`` runs with fixed RK4 steps
             until it blows up (eta <= 0, or ``max |eta - 1|`` 10 times beyond
             its initial value + 1).
@@ -302,7 +370,8 @@ def run_kahlerflows(*, manifolds=("cubic", "quintic"), n_points=None, degrees=No
         ``sigma``, ``volk``); and ``"m/kappa"``, ``"m/rank"``, ``"m/n_basis"``,
         ``"m/fs_sigma"``.
     """
-    from cyntk.models.kahler_flows import FLOWS, ODE_METHODS
+    from cyntk.flows.kahler import FLOWS
+    from cyntk.flows.solvers import ODE_METHODS
 
     flows = tuple(flows)
     bad = [f for f in flows if f not in FLOWS]
@@ -317,24 +386,49 @@ def run_kahlerflows(*, manifolds=("cubic", "quintic"), n_points=None, degrees=No
         get_manifold(name)
     n_points = {"cubic": 3000, "quintic": 3000, **(n_points or {})}
     degrees = {"cubic": 3, "quintic": 2, **(degrees or {})}
-    cfg = {"width": 64, "depth": 3, "epochs": 10, "batch_size": 64, "adam_lr": 1e-2, "flow_points": 1000,
-           "flow_steps": 200, "flow_lr_phi": {"cubic": 15.0, "quintic": 0.2},
-           "flow_lr_mult": {"cubic": 0.5, "quintic": 0.1}, "seed": 0, **(net_cfg or {})}
-    if "flow_lr" in cfg:                               # one learning rate for both network flows
+    cfg = {
+        "width": 64,
+        "depth": 3,
+        "epochs": 10,
+        "batch_size": 64,
+        "adam_lr": 1e-2,
+        "flow_points": 1000,
+        "flow_steps": 200,
+        "flow_lr_phi": {"cubic": 15.0, "quintic": 0.2},
+        "flow_lr_mult": {"cubic": 0.5, "quintic": 0.1},
+        "seed": 0,
+        **(net_cfg or {}),
+    }
+    if "flow_lr" in cfg:  # one learning rate for both network flows
         cfg["flow_lr_phi"] = cfg["flow_lr_mult"] = cfg.pop("flow_lr")
     calabi_degrees = {"cubic": 2, "quintic": 1, **(calabi_degrees or {})}
     result = {"flows": list(flows), "times": np.asarray(times, dtype=np.float64)}
     for name in manifolds:
         M = get_manifold(name)
         ds = make_dataset(M, int(n_points.get(name, 3000)), seed=seed)
-        log(f"[kahlerflows] {M.name}: {ds.n_train} train / {ds.n_val} val points, kappa {ds.kappa:.6g}, "
-            f"basis degree {degrees[name]}")
+        log(
+            f"[kahlerflows] {M.name}: {ds.n_train} train / {ds.n_val} val points, kappa {ds.kappa:.6g}, "
+            f"basis degree {degrees[name]}"
+        )
         c_dt = float(calabi_dt[name] if isinstance(calabi_dt, dict) else calabi_dt)
         c_times = calabi_times[name] if isinstance(calabi_times, dict) else calabi_times
         if c_times is None:
             c_times = tuple(np.arange(6) * 20 * c_dt)
-        res = _run_phi_flows(M, ds, int(degrees[name]), flows, times, c_times, calabi_points, c_dt,
-                             log, store, name, method=method, calabi_degree=int(calabi_degrees.get(name, 2)))
+        res = _run_phi_flows(
+            M,
+            ds,
+            int(degrees[name]),
+            flows,
+            times,
+            c_times,
+            calabi_points,
+            c_dt,
+            log,
+            store,
+            name,
+            method=method,
+            calabi_degree=int(calabi_degrees.get(name, 2)),
+        )
         if networks:
             cfg_m = dict(cfg)
             for kk in ("flow_lr_phi", "flow_lr_mult"):
@@ -358,8 +452,7 @@ def summary_table(result) -> list:
             if s is None or len(s) == 0:
                 continue
             t = result.get(f"{man}/{fl}/times", result.get(f"{man}/{fl}/t", result.get(f"{man}/{fl}/epochs")))
-            rows.append((man, fl, float(np.asarray(t)[len(s) - 1]), float(s[0]), float(np.min(s)),
-                         float(s[-1])))
+            rows.append((man, fl, float(np.asarray(t)[len(s) - 1]), float(s[0]), float(np.min(s)), float(s[-1])))
     return rows
 
 
@@ -376,14 +469,14 @@ def plot_kahlerflows(result):
             t = result.get(f"{man}/{fl}/times")
             if s is None or len(s) == 0:
                 continue
-            tt = np.maximum(np.asarray(t)[:len(s)], 1e-4)
+            tt = np.maximum(np.asarray(t)[: len(s)], 1e-4)
             ax_s.plot(tt, s, "o-", ms=3, label=fl)
             ax_v.plot(tt, result[f"{man}/{fl}/volk"], "o-", ms=3, label=fl)
             for key in [k for k in result if k.startswith(f"{man}/{fl}/F_")]:
                 v = np.asarray(result[key], dtype=np.float64)
                 if len(v) and np.isfinite(v).all():
                     ref = np.max(np.abs(v)) or 1.0
-                    ax_f.plot(tt[:len(v)], v / ref, "-", lw=1, label=f"{fl}: {key.split('/F_')[1]}")
+                    ax_f.plot(tt[: len(v)], v / ref, "-", lw=1, label=f"{fl}: {key.split('/F_')[1]}")
         for name, tkey, style in (("mult_krf", "t", "k--"), ("phi_krf", "t", "k:")):
             s = result.get(f"{man}/{name}/sigma")
             if s is not None and len(s):
@@ -392,8 +485,7 @@ def plot_kahlerflows(result):
                 ax_v.plot(tt, result[f"{man}/{name}/volk"], style, label=name)
         s = result.get(f"{man}/mult_adam/sigma")
         if s is not None and len(s):
-            ax_s.axhline(s[-1], color="gray", lw=0.8, ls="-.",
-                         label=f"multiplicative, Adam, {len(s) - 1} epochs")
+            ax_s.axhline(s[-1], color="gray", lw=0.8, ls="-.", label=f"multiplicative, Adam, {len(s) - 1} epochs")
         ax_s.set_xscale("log")
         ax_s.set_yscale("log")
         ax_s.set_xlabel("flow time t")

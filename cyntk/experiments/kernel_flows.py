@@ -1,7 +1,7 @@
 """Figure 3 (left) and Table 1: how much do frozen-kernel flows gain, and where?
 
 For each kernel (infinite-width ReLU NTK, Gaussian in the FS distance, Delta =
-nearest train point) a :class:`~cyntk.kernels.kernel_model.KernelModel` flows
+nearest train point) a :class:`~cyntk.flows.kernel_model.KernelModel` flows
 the metric for ``steps`` full-batch Euler steps of eq. 3.5 on chart-fixed
 quintic train points, starting from the pulled-back Fubini-Study metric. The
 *gain* on a point set is ``sigma_loss(before) / sigma_loss(after)`` (mean
@@ -27,7 +27,7 @@ the neural-tangents reference use W_std = 80.52); Gaussian 2500 points, dt
 ``"backoff"`` mode (a step that would break positivity is halved until it does
 not; the number of halvings is reported), because in cymetric's normalisation of
 g these step sizes break positivity at the first step. ``"search"`` runs
-:func:`~cyntk.kernels.search.flow_search` (Bayesian optimisation, a fresh point
+:func:`~cyntk.flows.search.flow_search` (Bayesian optimisation, a fresh point
 set per trial) for dt and the kernel parameters first.
 """
 
@@ -39,8 +39,17 @@ import numpy as np
 
 from cyntk.geometry import fermat_quintic, fs_distance, fs_nearest, to_real
 
-__all__ = ["PAPER_TABLE1", "SEARCH_SPACES", "make_kernel", "noised_points", "run_kernel_gains",
-           "plot_kernel_gains", "gains_table", "run_table1", "plot_table1"]
+__all__ = [
+    "PAPER_TABLE1",
+    "SEARCH_SPACES",
+    "make_kernel",
+    "noised_points",
+    "run_kernel_gains",
+    "plot_kernel_gains",
+    "gains_table",
+    "run_table1",
+    "plot_table1",
+]
 
 #: Table 1 of the paper (with DESIGN.md's reading of the ReLU standard deviations).
 PAPER_TABLE1 = {
@@ -64,8 +73,12 @@ def make_kernel(name: str, **params):
     from cyntk.kernels import DeltaKernel, GaussianFSKernel, InfiniteWidthKernel
 
     if name == "relu":
-        return InfiniteWidthKernel(activation="relu", W_std=params.get("W_std", 80.52),
-                                   b_std=params.get("b_std", 5.716), depth=int(params.get("depth", 1)))
+        return InfiniteWidthKernel(
+            activation="relu",
+            W_std=params.get("W_std", 80.52),
+            b_std=params.get("b_std", 5.716),
+            depth=int(params.get("depth", 1)),
+        )
     if name == "gaussian":
         return GaussianFSKernel(sigma=params.get("sigma", 30.0))
     if name == "delta":
@@ -88,14 +101,13 @@ def noised_points(manifold, z, noise, chart, rng):
 
 
 def _loss(model, x, y):
-    return float(model.evaluate(x, y, batch_size=max(1, min(len(x), 4096)), verbose=0,
-                                return_dict=True)["loss"])
+    return float(model.evaluate(x, y, batch_size=max(1, min(len(x), 4096)), verbose=0, return_dict=True)["loss"])
 
 
 def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, seed, backoff):
     import keras
 
-    from cyntk.kernels.kernel_model import KernelModel
+    from cyntk.flows.kernel_model import KernelModel
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, sorted(PAPER_TABLE1).index(name)]))
     n = int(params["n_points"])
@@ -104,11 +116,14 @@ def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, see
     x_tr, x_te = to_real(z_tr), to_real(z_te)
     y_tr, y_te = KernelModel.targets(manifold, x_tr), KernelModel.targets(manifold, x_te)
     kparams = {k: v for k, v in params.items() if k not in ("n_points", "learning_rate", "decay_rate")}
-    model = KernelModel(make_kernel(name, **kparams), x_tr, manifold,
-                        **(dict(on_non_positive="backoff", max_backoffs=80) if backoff
-                           else dict(on_non_positive="stop")))
+    model = KernelModel(
+        make_kernel(name, **kparams),
+        x_tr,
+        manifold,
+        **(dict(on_non_positive="backoff", max_backoffs=80) if backoff else dict(on_non_positive="stop")),
+    )
     lr = float(params["learning_rate"])
-    if params.get("decay_rate") is not None:   # dt_s = dt * decay**s (the sigma loss |1 - eta| is not smooth)
+    if params.get("decay_rate") is not None:  # dt_s = dt * decay**s (the sigma loss |1 - eta| is not smooth)
         lr = keras.optimizers.schedules.ExponentialDecay(lr, 1, float(params["decay_rate"]))
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr))
     sets = [("train", x_tr, y_tr, 0.0), ("test", x_te, y_te, float(fs_nearest(z_te, z_tr)[0].mean()))]
@@ -119,7 +134,7 @@ def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, see
         xw = to_real(w)
         sets.append((f"noise{s:g}", xw, KernelModel.targets(manifold, xw), float(fs_distance(w, z_tr[idx]).mean())))
     before = {k: _loss(model, x, y) for k, x, y, _ in sets}
-    from cyntk.kernels.kernel_model import NonPositiveMetricError
+    from cyntk.flows.kernel_model import NonPositiveMetricError
 
     hist = keras.callbacks.History()
     failed = 0
@@ -138,9 +153,11 @@ def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, see
         "failed_at_step": failed,
         "backoffs": float(np.sum(hist.history.get("backoffs", [0.0]))),
         "loss_history": np.asarray(hist.history.get("loss", [np.nan])),
-        "train_before": before["train"], "train_after": after["train"],
+        "train_before": before["train"],
+        "train_after": after["train"],
         "train_gain": before["train"] / after["train"],
-        "test_before": before["test"], "test_after": after["test"],
+        "test_before": before["test"],
+        "test_after": after["test"],
         "test_gain": before["test"] / after["test"],
         "test_distance": sets[1][3],
         "noise_levels": np.array([float(k[5:]) for k in noise_keys]),
@@ -149,10 +166,19 @@ def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, see
     }
 
 
-def run_kernel_gains(*, kernels=("relu", "gaussian", "delta"), hyperparameters="paper", points_scale=1.0,
-                     steps: int = 50, chart=(0, 1), n_test: int = 500,
-                     noise_levels=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), search_trials=(4, 8),
-                     seed: int = 0, store=None) -> dict:
+def run_kernel_gains(
+    *,
+    kernels=("relu", "gaussian", "delta"),
+    hyperparameters="paper",
+    points_scale=1.0,
+    steps: int = 50,
+    chart=(0, 1),
+    n_test: int = 500,
+    noise_levels=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+    search_trials=(4, 8),
+    seed: int = 0,
+    store=None,
+) -> dict:
     """Gain of the sigma loss vs distance to the train set for frozen-kernel flows.
 
     Args:
@@ -194,22 +220,46 @@ def run_kernel_gains(*, kernels=("relu", "gaussian", "delta"), hyperparameters="
             raise ValueError(f"`hyperparameters` must be 'paper', 'search' or a dict; received {hyperparameters!r}.")
         if not isinstance(hyperparameters, dict) or "n_points" not in params:
             params["n_points"] = max(20, int(round(PAPER_TABLE1[name]["n_points"] * points_scale)))
-        res = _flow_one(name, params, manifold=M, steps=steps, chart=chart, n_test=n_test,
-                        noise_levels=noise_levels, seed=seed, backoff=hyperparameters == "paper")
+        res = _flow_one(
+            name,
+            params,
+            manifold=M,
+            steps=steps,
+            chart=chart,
+            n_test=n_test,
+            noise_levels=noise_levels,
+            seed=seed,
+            backoff=hyperparameters == "paper",
+        )
         if store is not None:
             store.put(key, _flatten(res))
         out[name] = res
-    return {"kernels": out, "hyperparameters": hyperparameters if isinstance(hyperparameters, str) else "custom",
-            "steps": steps, "paper": {"train_gain": {"relu": 5.0, "gaussian": 1e6, "delta": 1e6},
-                                      "test_gain": {"relu": 5.0, "gaussian": 5.0, "delta": 5.0}}}
+    return {
+        "kernels": out,
+        "hyperparameters": hyperparameters if isinstance(hyperparameters, str) else "custom",
+        "steps": steps,
+        "paper": {
+            "train_gain": {"relu": 5.0, "gaussian": 1e6, "delta": 1e6},
+            "test_gain": {"relu": 5.0, "gaussian": 5.0, "delta": 5.0},
+        },
+    }
 
 
 def _searched(name, M, chart, steps, trials, points, seed):
-    from cyntk.kernels.search import flow_search
+    from cyntk.flows.search import flow_search
 
-    res = flow_search(lambda **p: make_kernel(name, **p), M, SEARCH_SPACES[name], n_train=points[0],
-                      n_test=points[1], chart=chart, steps=steps, init_points=trials[0], n_iter=trials[1],
-                      seed=seed)
+    res = flow_search(
+        lambda **p: make_kernel(name, **p),
+        M,
+        SEARCH_SPACES[name],
+        n_train=points[0],
+        n_test=points[1],
+        chart=chart,
+        steps=steps,
+        init_points=trials[0],
+        n_iter=trials[1],
+        seed=seed,
+    )
     params = dict(res.best_params)
     params.setdefault("learning_rate", params.get("learning_rate"))
     return params
@@ -229,8 +279,10 @@ def _unflatten(flat):
 
 def gains_table(result: dict) -> str:
     """Markdown table of train/test gains next to the paper's."""
-    rows = ["| kernel | points | dt | params | steps | train gain (paper) | test gain (paper) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| kernel | points | dt | params | steps | train gain (paper) | test gain (paper) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in result["kernels"].items():
         p = dict(r["params"])
         npts, lr = int(p.pop("n_points")), p.pop("learning_rate")
@@ -239,9 +291,11 @@ def gains_table(result: dict) -> str:
         else:
             lr = f"{lr:.4g}"
         extra = ", ".join(f"{k}={v:.4g}" for k, v in p.items()) or "-"
-        rows.append(f"| {KERNEL_LABELS[name]} | {npts} | {lr} | {extra} | {int(r['steps_done'])} | "
-                    f"{r['train_gain']:.3g} ({result['paper']['train_gain'][name]:.0e}) | "
-                    f"{r['test_gain']:.3g} ({result['paper']['test_gain'][name]:.0f}) |")
+        rows.append(
+            f"| {KERNEL_LABELS[name]} | {npts} | {lr} | {extra} | {int(r['steps_done'])} | "
+            f"{r['train_gain']:.3g} ({result['paper']['train_gain'][name]:.0e}) | "
+            f"{r['test_gain']:.3g} ({result['paper']['test_gain'][name]:.0f}) |"
+        )
     return "\n".join(rows)
 
 
@@ -257,13 +311,15 @@ def plot_kernel_gains(result: dict, ax=None):
         d = np.concatenate([[1e-6], r["noise_distance"]])
         g = np.concatenate([[r["train_gain"]], r["noise_gain"]])
         ax.loglog(d, g, "o-", color=c, label=f"{KERNEL_LABELS[name]} (noised train points)")
-        ax.loglog([r["test_distance"]], [r["test_gain"]], "*", color=c, ms=12,
-                  label=f"{KERNEL_LABELS[name]} test points")
+        ax.loglog(
+            [r["test_distance"]], [r["test_gain"]], "*", color=c, ms=12, label=f"{KERNEL_LABELS[name]} test points"
+        )
     ax.axhline(1.0, color="k", lw=0.5)
     ax.set_xlabel("mean FS distance to the train points (train points plotted at 1e-6)")
     ax.set_ylabel("gain factor of the sigma loss")
-    ax.set_title(f"Figure 3 (left): {result['steps']} flow steps, {result['hyperparameters']} hyperparameters",
-                 fontsize=10)
+    ax.set_title(
+        f"Figure 3 (left): {result['steps']} flow steps, {result['hyperparameters']} hyperparameters", fontsize=10
+    )
     ax.legend(fontsize=7)
     return fig if fig is not None else ax.figure
 

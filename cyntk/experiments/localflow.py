@@ -3,7 +3,7 @@
 Part 1, **sigma -> 0**: at fixed evaluation points in one chart of the torus
 (or any manifold), the velocity of the frozen-kernel flow (2.12) driven by the
 normalised Gaussian kernel of the network input space (the cosine network's
-infinite-width NTK, normalised on the manifold, :mod:`cyntk.kernels.local`) is
+infinite-width NTK, normalised on the manifold, :mod:`cyntk.flows.local`) is
 compared with the local flow ``-Omega_bar dl/dg`` (2.14), for a decreasing
 sequence of widths sigma:
 
@@ -22,7 +22,7 @@ explode for unlucky step sizes): a KernelModel with the paper's Gaussian-FS
 kernel on quintic points; explicit Euler (eq. 3.5, 50 steps) for step sizes
 around the stability limit ``dt_max = 2/lambda_max(Hess K)`` against the
 adaptive Dormand-Prince and implicit BDF solutions of (2.12) at the same flow
-times (:mod:`cyntk.kernels.ode`).
+times (:mod:`cyntk.flows.ode`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 
+from cyntk._validation import positive_float, positive_int
 from cyntk.geometry import get_manifold, make_dataset, to_real
-from cyntk.kernels._checks import positive_float, positive_int
 
 __all__ = ["run_localflow", "plot_localflow"]
 
@@ -43,66 +43,89 @@ def _positive_sequence(values, name):
     except (TypeError, ValueError):
         raise TypeError(f"`{name}` must be a sequence of positive numbers; received {values!r}.") from None
     if len(arr) == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"`{name}` must be a non-empty sequence of finite numbers > 0; received "
-                         f"{arr.tolist()}.")
+        raise ValueError(f"`{name}` must be a non-empty sequence of finite numbers > 0; received {arr.tolist()}.")
     return tuple(arr.tolist())
 
 
 def _sweep(M, ds, x_eval, sigmas, chart, nodes, store, log):
-    from cyntk.kernels.local import sigma_sweep
+    from cyntk.flows.local import sigma_sweep
 
     out = {}
-    configs = [("squared", "local", "input", "riemannian"), ("squared", "local", "input", "none"),
-               ("squared", "local", "chart", "riemannian"), ("sigma", "local", "input", "riemannian"),
-               ("squared", "mc", "input", "riemannian")]
+    configs = [
+        ("squared", "local", "input", "riemannian"),
+        ("squared", "local", "input", "none"),
+        ("squared", "local", "chart", "riemannian"),
+        ("sigma", "local", "input", "riemannian"),
+        ("squared", "mc", "input", "riemannian"),
+    ]
     for loss, quad, space, resc in configs:
         key = f"{loss}-{quad}-{space}-{resc}"
         t0 = time.perf_counter()
         kw = {}
         if quad == "mc":
             kw = dict(x_quad=ds["x"], w_quad=ds["c"])
-        r = sigma_sweep(M, x_eval, sigmas, chart=chart, kappa=ds["kappa"], quadrature=quad, space=space,
-                        rescaling=resc, loss=loss, n_nodes=nodes, store=store, key_prefix=key + "-", **kw)
+        r = sigma_sweep(
+            M,
+            x_eval,
+            sigmas,
+            chart=chart,
+            kappa=ds["kappa"],
+            quadrature=quad,
+            space=space,
+            rescaling=resc,
+            loss=loss,
+            n_nodes=nodes,
+            store=store,
+            key_prefix=key + "-",
+            **kw,
+        )
         out[f"sweep/{key}"] = r["rel_error"]
         if resc == "none" and quad == "local" and space == "input" and loss == "squared":
             out["omega_bar_plain"] = r["omega_bar"]
             # the flat kernel against the Riemannian limit -dl/dg: stays O(1) (a different limit)
             riem = -r["dl_dg"]
             out["sweep/flat-vs-riemannian-limit"] = np.sqrt(
-                np.sum((r["kernel"] - riem[None]) ** 2, axis=(1, 2)) / np.sum(riem ** 2))
-        log(f"  sigma sweep {key:38s} rel. error {r['rel_error'][0]:.3g} -> {r['rel_error'][-1]:.3g} "
-            f"[{time.perf_counter() - t0:.1f} s]")
+                np.sum((r["kernel"] - riem[None]) ** 2, axis=(1, 2)) / np.sum(riem**2)
+            )
+        log(
+            f"  sigma sweep {key:38s} rel. error {r['rel_error'][0]:.3g} -> {r['rel_error'][-1]:.3g} "
+            f"[{time.perf_counter() - t0:.1f} s]"
+        )
     return out
 
 
 def _stepsize(manifold, n_flow, chart, n_steps, factors, kernel_sigma, seed, log):
     import tensorflow as tf
 
+    from cyntk.flows.kernel_model import KernelModel
+    from cyntk.flows.ode import integrate_flow, stability_limit
+    from cyntk.flows.product import min_eigenvalues
     from cyntk.kernels import GaussianFSKernel
-    from cyntk.kernels._flow import min_eigenvalues
-    from cyntk.kernels.kernel_model import KernelModel
-    from cyntk.kernels.ode import integrate_flow, stability_limit
     from cyntk.models import losses as L
 
     M = get_manifold(manifold)
     x = to_real(M.sample_points(n_flow, seed=seed, chart=chart))
     y = KernelModel.targets(M, x)
-    kappa = M.kappa(M.sample_points(max(5000, n_flow), seed=seed + 1))     # over all of X, not one chart
+    kappa = M.kappa(M.sample_points(max(5000, n_flow), seed=seed + 1))  # over all of X, not one chart
 
     def squared(g, yy):
         eta = tf.math.real(L.determinant(g)) / (kappa * yy[:, 1])
         return (1.0 - eta) ** 2
 
     def make():
-        return KernelModel(GaussianFSKernel(kernel_sigma), x, M, loss=squared, kappa=kappa,
-                           on_non_positive="stop")
+        return KernelModel(GaussianFSKernel(kernel_sigma), x, M, loss=squared, kappa=kappa, on_non_positive="stop")
 
     st = stability_limit(make(), y)
     dt_max = st["dt_max"]
     log(f"  step size: lambda_max {st['lambda_max']:.4g}, dt_max = 2/lambda_max = {dt_max:.3g}")
     dts = np.asarray(factors, dtype=np.float64) * dt_max
-    out = {"dts": dts, "dt_max": dt_max, "lambda_max": st["lambda_max"], "lambda_min": st["lambda_min"],
-           "lambda_min_positive": st["lambda_min_positive"]}
+    out = {
+        "dts": dts,
+        "dt_max": dt_max,
+        "lambda_max": st["lambda_max"],
+        "lambda_min": st["lambda_min"],
+        "lambda_min_positive": st["lambda_min_positive"],
+    }
     # one adaptive solve of each kind through all the flow times t = n_steps dt (the same trajectory)
     uniq, inverse = np.unique(n_steps * dts, return_inverse=True)
     t_sorted = np.concatenate([[0.0], uniq])
@@ -127,22 +150,43 @@ def _stepsize(manifold, n_flow, chart, n_steps, factors, kernel_sigma, seed, log
         dopri.append(rd["loss"][i])
         bdf.append(rb["loss"][i])
         ode_gap.append(np.max(np.abs(rb["g_train"][i] - g_ref)) / scale)
-        log(f"    dt = {dt:.3g} ({dt / dt_max:.2f} dt_max), t = {T:.3g}: loss euler {euler[-1]:.4g} "
+        log(
+            f"    dt = {dt:.3g} ({dt / dt_max:.2f} dt_max), t = {T:.3g}: loss euler {euler[-1]:.4g} "
             f"(max rel. deviation from the ODE solution {euler_err[-1]:.2g}), dopri {dopri[-1]:.4g}, "
-            f"bdf {bdf[-1]:.4g}")
+            f"bdf {bdf[-1]:.4g}"
+        )
     nrhs_d, nrhs_b = [rd["n_rhs"]] * len(dts), [rb["n_rhs"]] * len(dts)
-    out.update(euler=np.asarray(euler, dtype=np.float64), euler_error=np.asarray(euler_err, dtype=np.float64),
-               dopri=np.asarray(dopri), bdf=np.asarray(bdf), dopri_bdf_gap=np.asarray(ode_gap),
-               n_rhs_dopri=np.asarray(nrhs_d), n_rhs_bdf=np.asarray(nrhs_b),
-               loss0=float(rd["loss"][0]))
+    out.update(
+        euler=np.asarray(euler, dtype=np.float64),
+        euler_error=np.asarray(euler_err, dtype=np.float64),
+        dopri=np.asarray(dopri),
+        bdf=np.asarray(bdf),
+        dopri_bdf_gap=np.asarray(ode_gap),
+        n_rhs_dopri=np.asarray(nrhs_d),
+        n_rhs_bdf=np.asarray(nrhs_b),
+        loss0=float(rd["loss"][0]),
+    )
     return out
 
 
-def run_localflow(*, manifold="cubic", chart=(0, 1), n_points=30_000, n_eval=8,
-                  sigmas=(0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625), n_nodes=2048,
-                  stepsize=True, flow_manifold="quintic", n_flow=100, n_steps=50,
-                  dt_factors=(0.25, 0.5, 0.9, 1.1, 1.5, 3.0), kernel_sigma=30.0, seed=0, store=None,
-                  log=print) -> dict:
+def run_localflow(
+    *,
+    manifold="cubic",
+    chart=(0, 1),
+    n_points=30_000,
+    n_eval=8,
+    sigmas=(0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625),
+    n_nodes=2048,
+    stepsize=True,
+    flow_manifold="quintic",
+    n_flow=100,
+    n_steps=50,
+    dt_factors=(0.25, 0.5, 0.9, 1.1, 1.5, 3.0),
+    kernel_sigma=30.0,
+    seed=0,
+    store=None,
+    log=print,
+) -> dict:
     """Run the sigma -> 0 sweep and the step-size experiment.
 
     Args:
@@ -192,17 +236,23 @@ def run_localflow(*, manifold="cubic", chart=(0, 1), n_points=30_000, n_eval=8,
     charts = M.charts(z)
     inside = (charts[:, 0] == chart[0]) & (charts[:, 1] == chart[1])
     if inside.sum() < int(n_eval) + 10:
-        raise ValueError(f"only {int(inside.sum())} of {len(z)} points lie in chart {tuple(chart)}; raise "
-                         "`n_points`.")
+        raise ValueError(f"only {int(inside.sum())} of {len(z)} points lie in chart {tuple(chart)}; raise `n_points`.")
     idx = np.flatnonzero(inside)
     # MC measure of mu_CY restricted to the chart: c_p = w_p / P_total
-    ds = {"x": data.X_train[idx[int(n_eval):]], "c": data.weights_train[idx[int(n_eval):]] / len(z),
-          "kappa": data.kappa}
-    x_eval = data.X_train[idx[:int(n_eval)]]
-    log(f"[localflow] {M.name}: {len(idx)} of {len(z)} points in chart {tuple(chart)}, {len(x_eval)} "
-        "evaluation points")
-    out = {"sigmas": np.asarray(sigmas, dtype=np.float64), "manifold": M.name, "chart": list(chart),
-           "n_points": len(z), "n_chart_points": len(idx) - int(n_eval)}
+    ds = {
+        "x": data.X_train[idx[int(n_eval) :]],
+        "c": data.weights_train[idx[int(n_eval) :]] / len(z),
+        "kappa": data.kappa,
+    }
+    x_eval = data.X_train[idx[: int(n_eval)]]
+    log(f"[localflow] {M.name}: {len(idx)} of {len(z)} points in chart {tuple(chart)}, {len(x_eval)} evaluation points")
+    out = {
+        "sigmas": np.asarray(sigmas, dtype=np.float64),
+        "manifold": M.name,
+        "chart": list(chart),
+        "n_points": len(z),
+        "n_chart_points": len(idx) - int(n_eval),
+    }
     out.update(_sweep(M, ds, x_eval, sigmas, chart, n_nodes, store, log))
     if stepsize:
         st = _stepsize(flow_manifold, n_flow, chart, n_steps, dt_factors, kernel_sigma, seed, log)
@@ -229,11 +279,13 @@ def plot_localflow(result):
     fig, axes = plt.subplots(1, ncol, figsize=(6.2 * ncol, 4.6), squeeze=False)
     ax = axes[0, 0]
     s = np.asarray(result["sigmas"], dtype=np.float64)
-    labels = {"squared-local-input-riemannian": "(1-eta)^2, h = (dV/dmu)^1/2 -> Omega_bar = 1",
-              "squared-local-input-none": "(1-eta)^2, no rescaling -> Omega_bar = dmu/dV",
-              "squared-local-chart-riemannian": "(1-eta)^2, chart Gaussian, h = g~^-1/4 (2.28)",
-              "sigma-local-input-riemannian": "|1-eta| (paper's sigma loss), h",
-              "squared-mc-input-riemannian": "(1-eta)^2, h, fixed one-chart MC sample (KernelModel)"}
+    labels = {
+        "squared-local-input-riemannian": "(1-eta)^2, h = (dV/dmu)^1/2 -> Omega_bar = 1",
+        "squared-local-input-none": "(1-eta)^2, no rescaling -> Omega_bar = dmu/dV",
+        "squared-local-chart-riemannian": "(1-eta)^2, chart Gaussian, h = g~^-1/4 (2.28)",
+        "sigma-local-input-riemannian": "|1-eta| (paper's sigma loss), h",
+        "squared-mc-input-riemannian": "(1-eta)^2, h, fixed one-chart MC sample (KernelModel)",
+    }
     for key, lab in labels.items():
         v = result.get(f"sweep/{key}")
         if v is not None:
@@ -269,8 +321,9 @@ def plot_localflow(result):
         ax.axvline(1.0, color="gray", lw=0.8)
         ax.set_xlabel("step dt / dt_max   (dt_max = 2 / lambda_max(Hess K))")
         ax.set_ylabel(f"loss at t = {nst} dt")
-        ax.set_title(f"Gaussian-FS kernel (sigma = {float(result['step/kernel_sigma']):g}): loss at equal "
-                     "flow time", fontsize=10)
+        ax.set_title(
+            f"Gaussian-FS kernel (sigma = {float(result['step/kernel_sigma']):g}): loss at equal flow time", fontsize=10
+        )
         ax.legend(fontsize=7)
         ax = axes[0, 2]
         err = np.asarray(result.get("step/euler_error", np.full(len(f), np.nan)), dtype=np.float64)
@@ -281,8 +334,7 @@ def plot_localflow(result):
             ax.loglog(f[~ok], np.full((~ok).sum(), top), "rx", ms=9, label="Euler diverged")
         gap = result.get("step/dopri_bdf_gap")
         if gap is not None:
-            ax.loglog(f, np.maximum(np.asarray(gap, dtype=np.float64), 1e-16), "^:",
-                      label="BDF vs Dormand-Prince")
+            ax.loglog(f, np.maximum(np.asarray(gap, dtype=np.float64), 1e-16), "^:", label="BDF vs Dormand-Prince")
         ax.axvline(1.0, color="gray", lw=0.8)
         ax.set_xlabel("step dt / dt_max")
         ax.set_ylabel("max |g - g_ODE| / max |g_ODE| at the train points")

@@ -11,7 +11,7 @@
   measure barely improves.
 * :func:`run_afterkernel` -- beyond the paper: freeze the empirical metric-NTK
   of the network at epochs 0, 5 and 50 ("after-kernels") and run the frozen
-  kernel flow (:class:`~cyntk.kernels.kernel_model.KernelModel`, starting from
+  kernel flow (:class:`~cyntk.flows.kernel_model.KernelModel`, starting from
   the network's metric at that checkpoint) on chart-fixed points: does a kernel
   learned by the network generalise when frozen?
 
@@ -28,8 +28,16 @@ import numpy as np
 
 from cyntk.geometry import fermat_quintic, make_dataset, to_real
 
-__all__ = ["make_network", "train_multiplicative", "sigma_loss_of", "run_baseline", "run_fig4",
-           "plot_fig4", "run_afterkernel", "plot_afterkernel"]
+__all__ = [
+    "make_network",
+    "train_multiplicative",
+    "sigma_loss_of",
+    "run_baseline",
+    "run_fig4",
+    "plot_fig4",
+    "run_afterkernel",
+    "plot_afterkernel",
+]
 
 
 def make_network(n_in: int, n_out: int, hidden=(64, 64, 64), activation: str = "gelu", seed: int = 0):
@@ -49,9 +57,21 @@ def sigma_loss_of(g, omega_sq, kappa) -> float:
     return float(np.mean(np.abs(1.0 - det / (kappa * np.asarray(omega_sq)))))
 
 
-def train_multiplicative(ds, *, hidden=(64, 64, 64), activation="gelu", epochs=5, batch_size=64,
-                         learning_rate=1e-3, optimizer="adam", seed=0, callbacks=(), verbose=0,
-                         measure_every=1, loss_weights=None):
+def train_multiplicative(
+    ds,
+    *,
+    hidden=(64, 64, 64),
+    activation="gelu",
+    epochs=5,
+    batch_size=64,
+    learning_rate=1e-3,
+    optimizer="adam",
+    seed=0,
+    callbacks=(),
+    verbose=0,
+    measure_every=1,
+    loss_weights=None,
+):
     """Train cyntk's multiplicative model with cymetric's losses on a dataset.
 
     The default loss weights are those of cymetric's ``train_model`` in its
@@ -77,12 +97,12 @@ def train_multiplicative(ds, *, hidden=(64, 64, 64), activation="gelu", epochs=5
     n = ds.manifold.nfold
     net = make_network(2 * ds.manifold.ncoords, n * n, hidden, activation, seed)
     model = MultiplicativeModel(net, ds, **({"volk": 0.0} if loss_weights is None else dict(loss_weights)))
-    opt = (keras.optimizers.Adam(learning_rate) if optimizer == "adam"
-           else keras.optimizers.SGD(learning_rate))
+    opt = keras.optimizers.Adam(learning_rate) if optimizer == "adam" else keras.optimizers.SGD(learning_rate)
     model.compile(optimizer=opt)
     meas = MeasuresCallback(ds, measures=("sigma",), initial=True, every=measure_every)
-    hist = model.fit(ds.X_train, ds.y_train, epochs=epochs, batch_size=batch_size,
-                     callbacks=[meas, *callbacks], verbose=verbose)
+    hist = model.fit(
+        ds.X_train, ds.y_train, epochs=epochs, batch_size=batch_size, callbacks=[meas, *callbacks], verbose=verbose
+    )
     return model, hist, meas
 
 
@@ -91,11 +111,13 @@ def _fs_sigma(ds):
 
     fs = FSModel(ds)
     return fs.measures(ds.X_val, ds.y_val, which=("sigma",))["sigma"], sigma_loss_of(
-        fs.predict(ds.X_val, verbose=0), ds.omega_sq_val, ds.kappa)
+        fs.predict(ds.X_val, verbose=0), ds.omega_sq_val, ds.kappa
+    )
 
 
-def run_baseline(*, n_points=100_000, epochs=50, hidden=(64, 64, 64), activation="relu", batch_size=64,
-                 seed=0, verbose=0) -> dict:
+def run_baseline(
+    *, n_points=100_000, epochs=50, hidden=(64, 64, 64), activation="relu", batch_size=64, seed=0, verbose=0
+) -> dict:
     """Finite-network baseline (paper: gain 10-100 in the validation sigma loss).
 
     Returns:
@@ -105,22 +127,44 @@ def run_baseline(*, n_points=100_000, epochs=50, hidden=(64, 64, 64), activation
         initialisation.
     """
     ds = make_dataset(fermat_quintic(), n_points, seed=seed)
-    model, hist, meas = train_multiplicative(ds, hidden=hidden, activation=activation, epochs=epochs,
-                                             batch_size=batch_size, seed=seed, verbose=verbose)
+    model, hist, meas = train_multiplicative(
+        ds, hidden=hidden, activation=activation, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose
+    )
     sig = np.asarray(meas.history["sigma_val"])
     fs_measure, fs_loss = _fs_sigma(ds)
     loss_after = sigma_loss_of(model.predict(ds.X_val, verbose=0), ds.omega_sq_val, ds.kappa)
     init = meas.initial["sigma_val"]
-    return {"n_points": n_points, "epochs": epochs, "sigma_val": sig, "sigma_val_initial": init,
-            "sigma_val_fs": fs_measure, "sigma_loss_val_fs": fs_loss, "sigma_loss_val_after": loss_after,
-            "gain_sigma_val": init / sig[-1], "gain_sigma_val_vs_fs": fs_measure / sig[-1],
-            "gain_sigma_loss_val_vs_fs": fs_loss / loss_after, "paper_gain": "10-100",
-            "train_loss": np.asarray(hist.history["loss"])}
+    return {
+        "n_points": n_points,
+        "epochs": epochs,
+        "sigma_val": sig,
+        "sigma_val_initial": init,
+        "sigma_val_fs": fs_measure,
+        "sigma_loss_val_fs": fs_loss,
+        "sigma_loss_val_after": loss_after,
+        "gain_sigma_val": init / sig[-1],
+        "gain_sigma_val_vs_fs": fs_measure / sig[-1],
+        "gain_sigma_loss_val_vs_fs": fs_loss / loss_after,
+        "paper_gain": "10-100",
+        "train_loss": np.asarray(hist.history["loss"]),
+    }
 
 
-def run_fig4(*, n_points=100_000, epochs=50, hidden=(128, 128, 128), activation="gelu", n_track=10,
-             batch_size=64, lazy=True, lazy_width=2048, lazy_learning_rate=1e-4, seed=0, log_dir=None,
-             verbose=0) -> dict:
+def run_fig4(
+    *,
+    n_points=100_000,
+    epochs=50,
+    hidden=(128, 128, 128),
+    activation="gelu",
+    n_track=10,
+    batch_size=64,
+    lazy=True,
+    lazy_width=2048,
+    lazy_learning_rate=1e-4,
+    seed=0,
+    log_dir=None,
+    verbose=0,
+) -> dict:
     """Figure 4 with a lazy-regime control.
 
     Returns:
@@ -135,13 +179,18 @@ def run_fig4(*, n_points=100_000, epochs=50, hidden=(128, 128, 128), activation=
     out = {"n_points": n_points, "epochs_trained": epochs, "hidden": list(hidden), "n_track": n_track}
     runs = [("", dict(hidden=hidden, activation=activation, learning_rate=1e-3, optimizer="adam"))]
     if lazy:
-        runs.append(("lazy_", dict(hidden=(lazy_width,), activation=activation,
-                                   learning_rate=lazy_learning_rate, optimizer="sgd")))
+        runs.append(
+            (
+                "lazy_",
+                dict(hidden=(lazy_width,), activation=activation, learning_rate=lazy_learning_rate, optimizer="sgd"),
+            )
+        )
     for prefix, kw in runs:
         sub = None if log_dir is None else f"{log_dir}/{prefix or 'paper_'}run"
         cb = MetricNTKCallback(n_track, n_track, data=ds, seed=seed, log_dir=sub)
-        model, hist, meas = train_multiplicative(ds, epochs=epochs, batch_size=batch_size, seed=seed,
-                                                 callbacks=[cb], verbose=verbose, **kw)
+        model, hist, meas = train_multiplicative(
+            ds, epochs=epochs, batch_size=batch_size, seed=seed, callbacks=[cb], verbose=verbose, **kw
+        )
         h = cb.history
         out[prefix + "epochs"] = np.asarray(h.epochs)
         out[prefix + "wasserstein"] = h.scalar("ntk_wasserstein_train_test")
@@ -178,8 +227,9 @@ def plot_fig4(result: dict):
     e = np.arange(1, len(result["sigma_val"]) + 1)
     c.semilogy(np.r_[0, e], np.r_[result["sigma_val_initial"], result["sigma_val"]], "o-", label="feature learning")
     if "lazy_sigma_val" in result:
-        c.semilogy(np.r_[0, e], np.r_[result["lazy_sigma_val_initial"], result["lazy_sigma_val"]], "s-",
-                   label="lazy control")
+        c.semilogy(
+            np.r_[0, e], np.r_[result["lazy_sigma_val_initial"], result["lazy_sigma_val"]], "s-", label="lazy control"
+        )
     c.set_xlabel("epoch")
     c.set_ylabel("sigma_val")
     c.set_title("validation sigma measure")
@@ -188,10 +238,23 @@ def plot_fig4(result: dict):
     return fig
 
 
-def run_afterkernel(*, n_points=20_000, epochs=50, checkpoints=(0, 5, 50), hidden=(64, 64, 64),
-                    activation="gelu", n_flow_train=300, n_flow_test=300, chart=(0, 1), steps=50,
-                    learning_rates=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), batch_size=64, seed=0,
-                    form="primal", verbose=0) -> dict:
+def run_afterkernel(
+    *,
+    n_points=20_000,
+    epochs=50,
+    checkpoints=(0, 5, 50),
+    hidden=(64, 64, 64),
+    activation="gelu",
+    n_flow_train=300,
+    n_flow_test=300,
+    chart=(0, 1),
+    steps=50,
+    learning_rates=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+    batch_size=64,
+    seed=0,
+    form="primal",
+    verbose=0,
+) -> dict:
     """Empirical NTKs of a training network, frozen at checkpoints, used as flow kernels.
 
     The network (multiplicative model) trains on ``n_points`` points; at each
@@ -213,8 +276,8 @@ def run_afterkernel(*, n_points=20_000, epochs=50, checkpoints=(0, 5, 50), hidde
     """
     import keras
 
+    from cyntk.flows.kernel_model import KernelModel, NonPositiveMetricError
     from cyntk.kernels import EmpiricalNTKKernel
-    from cyntk.kernels.kernel_model import KernelModel, NonPositiveMetricError
 
     M = fermat_quintic()
     ds = make_dataset(M, n_points, seed=seed)
@@ -235,9 +298,16 @@ def run_afterkernel(*, n_points=20_000, epochs=50, checkpoints=(0, 5, 50), hidde
             if last in checkpoints and last not in kernels:
                 kernels[last] = EmpiricalNTKKernel(self.model)
 
-    model, hist, meas = train_multiplicative(ds, hidden=hidden, activation=activation, epochs=max(checkpoints),
-                                             batch_size=batch_size, seed=seed, callbacks=[Snapshot()],
-                                             verbose=verbose)
+    model, hist, meas = train_multiplicative(
+        ds,
+        hidden=hidden,
+        activation=activation,
+        epochs=max(checkpoints),
+        batch_size=batch_size,
+        seed=seed,
+        callbacks=[Snapshot()],
+        verbose=verbose,
+    )
     sig = [meas.initial["sigma_val"]] + list(meas.history["sigma_val"])
     train_gain, test_gain, lrs = [], [], []
     for c in checkpoints:
@@ -259,9 +329,13 @@ def run_afterkernel(*, n_points=20_000, epochs=50, checkpoints=(0, 5, 50), hidde
         train_gain.append(best[0])
         test_gain.append(best[1])
         lrs.append(best[2])
-    return {"checkpoints": np.asarray(checkpoints), "train_gain": np.asarray(train_gain),
-            "test_gain": np.asarray(test_gain), "learning_rate": np.asarray(lrs),
-            "network_sigma_val": np.asarray([sig[c] for c in checkpoints])}
+    return {
+        "checkpoints": np.asarray(checkpoints),
+        "train_gain": np.asarray(train_gain),
+        "test_gain": np.asarray(test_gain),
+        "learning_rate": np.asarray(lrs),
+        "network_sigma_val": np.asarray([sig[c] for c in checkpoints]),
+    }
 
 
 def plot_afterkernel(result: dict):

@@ -67,8 +67,7 @@ class ResultStore:
             return self._mem[key]
         if self.directory is not None and self._path(key).is_file():
             try:
-                f = read_npz(self._path(key), what=f"the saved item {key!r}",
-                             fix="it is recomputed now.")
+                f = read_npz(self._path(key), what=f"the saved item {key!r}", fix="it is recomputed now.")
             except CorruptFileError as exc:
                 warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
                 return None
@@ -131,8 +130,7 @@ def load_result(directory, name):
         raise IncompleteFileSetError(f"the result of {name} at {d} is incomplete: {reason}; {fix}")
     res = read_json(d / "result.json", what=f"the numbers of {name}", fix=fix)
     if not isinstance(res, dict):
-        raise CorruptFileError(f"{d / 'result.json'} must hold a JSON object; received "
-                               f"{type(res).__name__}. {fix}")
+        raise CorruptFileError(f"{d / 'result.json'} must hold a JSON object; received {type(res).__name__}. {fix}")
     if (d / "result.npz").is_file():
         res.update(read_npz(d / "result.npz", what=f"the arrays of {name}", fix=fix))
     return res
@@ -176,13 +174,22 @@ def _previous_result(out: Path, name: str, exp, log):
         log(f"[{name}] the result at {d} is incomplete ({exc}); recomputing it")
         return None
     finish_file_set(d / MANIFEST, _members(d, name, exp), {"experiment": name, "adopted": True})
-    log(f"[{name}] result at {d} predates manifests; all its files read completely, so it is kept "
-        f"(use --force if it may come from an interrupted run)")
+    log(
+        f"[{name}] result at {d} predates manifests; all its files read completely, so it is kept "
+        f"(use --force if it may come from an interrupted run)"
+    )
     return res
 
 
-def reproduce(names, *, scale: str = "quick", output="cyntk-results", force: bool = False,
-              overrides: dict | None = None, log=print) -> dict:
+def reproduce(
+    names,
+    *,
+    scale: str = "quick",
+    output="cyntk-results",
+    force: bool = False,
+    overrides: dict | None = None,
+    log=print,
+) -> dict:
     """Run experiments by name and write their numbers and figures.
 
     Args:
@@ -200,8 +207,10 @@ def reproduce(names, *, scale: str = "quick", output="cyntk-results", force: boo
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
-        raise TypeError(f"`names` must be an experiment name or a non-empty list of names (see "
-                        f"EXPERIMENTS, or 'all'); received {names!r}.")
+        raise TypeError(
+            f"`names` must be an experiment name or a non-empty list of names (see "
+            f"EXPERIMENTS, or 'all'); received {names!r}."
+        )
     if not isinstance(scale, str):
         raise TypeError(f"`scale` must be 'quick' or 'paper'; received {scale!r}.")
     if "all" in names:
@@ -239,7 +248,7 @@ def reproduce(names, *, scale: str = "quick", output="cyntk-results", force: boo
         if arrays:
             atomic_write(d / "result.npz", lambda fh: np.savez_compressed(fh, **arrays))
         elif (d / "result.npz").is_file():
-            (d / "result.npz").unlink()          # arrays of an earlier run do not belong to this one
+            (d / "result.npz").unlink()  # arrays of an earlier run do not belong to this one
         save_json(scalars, d / "result.json")
         if exp.plot is not None:
             save_figure(exp.plot(res), d / f"{name}.png")

@@ -5,7 +5,7 @@ away from the frozen infinite-width kernel. This experiment measures that
 distance directly for the Figure-4 architecture -- cyntk's multiplicative model
 with a 3-hidden-layer gelu network and a bias-free linear readout of the 9
 metric components -- in the NTK parameterisation
-(:func:`cyntk.kernels.analytic.ntk_mlp`, exact gelu), the one with a
+(:func:`cyntk.kernels.ntk_networks.ntk_mlp`, exact gelu), the one with a
 width-independent limit:
 
 * at initialisation, for widths 64..4096 and several seeds, the relative
@@ -37,12 +37,12 @@ def kernel_distances(theta, reference) -> tuple[float, float]:
     theta = np.asarray(theta, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     if theta.shape != reference.shape:
-        raise ValueError(f"`theta` and `reference` must have the same shape; received {theta.shape} "
-                         f"and {reference.shape}.")
+        raise ValueError(
+            f"`theta` and `reference` must have the same shape; received {theta.shape} and {reference.shape}."
+        )
     nr = np.linalg.norm(reference)
     nt = np.linalg.norm(theta)
-    return (float(np.linalg.norm(theta - reference) / nr),
-            float(np.sum(theta * reference) / (nt * nr)))
+    return (float(np.linalg.norm(theta - reference) / nr), float(np.sum(theta * reference) / (nt * nr)))
 
 
 def _model(manifold_or_ds, width, depth, W_std, b_std, seed, loss_weights=None):
@@ -50,10 +50,20 @@ def _model(manifold_or_ds, width, depth, W_std, b_std, seed, loss_weights=None):
     from cyntk.models import MultiplicativeModel
 
     n = 3
-    net = ntk_mlp(10, int(width), depth, activation="gelu", W_std=W_std, b_std=b_std,
-                  readout_bias=False, n_outputs=n * n, seed=int(seed))
-    return MultiplicativeModel(net, manifold_or_ds, dtype="float64",
-                               **({"volk": 0.0} if loss_weights is None else dict(loss_weights)))
+    net = ntk_mlp(
+        10,
+        int(width),
+        depth,
+        activation="gelu",
+        W_std=W_std,
+        b_std=b_std,
+        readout_bias=False,
+        n_outputs=n * n,
+        seed=int(seed),
+    )
+    return MultiplicativeModel(
+        net, manifold_or_ds, dtype="float64", **({"volk": 0.0} if loss_weights is None else dict(loss_weights))
+    )
 
 
 def _fit_exponent(widths, dist):
@@ -61,10 +71,24 @@ def _fit_exponent(widths, dist):
     return float(slope), float(intercept)
 
 
-def run_widthlimit(*, widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=3, n_track=10,
-                   depth=3, W_std=1.5, b_std=0.1, train_widths=(64, 256, 1024), n_points=10_000,
-                   epochs=5, batch_size=64, learning_rate=1e-3, optimizer="adam", loss_weights=None,
-                   seed=0, verbose=0) -> dict:
+def run_widthlimit(
+    *,
+    widths=(64, 128, 256, 512, 1024, 2048, 4096),
+    n_seeds=3,
+    n_track=10,
+    depth=3,
+    W_std=1.5,
+    b_std=0.1,
+    train_widths=(64, 256, 1024),
+    n_points=10_000,
+    epochs=5,
+    batch_size=64,
+    learning_rate=1e-3,
+    optimizer="adam",
+    loss_weights=None,
+    seed=0,
+    verbose=0,
+) -> dict:
     """Distance of the empirical metric-NTK to its infinite-width limit vs width, at init and in training.
 
     Args:
@@ -101,8 +125,15 @@ def run_widthlimit(*, widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=3, n
     ds = make_dataset(fermat_quintic(), int(n_points), seed=seed)
     x = np.asarray(ds.X_val[:n_track], dtype=np.float64)
     limit = InfiniteWidthMetricKernel(_model(ds, 8, depth, W_std, b_std, seed))(x)
-    out = {"widths": np.asarray(widths), "n_track": n_track, "depth": depth, "W_std": W_std,
-           "b_std": b_std, "n_seeds": n_seeds, "theta_inf_norm": float(np.linalg.norm(limit))}
+    out = {
+        "widths": np.asarray(widths),
+        "n_track": n_track,
+        "depth": depth,
+        "W_std": W_std,
+        "b_std": b_std,
+        "n_seeds": n_seeds,
+        "theta_inf_norm": float(np.linalg.norm(limit)),
+    }
     frob = np.zeros((len(widths), n_seeds))
     align = np.zeros((len(widths), n_seeds))
     for i, w in enumerate(widths):
@@ -115,8 +146,7 @@ def run_widthlimit(*, widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=3, n
                 v.assign(rng.standard_normal(v.shape))
             frob[i, s], align[i, s] = kernel_distances(metric_ntk(model, x), limit)
             if verbose:
-                print(f"width {w} seed {s}: distance {frob[i, s]:.4f} alignment {align[i, s]:.6f}",
-                      flush=True)
+                print(f"width {w} seed {s}: distance {frob[i, s]:.4f} alignment {align[i, s]:.6f}", flush=True)
     out["init_frobenius"], out["init_alignment"] = frob, align
     out["init_frobenius_mean"] = frob.mean(axis=1)
     out["init_alignment_mean"] = align.mean(axis=1)
@@ -127,8 +157,11 @@ def run_widthlimit(*, widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=3, n
     out["train_widths"] = np.asarray([int(w) for w in train_widths])
     for w in out["train_widths"]:
         model = _model(ds, w, depth, W_std, b_std, seed=seed + 1, loss_weights=loss_weights)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate) if optimizer == "adam"
-                      else keras.optimizers.SGD(learning_rate))
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate)
+            if optimizer == "adam"
+            else keras.optimizers.SGD(learning_rate)
+        )
         theta0 = metric_ntk(model, x)
         rec = {"frobenius": [], "alignment": [], "moved": []}
 
@@ -145,8 +178,14 @@ def run_widthlimit(*, widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=3, n
                 record(metric_ntk(self.model, x))
 
         meas = MeasuresCallback(ds, measures=("sigma",), initial=True)
-        model.fit(ds.X_train, ds.y_train, epochs=int(epochs), batch_size=int(batch_size),
-                  callbacks=[meas, _Track()], verbose=verbose)
+        model.fit(
+            ds.X_train,
+            ds.y_train,
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            callbacks=[meas, _Track()],
+            verbose=verbose,
+        )
         for key, vals in rec.items():
             out[f"train/{w}/{key}"] = np.asarray(vals)
         out[f"train/{w}/sigma_val"] = np.r_[meas.initial["sigma_val"], meas.history["sigma_val"]]
@@ -164,10 +203,8 @@ def plot_widthlimit(result: dict):
     for s in range(frob.shape[1]):
         a.loglog(w, frob[:, s], "o", color="C0", alpha=0.35, ms=4)
     a.loglog(w, result["init_frobenius_mean"], "o-", color="C0", label="relative Frobenius (mean)")
-    a.loglog(w, result["prefactor"] * w ** result["exponent"], "k--",
-             label=f"fit: width^{result['exponent']:.3f}")
-    a.loglog(w, 1.0 - np.asarray(result["init_alignment_mean"]), "s-", color="C1",
-             label="1 - alignment")
+    a.loglog(w, result["prefactor"] * w ** result["exponent"], "k--", label=f"fit: width^{result['exponent']:.3f}")
+    a.loglog(w, 1.0 - np.asarray(result["init_alignment_mean"]), "s-", color="C1", label="1 - alignment")
     a.set_xlabel("hidden width")
     a.set_ylabel("distance of the metric-NTK to Theta_inf")
     a.set_title("at initialisation")
@@ -176,8 +213,7 @@ def plot_widthlimit(result: dict):
     for i, tw in enumerate(result.get("train_widths", [])):
         f = result[f"train/{tw}/frobenius"]
         b.plot(np.arange(len(f)), f, "o-", color=f"C{i}", label=f"width {tw}: to Theta_inf")
-        b.plot(np.arange(len(f)), result[f"train/{tw}/moved"], ":", color=f"C{i}",
-               label=f"width {tw}: to epoch 0")
+        b.plot(np.arange(len(f)), result[f"train/{tw}/moved"], ":", color=f"C{i}", label=f"width {tw}: to epoch 0")
         b2.semilogy(np.arange(len(f)), result[f"train/{tw}/sigma_val"], "x--", color=f"C{i}", alpha=0.6)
     b.set_xlabel("epoch")
     b.set_ylabel("relative Frobenius distance")

@@ -17,6 +17,5 @@ def kappa_from_geometry(geo: dict, weights=None) -> float:
     """
     w = geo["weights"] if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.shape[0] != len(geo["points"]):
-        raise ValueError(f"`weights` must have one entry per point ({len(geo['points'])}); "
-                         f"received {w.shape[0]}.")
+        raise ValueError(f"`weights` must have one entry per point ({len(geo['points'])}); received {w.shape[0]}.")
     return float(np.mean(w * geo["det_fs"] / geo["omega_sq"]) / np.mean(w))

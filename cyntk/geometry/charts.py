@@ -25,8 +25,10 @@ def _charts(manifold, points):
         z = x
     else:
         if x.ndim != 2 or x.shape[1] != 2 * manifold.ncoords:
-            raise ValueError(f"`points` must be real (P, 2N) = (P, {2 * manifold.ncoords}) network inputs "
-                             f"[Re z, Im z] or complex (P, {manifold.ncoords}); received shape {x.shape}.")
+            raise ValueError(
+                f"`points` must be real (P, 2N) = (P, {2 * manifold.ncoords}) network inputs "
+                f"[Re z, Im z] or complex (P, {manifold.ncoords}); received shape {x.shape}."
+            )
         z = to_complex(x)
     if z.ndim != 2 or z.shape[1] != manifold.ncoords:
         raise ValueError(f"`points` must be complex (P, {manifold.ncoords}); received shape {z.shape}.")
@@ -75,7 +77,8 @@ def select_chart(manifold, points, chart, *, return_index: bool = False):
     charts = _charts(manifold, points)
     idx = np.nonzero((charts[:, 0] == k) & (charts[:, 1] == j))[0]
     if len(idx) == 0:
-        raise ValueError(f"no point of `points` lies in chart {(k, j)}; charts present: "
-                         f"{chart_counts(manifold, points)}.")
+        raise ValueError(
+            f"no point of `points` lies in chart {(k, j)}; charts present: {chart_counts(manifold, points)}."
+        )
     out = np.asarray(points)[idx]
     return (out, idx) if return_index else out

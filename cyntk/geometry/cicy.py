@@ -45,8 +45,8 @@ import warnings
 
 import numpy as np
 
+from cyntk._validation import as_points
 from cyntk.geometry._kappa import kappa_from_geometry
-from cyntk.geometry._checks import as_points
 from cyntk.geometry.intersection import intersection_number, intersection_tensor, mixed_determinant_counts
 
 __all__ = ["CompleteIntersection", "monomial_basis", "free_parameter_assignments"]
@@ -134,12 +134,15 @@ class CompleteIntersection:
         monomials = list(monomials)
         coefficients = list(coefficients)
         if len(monomials) == 0 or len(monomials) != len(coefficients):
-            raise ValueError(f"`monomials` and `coefficients` must be lists of equal, non-zero length "
-                             f"(one entry per equation); received {len(monomials)} and {len(coefficients)}.")
+            raise ValueError(
+                f"`monomials` and `coefficients` must be lists of equal, non-zero length "
+                f"(one entry per equation); received {len(monomials)} and {len(coefficients)}."
+            )
         amb = np.asarray(ambient).reshape(-1)
         if amb.size == 0 or np.any(amb != np.round(amb)) or np.any(amb < 1):
-            raise ValueError(f"`ambient` must list the dimensions n_F >= 1 of the projective factors; "
-                             f"received {ambient!r}.")
+            raise ValueError(
+                f"`ambient` must list the dimensions n_F >= 1 of the projective factors; received {ambient!r}."
+            )
         amb = amb.astype(np.int64)
         n = int(np.sum(amb + 1))
         starts = np.concatenate([[0], np.cumsum(amb + 1)])
@@ -148,64 +151,79 @@ class CompleteIntersection:
         for k, (mk, ck) in enumerate(zip(monomials, coefficients)):
             mk = np.asarray(mk)
             if mk.ndim != 2 or mk.shape[1] != n or mk.shape[0] == 0:
-                raise ValueError(f"`monomials[{k}]` must be an integer array (n_monomials, {n}) for ambient "
-                                 f"{amb.tolist()}; received shape {mk.shape}.")
+                raise ValueError(
+                    f"`monomials[{k}]` must be an integer array (n_monomials, {n}) for ambient "
+                    f"{amb.tolist()}; received shape {mk.shape}."
+                )
             if not np.all(np.isfinite(mk)) or np.any(mk != np.round(mk)) or np.any(mk < 0):
                 raise ValueError(f"`monomials[{k}]` must hold non-negative integer exponents.")
             mk = np.round(mk).astype(np.int64)
             ck = np.asarray(ck).astype(np.complex128).reshape(-1)
             if ck.shape[0] != mk.shape[0]:
-                raise ValueError(f"`coefficients[{k}]` must have one entry per monomial ({mk.shape[0]}); "
-                                 f"received {ck.shape[0]}.")
+                raise ValueError(
+                    f"`coefficients[{k}]` must have one entry per monomial ({mk.shape[0]}); received {ck.shape[0]}."
+                )
             if not np.all(np.isfinite(ck)) or not np.any(ck != 0):
                 raise ValueError(f"`coefficients[{k}]` must be finite and not all zero.")
-            deg = np.stack([mk[:, s:e].sum(axis=1) for s, e in self.factor_slices], axis=1)   # (M_k, m)
+            deg = np.stack([mk[:, s:e].sum(axis=1) for s, e in self.factor_slices], axis=1)  # (M_k, m)
             if np.any(deg != deg[:1]):
-                raise ValueError(f"Equation {k} is not multi-homogeneous: the degrees of its monomials in the "
-                                 f"factors differ (received multidegrees {np.unique(deg, axis=0).tolist()}); "
-                                 f"every monomial must have the same degree in each projective factor.")
+                raise ValueError(
+                    f"Equation {k} is not multi-homogeneous: the degrees of its monomials in the "
+                    f"factors differ (received multidegrees {np.unique(deg, axis=0).tolist()}); "
+                    f"every monomial must have the same degree in each projective factor."
+                )
             monos.append(mk)
             coefs.append(ck)
             conf.append(deg[0])
         self.monomials = monos
         self.coefficients = coefs
-        self.configuration = np.stack(conf, axis=1).astype(np.int64)          # (m, K)
+        self.configuration = np.stack(conf, axis=1).astype(np.int64)  # (m, K)
         self.ambient = amb
         self.nproj = int(len(amb))
         self.nhyper = int(len(monos))
         self.ncoords = n
         self.nfold = int(amb.sum() - self.nhyper)
         if self.nfold < 1:
-            raise ValueError(f"The complete intersection has dimension sum(n_F) - K = {self.nfold} < 1 "
-                             f"(ambient {amb.tolist()}, K = {self.nhyper} equations).")
+            raise ValueError(
+                f"The complete intersection has dimension sum(n_F) - K = {self.nfold} < 1 "
+                f"(ambient {amb.tolist()}, K = {self.nhyper} equations)."
+            )
         if np.any(self.configuration.sum(axis=0) == 0):
             raise ValueError("Every equation must have positive degree; received a constant equation.")
         t = np.ones(self.nproj) if kmoduli is None else np.asarray(kmoduli, dtype=np.float64).reshape(-1)
         if t.shape != (self.nproj,) or not np.all(np.isfinite(t)) or np.any(t <= 0):
-            raise ValueError(f"`kmoduli` must be {self.nproj} positive Kaehler parameters (one per factor); "
-                             f"received {kmoduli!r}.")
+            raise ValueError(
+                f"`kmoduli` must be {self.nproj} positive Kaehler parameters (one per factor); received {kmoduli!r}."
+            )
         self.kmoduli = t
         self.name = str(name)
         if not self.is_calabi_yau:
-            warnings.warn(f"{self.name}: configuration {self.configuration.tolist()} in ambient {amb.tolist()} "
-                          f"is not Calabi-Yau (row sums {self.configuration.sum(axis=1).tolist()} != n_F + 1 = "
-                          f"{(amb + 1).tolist()}); kappa and the Monge-Ampere equation det g = kappa |Omega|^2 "
-                          f"do not apply.", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.name}: configuration {self.configuration.tolist()} in ambient {amb.tolist()} "
+                f"is not Calabi-Yau (row sums {self.configuration.sum(axis=1).tolist()} != n_F + 1 = "
+                f"{(amb + 1).tolist()}); kappa and the Monge-Ampere equation det g = kappa |Omega|^2 "
+                f"do not apply.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.intersection_numbers = intersection_tensor(amb, self.configuration)
         self.vol_j_norm = float(self.volume(np.ones(self.nproj)))
         self.volume_k = float(self.volume(t))
         self.all_ts = free_parameter_assignments(amb, self.configuration)
         self.assignment_degrees = np.array(
-            [intersection_number(amb, self.configuration, amb - tm) for tm in self.all_ts], dtype=np.int64)
+            [intersection_number(amb, self.configuration, amb - tm) for tm in self.all_ts], dtype=np.int64
+        )
         self.weight_constant = float(math.factorial(self.nfold) * np.mean(self.assignment_degrees))
         self._dexp, self._dcoef = zip(*[derivative_tables(m_, c_, n) for m_, c_ in zip(monos, coefs)])
         self._dexp, self._dcoef = list(self._dexp), list(self._dcoef)
 
     # ------------------------------------------------------------------ basics
     def __repr__(self):
-        return (f"CompleteIntersection(name={self.name!r}, ambient={self.ambient.tolist()}, "
-                f"configuration={self.configuration.tolist()}, nfold={self.nfold}, "
-                f"kmoduli={self.kmoduli.tolist()})")
+        return (
+            f"CompleteIntersection(name={self.name!r}, ambient={self.ambient.tolist()}, "
+            f"configuration={self.configuration.tolist()}, nfold={self.nfold}, "
+            f"kmoduli={self.kmoduli.tolist()})"
+        )
 
     @property
     def is_calabi_yau(self) -> bool:
@@ -256,8 +274,9 @@ class CompleteIntersection:
     def monomial_scale(self, z) -> np.ndarray:
         """``sum_m |c_m z^m|`` per equation, float64 (P, K): the size to judge |Q_k| against."""
         z = np.abs(self._points(z)).astype(np.complex128)
-        return np.stack([_eval(z, m[None], np.abs(c)[None]).real[:, 0]
-                         for m, c in zip(self.monomials, self.coefficients)], 1)
+        return np.stack(
+            [_eval(z, m[None], np.abs(c)[None]).real[:, 0] for m, c in zip(self.monomials, self.coefficients)], 1
+        )
 
     def residual(self, z) -> np.ndarray:
         """``max_k |Q_k| / scale_k``, float64 (P,): how far points are from X (scale-free)."""
@@ -296,9 +315,11 @@ class CompleteIntersection:
             cnt = ones[:, s:e].sum(axis=1)
             if np.any(cnt != 1):
                 bad = np.nonzero(cnt != 1)[0]
-                raise ValueError(f"{len(bad)} point(s) of `z` do not have exactly one coordinate equal to 1 in "
-                                 f"factor {F} (e.g. point {bad[0]} has {cnt[bad[0]]}); points must be patch-"
-                                 f"normalised per factor (use CompleteIntersection.patch_normalise).")
+                raise ValueError(
+                    f"{len(bad)} point(s) of `z` do not have exactly one coordinate equal to 1 in "
+                    f"factor {F} (e.g. point {bad[0]} has {cnt[bad[0]]}); points must be patch-"
+                    f"normalised per factor (use CompleteIntersection.patch_normalise)."
+                )
             out[:, F] = s + np.argmax(ones[:, s:e], axis=1)
         return out
 
@@ -324,13 +345,12 @@ class CompleteIntersection:
 
     # ------------------------------------------------------ pullbacks and Omega
     def _local(self, z, charts, dq):
-        one = charts[:, :self.nproj]
-        elim = charts[:, self.nproj:]
+        elim = charts[:, self.nproj :]
         good = self.good_coordinates(charts)
         P, K, n = len(z), self.nhyper, self.ncoords
-        B = np.take_along_axis(dq, np.broadcast_to(elim[:, None, :], (P, K, K)), axis=2)       # B[k, l]
+        B = np.take_along_axis(dq, np.broadcast_to(elim[:, None, :], (P, K, K)), axis=2)  # B[k, l]
         dQx = np.take_along_axis(dq, np.broadcast_to(good[:, None, :], (P, K, self.nfold)), axis=2)  # (P,K,nfold)
-        sol = -np.linalg.solve(B, dQx)                        # (P, K(l), nfold(a)) = dz_{j_l}/dx_a
+        sol = -np.linalg.solve(B, dQx)  # (P, K(l), nfold(a)) = dz_{j_l}/dx_a
         J = np.zeros((P, self.nfold, n), dtype=np.complex128)
         r = np.arange(P)[:, None]
         a = np.arange(self.nfold)[None, :]
@@ -372,8 +392,10 @@ class CompleteIntersection:
         for F, (s, e) in enumerate(self.factor_slices):
             zf = z[:, s:e]
             n2 = np.sum(np.abs(zf) ** 2, axis=1)
-            g = (np.eye(e - s)[None] / n2[:, None, None]
-                 - np.conj(zf)[:, :, None] * zf[:, None, :] / (n2 ** 2)[:, None, None])
+            g = (
+                np.eye(e - s)[None] / n2[:, None, None]
+                - np.conj(zf)[:, :, None] * zf[:, None, :] / (n2**2)[:, None, None]
+            )
             out[F, :, s:e, s:e] = g / np.pi
         return out
 
@@ -400,8 +422,7 @@ class CompleteIntersection:
             zf, Jf = z[:, s:e], J[:, :, s:e]
             n2 = np.sum(np.abs(zf) ** 2, axis=1)[:, None, None]
             v = np.einsum("pan,pn->pa", Jf, np.conj(zf))
-            out[F] = (Jf @ np.conj(np.swapaxes(Jf, 1, 2)) / n2
-                      - v[:, :, None] * np.conj(v)[:, None, :] / n2 ** 2) / np.pi
+            out[F] = (Jf @ np.conj(np.swapaxes(Jf, 1, 2)) / n2 - v[:, :, None] * np.conj(v)[:, None, :] / n2**2) / np.pi
         return out
 
     def mixed_dets(self, z, charts=None) -> np.ndarray:
@@ -429,6 +450,7 @@ class CompleteIntersection:
         """
         if check_variety:
             from cyntk.geometry.variety import check_on_variety
+
             check_on_variety(self, self._points(z), "z")
         z, dq, charts = self._prepare(z, charts)
         J, om = self._local(z, charts, dq)
@@ -436,9 +458,17 @@ class CompleteIntersection:
         gt = np.einsum("f,fpab->pab", self.kmoduli.astype(np.complex128), G)
         D = np.stack([mixed_determinant_counts(G, self.ambient - tm) for tm in self.all_ts])
         om2 = np.abs(om) ** 2
-        return dict(points=z, charts=charts, pullbacks=J, omega=om, omega_sq=om2, fs_metric_pb=gt,
-                    det_fs=np.real(np.linalg.det(gt)), mixed_dets=D,
-                    weights=self.weight_constant * om2 / np.mean(D, axis=0))
+        return dict(
+            points=z,
+            charts=charts,
+            pullbacks=J,
+            omega=om,
+            omega_sq=om2,
+            fs_metric_pb=gt,
+            det_fs=np.real(np.linalg.det(gt)),
+            mixed_dets=D,
+            weights=self.weight_constant * om2 / np.mean(D, axis=0),
+        )
 
     def weights(self, z, charts=None) -> np.ndarray:
         """Normalised point weights (module docstring), float64 (P,)."""
@@ -473,10 +503,13 @@ class CompleteIntersection:
         ``chart`` (one fixed chart, supported for hypersurfaces in one P^n) must be None here.
         """
         if chart is not None:
-            raise ValueError(f"`chart` selection is not supported for complete intersections in products "
-                             f"of projective spaces; received chart={chart!r}. Select charts afterwards "
-                             f"with CompleteIntersection.charts.")
+            raise ValueError(
+                f"`chart` selection is not supported for complete intersections in products "
+                f"of projective spaces; received chart={chart!r}. Select charts afterwards "
+                f"with CompleteIntersection.charts."
+            )
         from cyntk.geometry.cicy_sampling import sample_points
+
         return sample_points(self, n_points, seed=seed, progress=progress, return_planes=return_planes)
 
     # ------------------------------------------------------- cymetric basis
@@ -490,14 +523,20 @@ class CompleteIntersection:
             out[f"QB{k}"] = self.monomials[k].astype(np.int64)
             qf = self.coefficients[k]
             out[f"QF{k}"] = qf.real.astype(np.float64) if np.all(qf.imag == 0) else qf
-        out.update(NFOLD=np.int64(self.nfold), AMBIENT=self.ambient.astype(np.int64),
-                   KMODULI=self.kmoduli.astype(np.float64), NHYPER=int(self.nhyper),
-                   INTNUMS=self.intersection_numbers.astype(np.int64), KAPPA=np.float64(kappa))
+        out.update(
+            NFOLD=np.int64(self.nfold),
+            AMBIENT=self.ambient.astype(np.int64),
+            KMODULI=self.kmoduli.astype(np.float64),
+            NHYPER=int(self.nhyper),
+            INTNUMS=self.intersection_numbers.astype(np.int64),
+            KAPPA=np.float64(kappa),
+        )
         return out
 
     @classmethod
-    def from_basis(cls, basis: dict, name: str = "from_basis", *,
-                   cymetric_derivatives: bool = False) -> "CompleteIntersection":
+    def from_basis(
+        cls, basis: dict, name: str = "from_basis", *, cymetric_derivatives: bool = False
+    ) -> "CompleteIntersection":
         """Rebuild from a cymetric basis dict (values may be complex64-cast as cymetric's prepare_basis does).
 
         Args:
@@ -511,8 +550,10 @@ class CompleteIntersection:
         need = [f"QB{k}" for k in range(nh)] + [f"QF{k}" for k in range(nh)] + ["AMBIENT", "KMODULI"]
         missing = [k for k in need if k not in basis]
         if missing:
-            raise KeyError(f"`basis` is missing key(s) {missing}; expected a cymetric basis dict with "
-                           f"QB<k>, QF<k> (k < NHYPER = {nh}), AMBIENT and KMODULI.")
+            raise KeyError(
+                f"`basis` is missing key(s) {missing}; expected a cymetric basis dict with "
+                f"QB<k>, QF<k> (k < NHYPER = {nh}), AMBIENT and KMODULI."
+            )
         amb = np.real(np.asarray(basis["AMBIENT"])).round().astype(np.int64).reshape(-1)
         monos = [np.real(np.asarray(basis[f"QB{k}"])).round().astype(np.int64) for k in range(nh)]
         coefs = [np.asarray(basis[f"QF{k}"]).astype(np.complex128) for k in range(nh)]
@@ -522,8 +563,7 @@ class CompleteIntersection:
             obj = cls(monos, coefs, amb, kmod, name=name)
         if cymetric_derivatives:
             obj._dexp = [np.real(np.asarray(basis[f"DQDZB{k}"])).round().astype(np.int64) for k in range(nh)]
-            obj._dcoef = [np.asarray(basis[f"DQDZF{k}"]).astype(np.complex64).astype(np.complex128)
-                          for k in range(nh)]
+            obj._dcoef = [np.asarray(basis[f"DQDZF{k}"]).astype(np.complex64).astype(np.complex128) for k in range(nh)]
         return obj
 
 
@@ -540,8 +580,8 @@ def derivative_tables(mono, coef, n):
     E = np.zeros((n, T, n), dtype=np.int64)
     F = np.zeros((n, T), dtype=np.complex128)
     for i, (exps, c) in enumerate(rows):
-        E[i, :len(c)] = exps
-        F[i, :len(c)] = c
+        E[i, : len(c)] = exps
+        F[i, : len(c)] = c
     return E, F
 
 
@@ -555,15 +595,15 @@ def _eval(z, exps, coefs):
     dmax = int(exps.max()) if exps.size else 0
     flat = exps.reshape(-1, n)
     for s in range(0, len(z), _EVAL_CHUNK):
-        zc = z[s:s + _EVAL_CHUNK]
-        pw = np.empty((n, len(zc), dmax + 1), dtype=np.complex128)      # pw[l, p, d] = z_pl**d
+        zc = z[s : s + _EVAL_CHUNK]
+        pw = np.empty((n, len(zc), dmax + 1), dtype=np.complex128)  # pw[l, p, d] = z_pl**d
         pw[:, :, 0] = 1.0
         for d in range(1, dmax + 1):
             pw[:, :, d] = pw[:, :, d - 1] * zc.T
         terms = np.take(pw[0], flat[:, 0], axis=1)
         for l in range(1, n):
             terms *= np.take(pw[l], flat[:, l], axis=1)
-        out[s:s + _EVAL_CHUNK] = np.sum(terms.reshape(len(zc), I, T) * coefs[None], axis=-1)
+        out[s : s + _EVAL_CHUNK] = np.sum(terms.reshape(len(zc), I, T) * coefs[None], axis=-1)
     return out
 
 

@@ -18,8 +18,15 @@ import numpy as np
 
 from cyntk.geometry.cicy import CompleteIntersection, _gm
 
-__all__ = ["multidegree_monomials", "generic_cicy", "tetraquadric", "bicubic", "parse_configuration",
-           "CICY_MANIFOLDS", "get_cicy"]
+__all__ = [
+    "multidegree_monomials",
+    "generic_cicy",
+    "tetraquadric",
+    "bicubic",
+    "parse_configuration",
+    "CICY_MANIFOLDS",
+    "get_cicy",
+]
 
 
 def multidegree_monomials(ambient, degrees) -> np.ndarray:
@@ -41,8 +48,10 @@ def generic_cicy(ambient, configuration, *, seed=0, kmoduli=None, name=None) -> 
     amb = np.asarray(ambient, dtype=np.int64).reshape(-1)
     conf = np.asarray(configuration, dtype=np.int64)
     if conf.ndim != 2 or conf.shape[0] != len(amb):
-        raise ValueError(f"`configuration` must be an integer matrix (m, K) with one row per factor of "
-                         f"`ambient` (m = {len(amb)}); received shape {conf.shape}.")
+        raise ValueError(
+            f"`configuration` must be an integer matrix (m, K) with one row per factor of "
+            f"`ambient` (m = {len(amb)}); received shape {conf.shape}."
+        )
     rng = np.random.default_rng(seed)
     monos, coefs = [], []
     for k in range(conf.shape[1]):
@@ -99,11 +108,14 @@ def parse_configuration(text):
             amb.append(int(n))
             conf.append([int(v) for v in q.split(",")])
     except ValueError as exc:
-        raise ValueError(f"configuration {text!r} must read 'n1|q11,q12;n2|q21,q22' (dimension | degrees "
-                         f"of the equations, one factor per ';'), e.g. '5|3,3'.") from exc
+        raise ValueError(
+            f"configuration {text!r} must read 'n1|q11,q12;n2|q21,q22' (dimension | degrees "
+            f"of the equations, one factor per ';'), e.g. '5|3,3'."
+        ) from exc
     if not rows or len({len(c) for c in conf}) != 1:
-        raise ValueError(f"configuration {text!r}: every factor must list the same number of equation "
-                         f"degrees; received {conf}.")
+        raise ValueError(
+            f"configuration {text!r}: every factor must list the same number of equation degrees; received {conf}."
+        )
     return dict(ambient=np.array(amb, dtype=np.int64), configuration=np.array(conf, dtype=np.int64))
 
 
@@ -123,8 +135,10 @@ def get_cicy(name: str, *, configuration=None, kmoduli=None, seed=None) -> Compl
     key = str(name).lower()
     if key == "cicy":
         if configuration is None:
-            raise ValueError("manifold 'cicy' needs a configuration, e.g. '5|3,3' (two cubics in P^5) or a "
-                             "JSON file {\"ambient\": [5], \"configuration\": [[3, 3]]}.")
+            raise ValueError(
+                "manifold 'cicy' needs a configuration, e.g. '5|3,3' (two cubics in P^5) or a "
+                'JSON file {"ambient": [5], "configuration": [[3, 3]]}.'
+            )
         cfg = parse_configuration(configuration)
         amb = cfg["ambient"]
         seed = cfg.get("seed", 0) if seed is None else seed
@@ -133,8 +147,9 @@ def get_cicy(name: str, *, configuration=None, kmoduli=None, seed=None) -> Compl
             kmoduli = np.full(len(amb), float(kmoduli))
         return generic_cicy(amb, cfg["configuration"], seed=seed, kmoduli=kmoduli)
     if key not in CICY_MANIFOLDS:
-        raise ValueError(f"Unknown complete intersection {name!r}; expected one of "
-                         f"{sorted(CICY_MANIFOLDS) + ['cicy']}.")
+        raise ValueError(
+            f"Unknown complete intersection {name!r}; expected one of {sorted(CICY_MANIFOLDS) + ['cicy']}."
+        )
     if configuration is not None:
         raise ValueError(f"a configuration applies only to manifold 'cicy'; received one for {name!r}.")
     factory = CICY_MANIFOLDS[key]

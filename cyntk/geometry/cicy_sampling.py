@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-from cyntk.geometry._checks import positive_int
+from cyntk._validation import positive_int
 
 __all__ = ["sample_points", "sample_planes"]
 
@@ -74,6 +74,7 @@ def sample_points(ci, n_points, *, seed=None, progress=None, return_planes: bool
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=n_points, desc=f"sampling {ci.name}", unit="pt")
     mean_d = float(np.mean(ci.assignment_degrees))
     out, ids, have, offset, empty = [], [], 0, 0, 0
@@ -83,8 +84,10 @@ def sample_points(ci, n_points, *, seed=None, progress=None, return_planes: bool
         z, pid, _ = sample_planes(ci, L, rng)
         empty = empty + 1 if len(z) == 0 else 0
         if empty >= 3:
-            raise RuntimeError(f"sampling {ci.name}: three batches of {L} planes gave no point on X; "
-                               f"the equations may be singular or inconsistent.")
+            raise RuntimeError(
+                f"sampling {ci.name}: three batches of {L} planes gave no point on X; "
+                f"the equations may be singular or inconsistent."
+            )
         out.append(z)
         ids.append(pid + offset)
         offset += L
@@ -115,7 +118,7 @@ def sample_planes(ci, n_planes, rng):
         if len(sel) == 0:
             continue
         t = ci.all_ts[m]
-        A = _plane_bases(ci, t, len(sel), rng)                 # (L, K+1, n)
+        A = _plane_bases(ci, t, len(sel), rng)  # (L, K+1, n)
         if ci.nhyper == 1:
             s, plane, ok = _solve_univariate(ci, A)
         else:
@@ -164,11 +167,11 @@ def _solve_univariate(ci, A, newton_steps: int = 2):
     lead = a[:, d]
     ok = np.abs(lead) > 1e-12 * np.max(np.abs(a), axis=1)
     comp = np.zeros((L, d, d), dtype=np.complex128)
-    comp[:, 0, :] = -a[:, d - 1::-1] / np.where(ok, lead, 1.0)[:, None]
+    comp[:, 0, :] = -a[:, d - 1 :: -1] / np.where(ok, lead, 1.0)[:, None]
     if d > 1:
         comp[:, np.arange(1, d), np.arange(d - 1)] = 1.0
     comp[~ok] = np.eye(d)
-    roots = np.linalg.eigvals(comp).reshape(-1)                      # (L*d,)
+    roots = np.linalg.eigvals(comp).reshape(-1)  # (L*d,)
     plane = np.repeat(np.arange(L), d)
     A0, A1 = A[plane, 0], A[plane, 1]
     for _ in range(int(newton_steps)):
@@ -192,20 +195,21 @@ def _solve_homotopy(ci, A, gamma, d_expected, *, h0=0.05, hmax=0.25, hmin=1e-10,
     H(s, tau) = (1 - tau) gamma G(s) + tau F(s), G_k = s_k^{e_k} - 1, tracked from tau = 0
     to 1 for every start root of every plane.
     """
-    L, K, n = len(A), ci.nhyper, ci.ncoords
-    used = np.any(A[0, 1:] != 0, axis=0)     # coordinates moved by the parameters
+    L, K = len(A), ci.nhyper
+    used = np.any(A[0, 1:] != 0, axis=0)  # coordinates moved by the parameters
     # total degree of equation k in s: sum of its degrees over factors holding parameters
     fac_has = np.array([np.any(A[0, 1:, s_:e_] != 0) for s_, e_ in ci.factor_slices])
-    e = (ci.configuration * fac_has[:, None]).sum(axis=0)            # (K,)
+    e = (ci.configuration * fac_has[:, None]).sum(axis=0)  # (K,)
     del used
-    starts = np.stack(np.meshgrid(*[np.exp(2j * np.pi * np.arange(ek) / ek) for ek in e],
-                                  indexing="ij"), -1).reshape(-1, K)   # (B, K)
+    starts = np.stack(np.meshgrid(*[np.exp(2j * np.pi * np.arange(ek) / ek) for ek in e], indexing="ij"), -1).reshape(
+        -1, K
+    )  # (B, K)
     B = len(starts)
     plane = np.repeat(np.arange(L), B)
     s = np.tile(starts, (L, 1))
     g = gamma[plane]
     A0 = A[plane, 0]
-    Ad = A[plane, 1:]                                                  # (P, K, n)
+    Ad = A[plane, 1:]  # (P, K, n)
     P = len(s)
     tau = np.zeros(P)
     h = np.full(P, h0)
@@ -216,12 +220,12 @@ def _solve_homotopy(ci, A, gamma, d_expected, *, h0=0.05, hmax=0.25, hmin=1e-10,
     def FJ_true(idx, ss):
         z = A0[idx] + np.einsum("pk,pkn->pn", ss, Ad[idx])
         f = ci.Q(z)
-        dq = ci.dQdz(z)                                                # (p, K, n)
-        jac = np.einsum("pkn,pjn->pkj", dq, Ad[idx])                   # dF_k/ds_j
+        dq = ci.dQdz(z)  # (p, K, n)
+        jac = np.einsum("pkn,pjn->pkj", dq, Ad[idx])  # dF_k/ds_j
         return f, jac
 
     # the equations restricted to each plane, as polynomials in s (coefficients by FFT)
-    coef, D = _restricted_coefficients(ci, A, e)                       # (L, K, D**K)
+    coef, D = _restricted_coefficients(ci, A, e)  # (L, K, D**K)
 
     def FJ(idx, ss):
         return _poly_eval(coef[plane[idx]], ss, D)
@@ -255,10 +259,12 @@ def _solve_homotopy(ci, A, gamma, d_expected, *, h0=0.05, hmax=0.25, hmin=1e-10,
         if len(idx) == 0:
             break
         ss, tt, hh = s[idx], tau[idx], np.minimum(h[idx], 1.0 - tau[idx])
+
         # RK4 predictor on ds/dtau = -H_s^{-1} H_t
         def vel(s_, t_):
             _, hs, ht = H(idx, s_, t_)
             return -solve(hs, ht)
+
         k1 = vel(ss, tt)
         k2 = vel(ss + 0.5 * hh[:, None] * k1, tt + 0.5 * hh)
         k3 = vel(ss + 0.5 * hh[:, None] * k2, tt + 0.5 * hh)
@@ -269,7 +275,7 @@ def _solve_homotopy(ci, A, gamma, d_expected, *, h0=0.05, hmax=0.25, hmin=1e-10,
         scale = 1.0 + np.linalg.norm(sp, axis=1)
         ok = np.all(np.isfinite(sp), axis=1)
         first = None
-        for it in range(3):
+        for _ in range(3):
             hv, hs, _ = H(idx, sp, t1)
             ds = solve(hs, hv)
             nd = np.linalg.norm(ds, axis=1)
@@ -330,18 +336,18 @@ def _restricted_coefficients(ci, A, e):
     L, K = len(A), ci.nhyper
     D = int(np.max(e)) + 1
     w = np.exp(2j * np.pi * np.arange(D) / D)
-    grid = np.stack(np.meshgrid(*[w] * K, indexing="ij"), -1).reshape(-1, K)       # (D^K, K)
+    grid = np.stack(np.meshgrid(*[w] * K, indexing="ij"), -1).reshape(-1, K)  # (D^K, K)
     z = A[:, None, 0, :] + np.einsum("gk,lkn->lgn", grid, A[:, 1:])
     vals = ci.Q(z.reshape(-1, ci.ncoords)).reshape((L,) + (D,) * K + (K,))
-    c = np.fft.fftn(vals, axes=tuple(range(1, K + 1))) / D ** K
-    c = np.moveaxis(c, -1, 1).reshape(L, K, D ** K)
+    c = np.fft.fftn(vals, axes=tuple(range(1, K + 1))) / D**K
+    c = np.moveaxis(c, -1, 1).reshape(L, K, D**K)
     return c, D
 
 
 def _poly_eval(coef, s, D):
     """Values (P, K) and Jacobian (P, K, K) of the restricted polynomials at s (P, K)."""
     P, K = s.shape
-    pw = s[:, :, None] ** np.arange(D)[None, None, :]                               # (P, K, D)
+    pw = s[:, :, None] ** np.arange(D)[None, None, :]  # (P, K, D)
     dpw = np.zeros_like(pw)
     dpw[:, :, 1:] = pw[:, :, :-1] * np.arange(1, D)[None, None, :]
 
@@ -350,6 +356,7 @@ def _poly_eval(coef, s, D):
         for q in parts[1:]:
             mon = (mon[:, :, None] * q[:, None, :]).reshape(P, -1)
         return mon
+
     mon = outer([pw[:, j] for j in range(K)])
     f = np.einsum("pkm,pm->pk", coef, mon)
     jac = np.empty((P, K, K), dtype=np.complex128)

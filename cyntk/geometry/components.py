@@ -47,8 +47,8 @@ def hermitian_index_tables(n: int):
         raise ValueError(f"`n` must be a positive integer (matrix size); received n={n}.")
     r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     lo, hi = np.minimum(r, c), np.maximum(r, c)
-    re_index = n * lo + hi          # A[min, max] is the real part
-    im_index = n * hi + lo          # A[max, min] is the imaginary part of H[max, min]
+    re_index = n * lo + hi  # A[min, max] is the real part
+    im_index = n * hi + lo  # A[max, min] is the imaginary part of H[max, min]
     im_sign = np.sign(r - c).astype(np.float64)  # +1 below the diagonal, -1 above
     return re_index.astype(np.int64), im_index.astype(np.int64), im_sign
 
@@ -66,8 +66,7 @@ def hermitian_from_components(o) -> np.ndarray:
     m = o.shape[-1]
     n = int(round(np.sqrt(m)))
     if n * n != m:
-        raise ValueError(
-            f"`o` must have n*n components in its last axis; received last axis {m}.")
+        raise ValueError(f"`o` must have n*n components in its last axis; received last axis {m}.")
     re_i, im_i, sign = hermitian_index_tables(n)
     return o[..., re_i] + 1j * sign * o[..., im_i]
 

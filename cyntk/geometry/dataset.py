@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cyntk.geometry._checks import as_points, check_memory, positive_int
+from cyntk._validation import as_points, check_memory, positive_int
+from cyntk.geometry.cicy_io import manifold_from_basis
 from cyntk.geometry.files import (
     CorruptFileError,
     IncompleteFileSetError,
@@ -39,7 +40,6 @@ from cyntk.geometry.files import (
     read_npz,
     read_pickle,
 )
-from cyntk.geometry.cicy_io import manifold_from_basis
 from cyntk.geometry.hypersurface import Hypersurface
 from cyntk.geometry.projective import to_real
 from cyntk.geometry.variety import FILE_VARIETY_TOL, check_on_variety
@@ -51,7 +51,7 @@ DATASET_KEYS = ("X_train", "y_train", "X_val", "y_val", "val_pullbacks")
 ON_VARIETY_TOL = FILE_VARIETY_TOL
 #: relative tolerance of stored weights / |Omega|^2 against recomputed ones on load
 STORED_RTOL = 1e-6
-_FIX_DATASET = ("re-create the dataset (`cyntk sample ... -o DIR` or `make_dataset(...).save(DIR)`).")
+_FIX_DATASET = "re-create the dataset (`cyntk sample ... -o DIR` or `make_dataset(...).save(DIR)`)."
 
 
 def save_basis(basis: dict, path):
@@ -139,19 +139,28 @@ class CYDataset:
         """Named fields of one split: ``which`` in {'train', 'val'}."""
         if which not in ("train", "val"):
             raise ValueError(f"`which` must be 'train' or 'val'; received {which!r}.")
-        return {k: getattr(self, f"{k}_{which}") for k in
-                ("points", "weights", "omega_sq", "pullbacks", "charts")} | {
-                    "X": getattr(self, f"X_{which}")}
+        return {k: getattr(self, f"{k}_{which}") for k in ("points", "weights", "omega_sq", "pullbacks", "charts")} | {
+            "X": getattr(self, f"X_{which}")
+        }
 
     def __repr__(self):
-        return (f"CYDataset(manifold={self.manifold.name!r}, n_train={self.n_train}, "
-                f"n_val={self.n_val}, kappa={self.kappa:.8g})")
+        return (
+            f"CYDataset(manifold={self.manifold.name!r}, n_train={self.n_train}, "
+            f"n_val={self.n_val}, kappa={self.kappa:.8g})"
+        )
 
     # ---------------------------------------------------------- construct
     @classmethod
-    def from_points(cls, manifold: Hypersurface, points, *, val_split: float = 0.1,
-                    kappa: float | None = None, meta: dict | None = None,
-                    check_variety: bool = True) -> "CYDataset":
+    def from_points(
+        cls,
+        manifold: Hypersurface,
+        points,
+        *,
+        val_split: float = 0.1,
+        kappa: float | None = None,
+        meta: dict | None = None,
+        check_variety: bool = True,
+    ) -> "CYDataset":
         """Split points (generation order, no shuffle) and compute their geometry.
 
         The first ``int((1 - val_split) * P)`` points are for training (cymetric).
@@ -175,21 +184,31 @@ class CYDataset:
             raise ValueError(f"`val_split` must be in [0, 1); received {val_split}.")
         ntr = int((1.0 - val_split) * len(z))
         if ntr < 1:
-            raise ValueError(f"`val_split` = {val_split} leaves no training point of the {len(z)} points "
-                             f"(int((1 - val_split) * P) = 0); use a smaller `val_split` or more points.")
+            raise ValueError(
+                f"`val_split` = {val_split} leaves no training point of the {len(z)} points "
+                f"(int((1 - val_split) * P) = 0); use a smaller `val_split` or more points."
+            )
         if check_variety:
             check_on_variety(manifold, z, "points")
         geo = manifold.geometry(z, check_variety=False)
         if kappa is None:
             kappa = float(np.mean(geo["weights"] * geo["det_fs"] / geo["omega_sq"]) / np.mean(geo["weights"]))
         s_tr, s_va = slice(0, ntr), slice(ntr, None)
-        return cls(manifold=manifold, kappa=float(kappa),
-                   points_train=z[s_tr], points_val=z[s_va],
-                   weights_train=geo["weights"][s_tr], weights_val=geo["weights"][s_va],
-                   omega_sq_train=geo["omega_sq"][s_tr], omega_sq_val=geo["omega_sq"][s_va],
-                   pullbacks_train=geo["pullbacks"][s_tr], pullbacks_val=geo["pullbacks"][s_va],
-                   charts_train=geo["charts"][s_tr], charts_val=geo["charts"][s_va],
-                   meta=dict(meta or {}))
+        return cls(
+            manifold=manifold,
+            kappa=float(kappa),
+            points_train=z[s_tr],
+            points_val=z[s_va],
+            weights_train=geo["weights"][s_tr],
+            weights_val=geo["weights"][s_va],
+            omega_sq_train=geo["omega_sq"][s_tr],
+            omega_sq_val=geo["omega_sq"][s_va],
+            pullbacks_train=geo["pullbacks"][s_tr],
+            pullbacks_val=geo["pullbacks"][s_va],
+            charts_train=geo["charts"][s_tr],
+            charts_val=geo["charts"][s_va],
+            meta=dict(meta or {}),
+        )
 
     # --------------------------------------------------------------- files
     def save(self, dirname) -> Path:
@@ -200,13 +219,26 @@ class CYDataset:
         """
         d = Path(dirname)
         if d.exists() and not d.is_dir():
-            raise FileExistsError(f"`dirname` {d} is an existing file; a dataset is a directory "
-                                  "(dataset.npz, basis.pickle, cyntk.json). Choose another path.")
+            raise FileExistsError(
+                f"`dirname` {d} is an existing file; a dataset is a directory "
+                "(dataset.npz, basis.pickle, cyntk.json). Choose another path."
+            )
         d.mkdir(parents=True, exist_ok=True)
-        arrays = dict(X_train=self.X_train, y_train=self.y_train, X_val=self.X_val,
-                      y_val=self.y_val, val_pullbacks=self.pullbacks_val.astype(np.complex128))
-        info = {"manifold": self.manifold.name, "kappa": self.kappa, "n_train": self.n_train,
-                "n_val": self.n_val, "vol_cy": self.vol_cy, **self.meta}
+        arrays = dict(
+            X_train=self.X_train,
+            y_train=self.y_train,
+            X_val=self.X_val,
+            y_val=self.y_val,
+            val_pullbacks=self.pullbacks_val.astype(np.complex128),
+        )
+        info = {
+            "manifold": self.manifold.name,
+            "kappa": self.kappa,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "vol_cy": self.vol_cy,
+            **self.meta,
+        }
         begin_file_set(d / "cyntk.json", info)
         atomic_write(d / "dataset.npz", lambda fh: np.savez_compressed(fh, **arrays))
         save_basis(self.manifold.basis(self.kappa), d / "basis.pickle")
@@ -244,25 +276,27 @@ class CYDataset:
         ds_path = d / "dataset.npz"
         status, reason, info = check_file_set(d / "cyntk.json")
         if status == "incomplete":
-            raise IncompleteFileSetError(f"dataset directory {d} is incomplete: {reason}. Nothing was "
-                                         f"loaded; {_FIX_DATASET}")
+            raise IncompleteFileSetError(
+                f"dataset directory {d} is incomplete: {reason}. Nothing was loaded; {_FIX_DATASET}"
+            )
         if not ds_path.is_file():
-            raise FileNotFoundError(f"{ds_path} is missing: a cymetric dataset directory holds "
-                                    f"dataset.npz and basis.pickle.")
+            raise FileNotFoundError(
+                f"{ds_path} is missing: a cymetric dataset directory holds dataset.npz and basis.pickle."
+            )
         basis_path = d / "basis.pickle"
         if not basis_path.is_file():
             alt = d / "basis.npz"
             if not alt.is_file():
-                raise FileNotFoundError(f"{basis_path} is missing: a cymetric dataset directory holds "
-                                        f"dataset.npz and basis.pickle.")
+                raise FileNotFoundError(
+                    f"{basis_path} is missing: a cymetric dataset directory holds dataset.npz and basis.pickle."
+                )
             basis_path = alt
         basis = load_basis(basis_path)
-        name = info.get("manifold", d.name)   # cyntk.json (complete or pre-manifest)
+        name = info.get("manifold", d.name)  # cyntk.json (complete or pre-manifest)
         try:
             manifold = manifold_from_basis(basis, name=str(name))
         except (KeyError, ValueError, TypeError) as exc:
-            raise CorruptFileError(f"{basis_path} does not describe a hypersurface: {exc} "
-                                   f"{_FIX_DATASET}") from exc
+            raise CorruptFileError(f"{basis_path} does not describe a hypersurface: {exc} {_FIX_DATASET}") from exc
         f = read_npz(ds_path, what="a cymetric dataset (.npz)", fix=_FIX_DATASET)
         missing = [k for k in DATASET_KEYS if k not in f]
         if missing:
@@ -273,14 +307,18 @@ class CYDataset:
             X, y = arr[f"X_{split}"], arr[f"y_{split}"]
             for key, a in ((f"X_{split}", X), (f"y_{split}", y)):
                 if not np.issubdtype(a.dtype, np.floating):
-                    raise ValueError(f"{ds_path}: {key} must be a real floating-point array; received "
-                                     f"dtype {a.dtype}. {_FIX_DATASET}")
+                    raise ValueError(
+                        f"{ds_path}: {key} must be a real floating-point array; received "
+                        f"dtype {a.dtype}. {_FIX_DATASET}"
+                    )
             if X.ndim != 2 or X.shape[1] != 2 * N:
-                raise ValueError(f"{ds_path}: X_{split} must have shape (P, {2 * N}) for this manifold "
-                                 f"(N={N}); received {X.shape}.")
+                raise ValueError(
+                    f"{ds_path}: X_{split} must have shape (P, {2 * N}) for this manifold (N={N}); received {X.shape}."
+                )
             if y.ndim != 2 or y.shape != (len(X), 2):
-                raise ValueError(f"{ds_path}: y_{split} must have shape ({len(X)}, 2) = [weight, |Omega|^2]; "
-                                 f"received {y.shape}.")
+                raise ValueError(
+                    f"{ds_path}: y_{split} must have shape ({len(X)}, 2) = [weight, |Omega|^2]; received {y.shape}."
+                )
             if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
                 raise ValueError(f"{ds_path}: X_{split}/y_{split} contain NaN or inf.")
         zt = arr["X_train"][:, :N] + 1j * arr["X_train"][:, N:]
@@ -293,26 +331,29 @@ class CYDataset:
                         raise ValueError(
                             f"{ds_path}: {int(np.sum(~(res <= ON_VARIETY_TOL)))} point(s) of {key} are not on "
                             f"the variety of {basis_path.name} (max |Q|/scale = {np.max(res):.2e} > "
-                            f"{ON_VARIETY_TOL:g}); dataset and basis do not belong together. {_FIX_DATASET}")
+                            f"{ON_VARIETY_TOL:g}); dataset and basis do not belong together. {_FIX_DATASET}"
+                        )
         gt = manifold.geometry(zt, check_variety=False)
         gv = manifold.geometry(zv, check_variety=False)
         pbv = arr["val_pullbacks"]
         if pbv.shape != (len(zv), n, N):
-            raise ValueError(f"{ds_path}: val_pullbacks must have shape ({len(zv)}, {n}, {N}); "
-                             f"received {pbv.shape}.")
+            raise ValueError(f"{ds_path}: val_pullbacks must have shape ({len(zv)}, {n}, {N}); received {pbv.shape}.")
         if not np.all(np.isfinite(pbv)):
             raise ValueError(f"{ds_path}: val_pullbacks contain NaN or inf. {_FIX_DATASET}")
         if check_points:
-            if hasattr(manifold, "weight_normalisation"):   # cymetric's data-dependent constant (cicy.py)
-                c = manifold.weight_normalisation(np.concatenate([arr["y_train"][:, 0], arr["y_val"][:, 0]]),
-                                                  np.concatenate([gt["weights"], gv["weights"]]))
+            if hasattr(manifold, "weight_normalisation"):  # cymetric's data-dependent constant (cicy.py)
+                c = manifold.weight_normalisation(
+                    np.concatenate([arr["y_train"][:, 0], arr["y_val"][:, 0]]),
+                    np.concatenate([gt["weights"], gv["weights"]]),
+                )
                 gt["weights"], gv["weights"] = c * gt["weights"], c * gv["weights"]
             for key, stored, fresh in (
-                    ("y_train[:, 0] (weights)", arr["y_train"][:, 0], gt["weights"]),
-                    ("y_train[:, 1] (|Omega|^2)", arr["y_train"][:, 1], gt["omega_sq"]),
-                    ("y_val[:, 0] (weights)", arr["y_val"][:, 0], gv["weights"]),
-                    ("y_val[:, 1] (|Omega|^2)", arr["y_val"][:, 1], gv["omega_sq"]),
-                    ("val_pullbacks", pbv, gv["pullbacks"])):
+                ("y_train[:, 0] (weights)", arr["y_train"][:, 0], gt["weights"]),
+                ("y_train[:, 1] (|Omega|^2)", arr["y_train"][:, 1], gt["omega_sq"]),
+                ("y_val[:, 0] (weights)", arr["y_val"][:, 0], gv["weights"]),
+                ("y_val[:, 1] (|Omega|^2)", arr["y_val"][:, 1], gv["omega_sq"]),
+                ("val_pullbacks", pbv, gv["pullbacks"]),
+            ):
                 _check_stored(ds_path, key, stored, fresh)
         kappa = float(np.real(np.asarray(basis.get("KAPPA", np.nan))))
         if not np.isfinite(kappa) or kappa <= 0:
@@ -320,13 +361,21 @@ class CYDataset:
             det = np.concatenate([gt["det_fs"], gv["det_fs"]])
             om2 = np.concatenate([arr["y_train"][:, 1], arr["y_val"][:, 1]])
             kappa = float(np.mean(w * det / om2) / np.mean(w))
-        return cls(manifold=manifold, kappa=kappa,
-                   points_train=zt, points_val=zv,
-                   weights_train=arr["y_train"][:, 0].copy(), weights_val=arr["y_val"][:, 0].copy(),
-                   omega_sq_train=arr["y_train"][:, 1].copy(), omega_sq_val=arr["y_val"][:, 1].copy(),
-                   pullbacks_train=gt["pullbacks"], pullbacks_val=pbv.astype(np.complex128),
-                   charts_train=gt["charts"], charts_val=gv["charts"],
-                   meta={"source": str(d)})
+        return cls(
+            manifold=manifold,
+            kappa=kappa,
+            points_train=zt,
+            points_val=zv,
+            weights_train=arr["y_train"][:, 0].copy(),
+            weights_val=arr["y_val"][:, 0].copy(),
+            omega_sq_train=arr["y_train"][:, 1].copy(),
+            omega_sq_val=arr["y_val"][:, 1].copy(),
+            pullbacks_train=gt["pullbacks"],
+            pullbacks_val=pbv.astype(np.complex128),
+            charts_train=gt["charts"],
+            charts_val=gv["charts"],
+            meta={"source": str(d)},
+        )
 
 
 def _check_stored(path, key, stored, fresh, rtol: float = STORED_RTOL):
@@ -344,11 +393,13 @@ def _check_stored(path, key, stored, fresh, rtol: float = STORED_RTOL):
             f"{int(bad.sum())} of {len(bad)} points (e.g. point {i}: relative error "
             f"{float(err[i] / max(scale[i], 1e-300)):.3g} > {rtol:g}); the file was modified, its "
             f"columns are swapped, or it belongs to another manifold. {_FIX_DATASET} "
-            f"(`check_points=False` skips this check.)")
+            f"(`check_points=False` skips this check.)"
+        )
 
 
-def make_dataset(manifold: Hypersurface, n_points: int, *, val_split: float = 0.1, seed=None,
-                 chart=None, progress=None) -> CYDataset:
+def make_dataset(
+    manifold: Hypersurface, n_points: int, *, val_split: float = 0.1, seed=None, chart=None, progress=None
+) -> CYDataset:
     """Sample ``n_points`` points and build a :class:`CYDataset` (cymetric's prepare_dataset).
 
     Args:
@@ -367,6 +418,9 @@ def make_dataset(manifold: Hypersurface, n_points: int, *, val_split: float = 0.
     per_point = 16 * (4 * N + 3 * n * N + 4 * n * n) + 8 * 12
     check_memory(n_points * per_point, "n_points", n_points, f"a dataset on {manifold.name}")
     z = manifold.sample_points(n_points, seed=seed, chart=chart, progress=progress)
-    meta = {"seed": seed if isinstance(seed, (int, type(None))) else "generator",
-            "chart": None if chart is None else [int(c) for c in chart], "val_split": val_split}
+    meta = {
+        "seed": seed if isinstance(seed, (int, type(None))) else "generator",
+        "chart": None if chart is None else [int(c) for c in chart],
+        "val_split": val_split,
+    }
     return CYDataset.from_points(manifold, z, val_split=val_split, meta=meta)

@@ -94,6 +94,7 @@ def remove_stale_temporaries(directory) -> list[Path]:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     import shutil
+
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
                     os.unlink(entry.path)
@@ -115,7 +116,7 @@ def atomic_write(path, writer, mode: str = "wb"):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600 files; use the usual permissions
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual permissions
     try:
         with os.fdopen(fd, mode) as fh:
             writer(fh)
@@ -152,8 +153,7 @@ def begin_file_set(manifest, info: dict | None = None) -> Path:
         the manifest path.
     """
     manifest = Path(manifest)
-    content = {"format": MANIFEST_FORMAT, "complete": False,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    content = {"format": MANIFEST_FORMAT, "complete": False, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     content.update(info or {})
     _write_manifest(manifest, content)
     return manifest
@@ -175,8 +175,7 @@ def finish_file_set(manifest, files, info: dict | None = None) -> Path:
     for name in files:
         p = manifest.parent / name
         members[str(name)] = {"size": p.stat().st_size, "sha256": _digest(p)}
-    content = {"format": MANIFEST_FORMAT, "complete": True,
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    content = {"format": MANIFEST_FORMAT, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     content.update(info or {})
     content["files"] = members
     _write_manifest(manifest, content)
@@ -209,8 +208,11 @@ def check_file_set(manifest, *, checksums: bool = True) -> tuple[str, str, dict]
     if content.get("format") != MANIFEST_FORMAT:
         return "legacy", f"{manifest} predates cyntk's file-set manifests", content
     if not content.get("complete"):
-        return ("incomplete", f"{manifest} says its writing (started {content.get('started', '?')}) "
-                "never finished: it was interrupted", content)
+        return (
+            "incomplete",
+            f"{manifest} says its writing (started {content.get('started', '?')}) never finished: it was interrupted",
+            content,
+        )
     members = content.get("files", {})
     if not isinstance(members, dict) or not all(isinstance(e, dict) for e in members.values()):
         return "incomplete", f"its manifest {manifest} does not list its files properly", content
@@ -219,19 +221,28 @@ def check_file_set(manifest, *, checksums: bool = True) -> tuple[str, str, dict]
         if not p.is_file():
             return "incomplete", f"member {p} is missing", content
         if p.stat().st_size != entry.get("size"):
-            return ("incomplete", f"member {p} has {p.stat().st_size} bytes but the manifest records "
-                    f"{entry.get('size')} (it was changed or truncated after the set was written)", content)
+            return (
+                "incomplete",
+                f"member {p} has {p.stat().st_size} bytes but the manifest records "
+                f"{entry.get('size')} (it was changed or truncated after the set was written)",
+                content,
+            )
         if checksums and _digest(p) != entry.get("sha256"):
-            return ("incomplete", f"member {p} does not match the SHA-256 in {manifest.name} (it was "
-                    "modified after the set was written)", content)
+            return (
+                "incomplete",
+                f"member {p} does not match the SHA-256 in {manifest.name} (it was modified after the set was written)",
+                content,
+            )
     return "complete", "complete", content
 
 
 # ------------------------------------------------------------------ reading
 def _fail(path, what, exc, fix):
     detail = " ".join(str(exc).split()).rstrip(".")
-    return CorruptFileError(f"{path}: cannot read {what}: {type(exc).__name__}: {detail}. "
-                            f"The file is truncated, corrupted or not in the expected format; {fix}")
+    return CorruptFileError(
+        f"{path}: cannot read {what}: {type(exc).__name__}: {detail}. "
+        f"The file is truncated, corrupted or not in the expected format; {fix}"
+    )
 
 
 def _require_file(path, what, fix):
@@ -256,8 +267,16 @@ def read_npz(path, *, what: str = "a NumPy .npz archive", fix: str = "re-create 
             if not hasattr(f, "files"):
                 raise ValueError("the file is a single .npy array, not an .npz archive")
             return {k: np.asarray(f[k]) for k in f.files}
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError,
-            NotImplementedError, RuntimeError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        ValueError,
+        OSError,
+        KeyError,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         raise _fail(path, what, exc, fix) from exc
 
 
@@ -289,6 +308,18 @@ def read_pickle(path, *, what: str = "a pickle file", fix: str = "re-create it."
     try:
         with open(path, "rb") as fh:
             return pickle.load(fh)
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError, AttributeError, ImportError,
-            IndexError, TypeError, KeyError, UnicodeDecodeError, MemoryError, OverflowError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        OSError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        TypeError,
+        KeyError,
+        UnicodeDecodeError,
+        MemoryError,
+        OverflowError,
+    ) as exc:
         raise _fail(path, what, exc, fix) from exc

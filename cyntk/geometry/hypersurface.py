@@ -29,11 +29,11 @@ import warnings
 
 import numpy as np
 
+from cyntk._validation import as_points, check_memory, positive_int
 from cyntk.geometry._kappa import kappa_from_geometry
 from cyntk.geometry.cicy import derivative_tables
-from cyntk.geometry._checks import as_points, check_memory, positive_int
-from cyntk.geometry.variety import check_on_variety
 from cyntk.geometry.projective import fubini_study_metric
+from cyntk.geometry.variety import check_on_variety
 
 __all__ = [
     "Hypersurface",
@@ -74,8 +74,9 @@ class Hypersurface:
     def __init__(self, monomials, coefficients, kmoduli=1.0, *, name: str = "hypersurface"):
         mono = np.asarray(monomials)
         if mono.ndim != 2 or mono.size == 0:
-            raise ValueError(f"`monomials` must be a non-empty 2-D integer array (n_monomials, N); "
-                             f"received shape {mono.shape}.")
+            raise ValueError(
+                f"`monomials` must be a non-empty 2-D integer array (n_monomials, N); received shape {mono.shape}."
+            )
         if mono.dtype == object or not np.issubdtype(mono.dtype, np.number) or np.iscomplexobj(mono):
             raise TypeError(f"`monomials` must be an integer array of exponents; received dtype {mono.dtype}.")
         if not np.issubdtype(mono.dtype, np.integer):
@@ -88,11 +89,14 @@ class Hypersurface:
         try:
             coef = np.asarray(coefficients).astype(np.complex128).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"`coefficients` must be an array of (complex) numbers; received "
-                            f"{np.asarray(coefficients).dtype} ({exc}).") from None
+            raise TypeError(
+                f"`coefficients` must be an array of (complex) numbers; received "
+                f"{np.asarray(coefficients).dtype} ({exc})."
+            ) from None
         if coef.shape[0] != mono.shape[0]:
-            raise ValueError(f"`coefficients` must have one entry per monomial ({mono.shape[0]}); "
-                             f"received {coef.shape[0]}.")
+            raise ValueError(
+                f"`coefficients` must have one entry per monomial ({mono.shape[0]}); received {coef.shape[0]}."
+            )
         if not np.all(np.isfinite(coef)):
             raise ValueError("`coefficients` must be finite; received NaN or inf.")
         keep = coef != 0
@@ -101,12 +105,16 @@ class Hypersurface:
         mono, coef = mono[keep], coef[keep]
         degrees = mono.sum(axis=1)
         if np.any(degrees != degrees[0]):
-            raise ValueError(f"The polynomial must be homogeneous: every row of `monomials` must have "
-                             f"the same degree; received degrees {sorted(set(degrees.tolist()))}.")
+            raise ValueError(
+                f"The polynomial must be homogeneous: every row of `monomials` must have "
+                f"the same degree; received degrees {sorted(set(degrees.tolist()))}."
+            )
         N = mono.shape[1]
         if N - 2 <= 0:
-            raise ValueError(f"`monomials`: a hypersurface in P^(N-1) needs N >= 3 coordinates (complex dimension "
-                             f"n = N - 2 >= 1); received N = {N} (n = {N - 2}).")
+            raise ValueError(
+                f"`monomials`: a hypersurface in P^(N-1) needs N >= 3 coordinates (complex dimension "
+                f"n = N - 2 >= 1); received N = {N} (n = {N - 2})."
+            )
         if degrees[0] < 1:
             raise ValueError("`monomials`: the polynomial must have degree >= 1; received a constant.")
         t = np.asarray(kmoduli, dtype=np.float64).reshape(-1)
@@ -124,14 +132,20 @@ class Hypersurface:
         self.intersection_number = float(self.degree * t[0] ** self.nfold)
         self._dexp, self._dcoef = self._derivative_tables()
         if not self.is_calabi_yau:
-            warnings.warn(f"{self.name}: degree {self.degree} in P^{N - 1} is not a Calabi-Yau "
-                          f"hypersurface (that needs degree N = {N}); Ricci-flat metrics, kappa and "
-                          f"the Monge-Ampere loss do not apply.", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.name}: degree {self.degree} in P^{N - 1} is not a Calabi-Yau "
+                f"hypersurface (that needs degree N = {N}); Ricci-flat metrics, kappa and "
+                f"the Monge-Ampere loss do not apply.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------ basics
     def __repr__(self):
-        return (f"Hypersurface(name={self.name!r}, ncoords={self.ncoords}, degree={self.degree}, "
-                f"n_monomials={len(self.monomials)}, kmoduli={self.kmoduli.tolist()})")
+        return (
+            f"Hypersurface(name={self.name!r}, ncoords={self.ncoords}, degree={self.degree}, "
+            f"n_monomials={len(self.monomials)}, kmoduli={self.kmoduli.tolist()})"
+        )
 
     @property
     def is_calabi_yau(self) -> bool:
@@ -151,6 +165,7 @@ class Hypersurface:
         def canon(h):
             key = {tuple(m): c for m, c in zip(h.monomials.tolist(), h.coefficients)}
             return key
+
         a, b = canon(self), canon(other)
         if a.keys() != b.keys():
             return False
@@ -210,7 +225,8 @@ class Hypersurface:
             raise ValueError(
                 f"{len(bad)} point(s) of `z` do not have exactly one coordinate equal to 1 "
                 f"(e.g. point {bad[0]} has {count[bad[0]]}); points must be patch-normalised "
-                f"(use cyntk.geometry.patch_normalise) and unambiguous.")
+                f"(use cyntk.geometry.patch_normalise) and unambiguous."
+            )
         return np.argmax(ones, axis=1).astype(np.int64)
 
     def elimination_index(self, z, patch=None) -> np.ndarray:
@@ -328,9 +344,17 @@ class Hypersurface:
         det1 = np.real(np.linalg.det(g1))
         t = self.kmoduli[0]
         gt = g1 * t
-        dett = det1 * t ** self.nfold
-        return dict(points=z, charts=np.stack([k, j], 1), pullbacks=J, omega=om, omega_sq=om2,
-                    fs_metric_pb=gt, det_fs=dett, weights=self.vol_j_norm * om2 / det1)
+        dett = det1 * t**self.nfold
+        return dict(
+            points=z,
+            charts=np.stack([k, j], 1),
+            pullbacks=J,
+            omega=om,
+            omega_sq=om2,
+            fs_metric_pb=gt,
+            det_fs=dett,
+            weights=self.vol_j_norm * om2 / det1,
+        )
 
     def kappa(self, z, weights=None) -> float:
         """``kappa = Vol_K[G(kmoduli)] / Vol_CY = mean(w det G/|Omega|^2) / mean(w)`` over the points."""
@@ -360,13 +384,17 @@ class Hypersurface:
         """Rebuild the hypersurface from a cymetric basis dict (values may be complex-cast)."""
         missing = [k for k in ("QB0", "QF0", "KMODULI", "AMBIENT") if k not in basis]
         if missing:
-            raise KeyError(f"`basis` is missing key(s) {missing}; expected a cymetric basis dict "
-                           f"with QB0, QF0, KMODULI, AMBIENT (see CONVENTIONS.md 5.2).")
+            raise KeyError(
+                f"`basis` is missing key(s) {missing}; expected a cymetric basis dict "
+                f"with QB0, QF0, KMODULI, AMBIENT (see CONVENTIONS.md 5.2)."
+            )
         nhyper = int(np.real(np.asarray(basis.get("NHYPER", 1))))
         amb = np.real(np.asarray(basis["AMBIENT"])).reshape(-1)
         if nhyper != 1 or amb.shape[0] != 1:
-            raise ValueError(f"Only one hypersurface in one projective space is supported; received "
-                             f"NHYPER={nhyper}, AMBIENT={amb.tolist()}.")
+            raise ValueError(
+                f"Only one hypersurface in one projective space is supported; received "
+                f"NHYPER={nhyper}, AMBIENT={amb.tolist()}."
+            )
         mono = np.real(np.asarray(basis["QB0"])).round().astype(np.int64)
         coef = np.asarray(basis["QF0"]).astype(np.complex128)
         kmod = np.real(np.asarray(basis["KMODULI"])).astype(np.float64)
@@ -442,6 +470,7 @@ class Hypersurface:
         bar = None
         if progress:
             from tqdm.auto import tqdm
+
             bar = tqdm(total=n_points, desc=f"sampling {self.name}", unit="pt")
         out, have = [], 0
         accept = 1.0 if chart is None else 1.0 / self.n_charts
@@ -459,14 +488,15 @@ class Hypersurface:
                     z = z[keep]
                 tries += 1
                 if tries > 10_000:
-                    raise RuntimeError(f"sampling produced too few points in chart {chart}; "
-                                       f"acceptance rate ~{accept:.2e}.")
+                    raise RuntimeError(
+                        f"sampling produced too few points in chart {chart}; acceptance rate ~{accept:.2e}."
+                    )
                 z = z[:want]
                 out.append(z)
                 have += len(z)
                 if bar is not None:
                     bar.update(len(z))
-        finally:                        # also on Ctrl-C: the bar ends before any message
+        finally:  # also on Ctrl-C: the bar ends before any message
             if bar is not None:
                 bar.close()
         return np.concatenate(out, axis=0)
@@ -475,12 +505,15 @@ class Hypersurface:
         N = self.ncoords
         arr = np.asarray(chart, dtype=object).reshape(-1) if not isinstance(chart, str) else np.array([chart])
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in arr):
-            raise ValueError(f"`chart` must be a pair (patch, eliminated) of distinct integer indices in "
-                             f"[0, {N}); received {chart!r}.")
+            raise ValueError(
+                f"`chart` must be a pair (patch, eliminated) of distinct integer indices in "
+                f"[0, {N}); received {chart!r}."
+            )
         c = tuple(int(v) for v in arr)
         if len(c) != 2 or not (0 <= c[0] < N and 0 <= c[1] < N) or c[0] == c[1]:
-            raise ValueError(f"`chart` must be a pair (patch, eliminated) of distinct indices in "
-                             f"[0, {N}); received {chart!r}.")
+            raise ValueError(
+                f"`chart` must be a pair (patch, eliminated) of distinct indices in [0, {N}); received {chart!r}."
+            )
         return c
 
     def _sample_chunk(self, n_points, rng, newton_steps):
@@ -498,11 +531,11 @@ class Hypersurface:
         ok = np.abs(lead) > 1e-12 * np.max(np.abs(a), axis=1)
         a, p, q, lead = a[ok], p[ok], q[ok], lead[ok]
         comp = np.zeros((len(a), d, d), dtype=np.complex128)
-        comp[:, 0, :] = -a[:, d - 1::-1] / lead[:, None]
+        comp[:, 0, :] = -a[:, d - 1 :: -1] / lead[:, None]
         if d > 1:
             comp[:, np.arange(1, d), np.arange(d - 1)] = 1.0
-        t = np.linalg.eigvals(comp)                                  # (L, d)
-        z = p[:, None, :] + t[:, :, None] * q[:, None, :]            # (L, d, N)
+        t = np.linalg.eigvals(comp)  # (L, d)
+        z = p[:, None, :] + t[:, :, None] * q[:, None, :]  # (L, d, N)
         z = z.reshape(-1, N)
         qq = np.repeat(q, d, axis=0)
         tt = t.reshape(-1)
@@ -511,14 +544,13 @@ class Hypersurface:
             df = np.sum(self.dQdz(z) * qq, axis=1)
             with np.errstate(all="ignore"):
                 t_new = tt - f / df
-            z_new = (p.repeat(d, 0) + t_new[:, None] * qq)
-            better = np.isfinite(t_new) & (np.abs(self.Q(z_new) / _norm_pow(z_new, d))
-                                           < np.abs(f / _norm_pow(z, d)))
+            z_new = p.repeat(d, 0) + t_new[:, None] * qq
+            better = np.isfinite(t_new) & (np.abs(self.Q(z_new) / _norm_pow(z_new, d)) < np.abs(f / _norm_pow(z, d)))
             z[better], tt[better] = z_new[better], t_new[better]
         z = z[np.all(np.isfinite(z), axis=1)]
         kmax = np.argmax(np.abs(z), axis=1)
         z = z / z[np.arange(len(z)), kmax][:, None]
-        z[np.arange(len(z)), kmax] = 1.0 + 0.0j     # exact 1 (cymetric has ~1e-17 imaginary residue)
+        z[np.arange(len(z)), kmax] = 1.0 + 0.0j  # exact 1 (cymetric has ~1e-17 imaginary residue)
         unambiguous = np.isclose(z, 1.0 + 0.0j, **_ISCLOSE).sum(axis=1) == 1
         return z[unambiguous]
 
@@ -527,10 +559,10 @@ def _as_rng(seed):
     """A ``numpy.random.Generator`` from ``seed`` (None, a non-negative int or a Generator)."""
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
-                             or seed < 0):
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise (ValueError if isinstance(seed, (int, np.integer)) else TypeError)(
-            f"`seed` must be None, a non-negative integer or a numpy.random.Generator; received {seed!r}.")
+            f"`seed` must be None, a non-negative integer or a numpy.random.Generator; received {seed!r}."
+        )
     return np.random.default_rng(seed)
 
 
@@ -548,7 +580,7 @@ def _sphere(rng, m, N):
 def _eval_monomials(z, exps, coefs):
     """sum_t coefs[i, t] prod_l z_l**exps[i, t, l] for all points: (P, I)."""
     # integer powers of complex numbers: numpy uses repeated multiplication (exact 0**0 = 1)
-    pw = np.power(z[:, None, None, :], exps[None])        # (P, I, T, N)
+    pw = np.power(z[:, None, None, :], exps[None])  # (P, I, T, N)
     return np.sum(np.prod(pw, axis=-1) * coefs[None], axis=-1)
 
 
@@ -578,11 +610,14 @@ def dwork_quintic(psi: complex = 0.0, kmoduli: float = 1.0) -> Hypersurface:
     mono = np.vstack([5 * np.eye(5, dtype=np.int64), np.ones((1, 5), dtype=np.int64)])
     coef = np.concatenate([np.ones(5), [-5.0 * psi]])
     label = f"{psi.real:g}" if psi.imag == 0 else f"{psi:g}"
-    if abs(psi ** 5 - 1) < 1e-8:
-        warnings.warn(f"dwork_quintic: psi = {label} has psi^5 = 1, a conifold point: the hypersurface is "
-                      "singular (dQ = 0 at some points), so weights and |Omega|^2 blow up near the "
-                      "singularity and sampled quantities converge badly. Choose psi with psi^5 != 1.",
-                      UserWarning, stacklevel=2)
+    if abs(psi**5 - 1) < 1e-8:
+        warnings.warn(
+            f"dwork_quintic: psi = {label} has psi^5 = 1, a conifold point: the hypersurface is "
+            "singular (dQ = 0 at some points), so weights and |Omega|^2 blow up near the "
+            "singularity and sampled quantities converge badly. Choose psi with psi^5 != 1.",
+            UserWarning,
+            stacklevel=2,
+        )
     return Hypersurface(mono, coef, kmoduli, name=f"dwork_quintic(psi={label})")
 
 
@@ -623,8 +658,9 @@ def get_manifold(name: str, **kwargs) -> Hypersurface:
     factory = MANIFOLDS[key]
     if "psi" in kwargs and factory is not dwork_quintic:
         if kwargs["psi"] not in (None, 0, 0.0):
-            raise ValueError(f"`psi` applies only to the Dwork quintic; received psi={kwargs['psi']} "
-                             f"for manifold {name!r}.")
+            raise ValueError(
+                f"`psi` applies only to the Dwork quintic; received psi={kwargs['psi']} for manifold {name!r}."
+            )
         kwargs.pop("psi")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return factory(**kwargs)

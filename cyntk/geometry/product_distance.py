@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cyntk.geometry._checks import as_points
+from cyntk._validation import as_points
 from cyntk.geometry.projective import default_distance_threshold, fs_distance, fs_distance_matrix
 
 __all__ = ["product_fs_distance", "product_fs_distance_matrix"]
@@ -27,8 +27,10 @@ __all__ = ["product_fs_distance", "product_fs_distance_matrix"]
 def _slices_and_t(factor_slices, t, n):
     sl = np.asarray(factor_slices, dtype=np.int64).reshape(-1, 2)
     if sl[0, 0] != 0 or sl[-1, 1] != n or np.any(sl[1:, 0] != sl[:-1, 1]) or np.any(sl[:, 1] - sl[:, 0] < 2):
-        raise ValueError(f"`factor_slices` must tile [0, {n}) with consecutive [start, end) blocks of at least "
-                         f"2 coordinates; received {sl.tolist()}.")
+        raise ValueError(
+            f"`factor_slices` must tile [0, {n}) with consecutive [start, end) blocks of at least "
+            f"2 coordinates; received {sl.tolist()}."
+        )
     t = np.ones(len(sl)) if t is None else np.asarray(t, dtype=np.float64).reshape(-1)
     if t.shape != (len(sl),) or np.any(~(t > 0)):
         raise ValueError(f"`t` must hold {len(sl)} positive weights (one per factor); received {t!r}.")
@@ -55,8 +57,9 @@ def product_fs_distance(z1, z2, factor_slices, t=None, *, threshold: float | Non
     return np.sqrt(d2)
 
 
-def product_fs_distance_matrix(z1, z2=None, factor_slices=None, t=None, *,
-                               threshold: float | None = None) -> np.ndarray:
+def product_fs_distance_matrix(
+    z1, z2=None, factor_slices=None, t=None, *, threshold: float | None = None
+) -> np.ndarray:
     """All pairwise product distances, float64 (P1, P2) (``z2 = z1`` when None).
 
     Args:
@@ -70,8 +73,9 @@ def product_fs_distance_matrix(z1, z2=None, factor_slices=None, t=None, *,
     if factor_slices is None:
         raise ValueError("`factor_slices` is required: the [start, end) of every projective factor.")
     if z1.shape[1] != z2.shape[1]:
-        raise ValueError(f"`z1` and `z2` must have the same number of coordinates; received "
-                         f"{z1.shape[1]} and {z2.shape[1]}.")
+        raise ValueError(
+            f"`z1` and `z2` must have the same number of coordinates; received {z1.shape[1]} and {z2.shape[1]}."
+        )
     sl, t = _slices_and_t(factor_slices, t, z1.shape[1])
     thr = default_distance_threshold() if threshold is None else float(threshold)
     d2 = np.zeros((len(z1), len(z2)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cyntk.geometry._checks import as_points, positive_int
+from cyntk._validation import as_points, positive_int
 
 __all__ = [
     "to_real",
@@ -38,8 +38,7 @@ def to_real(z) -> np.ndarray:
     """Complex points (P, N) -> real network inputs (P, 2N) = [Re z, Im z] (float64)."""
     z = np.asarray(z)
     if not np.iscomplexobj(z) or z.ndim != 2:
-        raise ValueError(f"`z` must be a complex array of shape (P, N); received dtype {z.dtype}, "
-                         f"shape {z.shape}.")
+        raise ValueError(f"`z` must be a complex array of shape (P, N); received dtype {z.dtype}, shape {z.shape}.")
     return np.concatenate([z.real, z.imag], axis=1)
 
 
@@ -47,8 +46,7 @@ def to_complex(x) -> np.ndarray:
     """Real network inputs (P, 2N) = [Re z, Im z] -> complex points (P, N) (complex128)."""
     x = np.asarray(x)
     if np.iscomplexobj(x) or x.ndim != 2 or x.shape[1] % 2:
-        raise ValueError(f"`x` must be a real array of shape (P, 2N); received dtype {x.dtype}, "
-                         f"shape {x.shape}.")
+        raise ValueError(f"`x` must be a real array of shape (P, 2N); received dtype {x.dtype}, shape {x.shape}.")
     n = x.shape[1] // 2
     return x[:, :n].astype(np.float64) + 1j * x[:, n:].astype(np.float64)
 
@@ -86,7 +84,7 @@ def fubini_study_metric(z, t: float = 1.0) -> np.ndarray:
         raise ValueError(f"`t` (Kaehler parameter) must be > 0; received {t}.")
     n2 = np.sum(np.abs(z) ** 2, axis=1)
     eye = np.eye(z.shape[1])
-    g = eye[None] / n2[:, None, None] - np.conj(z)[:, :, None] * z[:, None, :] / (n2 ** 2)[:, None, None]
+    g = eye[None] / n2[:, None, None] - np.conj(z)[:, :, None] * z[:, None, :] / (n2**2)[:, None, None]
     return (t / np.pi) * g
 
 
@@ -111,8 +109,8 @@ def _overlap2(a, b):
     """|a_p^dagger b_q|^2 for all pairs, with two real GEMMs (no complex temporaries)."""
     ar, ai, br, bi = a.real, a.imag, b.real, b.imag
     A = np.concatenate([ar, ai], axis=1)
-    re = A @ np.concatenate([br, bi], axis=1).T          # Re(conj(a).b) = ar.br + ai.bi
-    im = A @ np.concatenate([bi, -br], axis=1).T         # Im(conj(a).b) = ar.bi - ai.br
+    re = A @ np.concatenate([br, bi], axis=1).T  # Re(conj(a).b) = ar.br + ai.bi
+    im = A @ np.concatenate([bi, -br], axis=1).T  # Im(conj(a).b) = ar.bi - ai.br
     re *= re
     im *= im
     re += im
@@ -157,8 +155,9 @@ def _rows_per_chunk(chunk_size, n_cols):
     return positive_int(chunk_size, "chunk_size")
 
 
-def fs_distance_matrix(z1, z2=None, *, chunk_size: int | None = None,
-                       threshold: float | None = None, dtype=np.float64) -> np.ndarray:
+def fs_distance_matrix(
+    z1, z2=None, *, chunk_size: int | None = None, threshold: float | None = None, dtype=np.float64
+) -> np.ndarray:
     """All-pairs FS geodesic distances, computed in row chunks.
 
     Memory besides the (P1, P2) result is O(chunk_size * P2).
@@ -178,23 +177,31 @@ def fs_distance_matrix(z1, z2=None, *, chunk_size: int | None = None,
     same = z2 is None
     z2 = z1 if same else as_points(z2, "z2")
     if z1.shape[1] != z2.shape[1]:
-        raise ValueError(f"`z1` and `z2` must have the same number of coordinates; received "
-                         f"{z1.shape[1]} and {z2.shape[1]}.")
+        raise ValueError(
+            f"`z1` and `z2` must have the same number of coordinates; received {z1.shape[1]} and {z2.shape[1]}."
+        )
     chunk_size = _rows_per_chunk(chunk_size, len(z2))
     thr = default_distance_threshold() if threshold is None else float(threshold)
     u1, u2 = _unit(z1), _unit(z2)
     out = np.empty((len(u1), len(u2)), dtype=dtype)
     for s in range(0, len(u1), chunk_size):
         # |u1^dagger u2|^2 = |conj(u1) . u2|^2 = |u1 . conj(u2)|^2
-        c2 = _overlap2(u1[s:s + chunk_size], u2)
-        out[s:s + chunk_size] = _distance_from_overlap(c2, thr)
+        c2 = _overlap2(u1[s : s + chunk_size], u2)
+        out[s : s + chunk_size] = _distance_from_overlap(c2, thr)
     if same:
         np.fill_diagonal(out, 0.0)
     return out
 
 
-def fs_nearest(z_query, z_ref=None, *, k: int = 1, exclude_self: bool | None = None,
-               chunk_size: int | None = None, threshold: float | None = None):
+def fs_nearest(
+    z_query,
+    z_ref=None,
+    *,
+    k: int = 1,
+    exclude_self: bool | None = None,
+    chunk_size: int | None = None,
+    threshold: float | None = None,
+):
     """The k nearest reference points of each query point in FS distance.
 
     Never forms the full distance matrix: memory is O(chunk_size * P_ref).
@@ -228,10 +235,10 @@ def fs_nearest(z_query, z_ref=None, *, k: int = 1, exclude_self: bool | None = N
     dist = np.empty((len(uq), k))
     idx = np.empty((len(uq), k), dtype=np.int64)
     for s in range(0, len(uq), chunk_size):
-        c2 = _overlap2(uq[s:s + chunk_size], ur)
+        c2 = _overlap2(uq[s : s + chunk_size], ur)
         if exclude_self:
             rows = np.arange(c2.shape[0])
-            c2[rows, s + rows] = -np.inf   # never the nearest (largest overlap = nearest)
+            c2[rows, s + rows] = -np.inf  # never the nearest (largest overlap = nearest)
         # nearest = largest overlap; select on overlap (monotone in distance)
         if k == 1:
             part = np.argmax(c2, axis=1)[:, None]
@@ -243,6 +250,6 @@ def fs_nearest(z_query, z_ref=None, *, k: int = 1, exclude_self: bool | None = N
         order = np.argsort(-sel, axis=1, kind="stable")
         part = np.take_along_axis(part, order, axis=1)
         sel = np.take_along_axis(sel, order, axis=1)
-        dist[s:s + chunk_size] = _distance_from_overlap(sel, thr)
-        idx[s:s + chunk_size] = part
+        dist[s : s + chunk_size] = _distance_from_overlap(sel, thr)
+        idx[s : s + chunk_size] = part
     return dist, idx

@@ -36,8 +36,13 @@ def relative_residual(manifold, z) -> np.ndarray:
     if callable(own):
         return np.asarray(own(z), dtype=np.float64)
     mono, coef = getattr(manifold, "monomials", None), getattr(manifold, "coefficients", None)
-    if (isinstance(mono, np.ndarray) and mono.ndim == 2 and isinstance(coef, np.ndarray) and coef.ndim == 1
-            and np.ndim(z) == 2):
+    if (
+        isinstance(mono, np.ndarray)
+        and mono.ndim == 2
+        and isinstance(coef, np.ndarray)
+        and coef.ndim == 1
+        and np.ndim(z) == 2
+    ):
         # one pass over the terms c_m z^M_m gives both |Q| and the scale sum_m |c_m z^M_m|
         terms = _terms(np.asarray(z, dtype=np.complex128), np.asarray(mono, dtype=np.int64)) * coef
         q, scale = np.abs(terms.sum(axis=1)), np.abs(terms).sum(axis=1)
@@ -82,7 +87,8 @@ def check_on_variety(manifold, z, name: str = "z", tol: float | None = None) -> 
             f"(first bad point at index {int(np.argmax(bad))}; tolerance {tol:g}). Geometry computed there "
             f"(weights, |Omega|^2, kappa) would be wrong. Sample points with `sample_points`, put "
             f"perturbed points back with `project`, or pass `check_variety=False` if you know what "
-            f"you are doing.")
+            f"you are doing."
+        )
     return r
 
 

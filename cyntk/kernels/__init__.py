@@ -21,25 +21,14 @@ Public API:
   :class:`CosineNTKKernel` -- the cosine network of paper section 2.3.2.
 * :class:`NTKDense`, :func:`ntk_mlp` -- finite networks in the NTK
   parameterisation.
-* :class:`KernelModel` -- frozen-kernel metric flows (eq. 3.5) through
-  ``compile``/``fit``/``evaluate``/``predict``; :class:`NonPositiveMetricError`.
-* :func:`flow_search` -- Bayesian optimisation of flow hyperparameters with a
-  fresh point set per trial.
-* :class:`BatchedFSClustering`, :func:`fs_agglomerative`,
-  :func:`birch_clustering`, :func:`silhouette` -- clustering by FS distance
-  (paper section 3.1).
+* :class:`ManifoldGaussianKernel` -- the normalised (optionally rescaled)
+  Gaussian on a manifold whose sigma -> 0 limit is the local flow.
+
+Kernels are frozen: flows driven by them live in :mod:`cyntk.flows`.
 """
 
-from cyntk.kernels.analytic import (
-    ACTIVATIONS,
-    InfiniteWidthKernel,
-    NNGPAndNTK,
-    NTKDense,
-    infinite_width_kernel,
-    ntk_mlp,
-)
+from cyntk.kernels.analytic import ACTIVATIONS, InfiniteWidthKernel, NNGPAndNTK, infinite_width_kernel
 from cyntk.kernels.base import Kernel
-from cyntk.kernels.clustering import BatchedFSClustering, birch_clustering, fs_agglomerative, silhouette
 from cyntk.kernels.cosine import (
     CosineNetwork,
     CosineNTKKernel,
@@ -50,6 +39,7 @@ from cyntk.kernels.cosine import (
 from cyntk.kernels.dual import DualActivation, dual_activation
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
 from cyntk.kernels.infinite_metric import InfiniteWidthMetricKernel, network_infinite_width_kernel
+from cyntk.kernels.manifold import ManifoldGaussianKernel, manifold_cosine_amplitude
 from cyntk.kernels.ntk import (
     IMPLEMENTATIONS,
     OUTPUTS,
@@ -58,10 +48,7 @@ from cyntk.kernels.ntk import (
     metric_ntk_path,
     metric_ntk_vp,
 )
-from cyntk.kernels.kernel_model import KernelModel, NonPositiveMetricError
-from cyntk.kernels.local import ManifoldGaussianKernel, local_flow_velocity, sigma_sweep
-from cyntk.kernels.ode import KernelFlowODE, integrate_flow, stability_limit
-from cyntk.kernels.search import FlowSearchResult, flow_search
+from cyntk.kernels.ntk_networks import NTKDense, ntk_mlp
 from cyntk.kernels.structured import multiplicative_map
 
 __all__ = [
@@ -94,21 +81,7 @@ __all__ = [
     "cosine_ntk",
     "cosine_normalisation",
     "paper_cosine_normalisation",
-    # frozen-kernel flows
-    "KernelModel",
-    "NonPositiveMetricError",
-    "flow_search",
-    # local limit and continuous-time integration
+    # the normalised Gaussian on a manifold (local limit, paper 2.24-2.29)
     "ManifoldGaussianKernel",
-    "local_flow_velocity",
-    "sigma_sweep",
-    "KernelFlowODE",
-    "integrate_flow",
-    "stability_limit",
-    "FlowSearchResult",
-    # clustering
-    "BatchedFSClustering",
-    "fs_agglomerative",
-    "birch_clustering",
-    "silhouette",
+    "manifold_cosine_amplitude",
 ]

@@ -40,7 +40,7 @@ parameterisation (the paper's kernel), the layer-0 cosines from one GEMM of
 per-point unit vectors and the factored form
 ``Theta = sqrt(q q') (W_1^2 / 2 pi) (sin t + 2 (pi - t) cos t) + b_1^2``,
 whose rank-one factor and shift the tiled kernel products of
-:mod:`cyntk.kernels._flow` apply to the vectors (``InfiniteWidthKernel.tile_matvec``).
+:mod:`cyntk.flows.product` apply to the vectors (``InfiniteWidthKernel.tile_matvec``).
 
 The module also provides :class:`NTKDense`, the Keras layer in the 'ntk'
 parameterisation, and :func:`ntk_mlp`, which builds the finite network whose
@@ -53,17 +53,9 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from cyntk.kernels._checks import (
-    as_real_points,
-    matching_widths,
-    nonnegative_float,
-    one_of,
-    positive_int,
-)
+from cyntk._validation import as_real_points, matching_widths, nonnegative_float, one_of, positive_int
 from cyntk.kernels.base import Kernel
 from cyntk.kernels.dual import CLOSED_FORMS, QUADRATURE, DualActivation, dual_activation
 
@@ -74,8 +66,6 @@ __all__ = [
     "NNGPAndNTK",
     "infinite_width_kernel",
     "InfiniteWidthKernel",
-    "NTKDense",
-    "ntk_mlp",
 ]
 
 #: Activations by name: closed forms first, then the Gauss-Hermite ones.
@@ -122,8 +112,10 @@ def _per_layer(value, name, n, allow_none=False):
     if isinstance(value, (list, tuple, np.ndarray)):
         values = list(value)
         if len(values) != n:
-            raise ValueError(f"`{name}` must be a number or a sequence of {n} numbers (one per Dense "
-                             f"layer, the readout last); received {len(values)} values.")
+            raise ValueError(
+                f"`{name}` must be a number or a sequence of {n} numbers (one per Dense "
+                f"layer, the readout last); received {len(values)} values."
+            )
     else:
         values = [value] * n
     out = []
@@ -135,19 +127,31 @@ def _per_layer(value, name, n, allow_none=False):
     return tuple(out)
 
 
-def _iw_params(activation="relu", W_std=1.0, b_std=0.0, depth=1, kind="ntk", *,
-               readout_W_std=None, readout_b_std=None, readout_bias=True,
-               parameterization="ntk", width=None, quad_deg=64, kinds=_KINDS):
+def _iw_params(
+    activation="relu",
+    W_std=1.0,
+    b_std=0.0,
+    depth=1,
+    kind="ntk",
+    *,
+    readout_W_std=None,
+    readout_b_std=None,
+    readout_bias=True,
+    parameterization="ntk",
+    width=None,
+    quad_deg=64,
+    kinds=_KINDS,
+):
     """Validate the shared arguments of :func:`infinite_width_kernel` and :class:`InfiniteWidthKernel`."""
     if isinstance(quad_deg, bool) or not isinstance(quad_deg, (int, np.integer)) or quad_deg < 1:
-        raise ValueError(f"`quad_deg` (Gauss-Hermite nodes per axis) must be a positive integer; "
-                         f"received {quad_deg!r}.")
+        raise ValueError(
+            f"`quad_deg` (Gauss-Hermite nodes per axis) must be a positive integer; received {quad_deg!r}."
+        )
     act = dual_activation(activation, int(quad_deg))
     kind = one_of(kind, "kind", kinds)
     parameterization = one_of(parameterization, "parameterization", PARAMETERIZATIONS)
     if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)) or depth < 0:
-        raise ValueError(f"`depth` must be a non-negative integer (number of hidden layers); "
-                         f"received {depth!r}.")
+        raise ValueError(f"`depth` must be a non-negative integer (number of hidden layers); received {depth!r}.")
     depth = int(depth)
     w = list(_per_layer(W_std, "W_std", depth + 1))
     b = list(_per_layer(b_std, "b_std", depth + 1, allow_none=True))
@@ -162,20 +166,29 @@ def _iw_params(activation="relu", W_std=1.0, b_std=0.0, depth=1, kind="ntk", *,
     widths = None
     if parameterization == "standard":
         if width is None and depth > 0:
-            raise ValueError("`width` (hidden width, or one per hidden layer) is required for "
-                             "parameterization='standard', whose NTK grows with the width; "
-                             "received None.")
+            raise ValueError(
+                "`width` (hidden width, or one per hidden layer) is required for "
+                "parameterization='standard', whose NTK grows with the width; "
+                "received None."
+            )
         if depth > 0:
             ws = list(width) if isinstance(width, (list, tuple, np.ndarray)) else [width] * depth
             if len(ws) != depth:
-                raise ValueError(f"`width` must be an integer or {depth} integers (one per hidden "
-                                 f"layer); received {len(ws)} values.")
+                raise ValueError(
+                    f"`width` must be an integer or {depth} integers (one per hidden layer); received {len(ws)} values."
+                )
             widths = tuple(positive_int(v, "width") for v in ws)
         else:
             widths = ()
-    arch = Architecture(act, depth, tuple(v * v for v in w),
-                        tuple(0.0 if v is None else v * v for v in b),
-                        tuple(v is not None for v in b), parameterization, widths)
+    arch = Architecture(
+        act,
+        depth,
+        tuple(v * v for v in w),
+        tuple(0.0 if v is None else v * v for v in b),
+        tuple(v is not None for v in b),
+        parameterization,
+        widths,
+    )
     return arch, kind
 
 
@@ -216,30 +229,30 @@ def _relu_layer(k, theta, q1, q2, same, w2, b2):
     """
     r1 = _rsqrt(q1)
     r2 = r1 if same else _rsqrt(q2)
-    c = np.multiply.outer(r1, r2)          # symmetric for same (the product commutes)
+    c = np.multiply.outer(r1, r2)  # symmetric for same (the product commutes)
     c *= k
     np.clip(c, -1.0, 1.0, out=c)
     if same:
         np.fill_diagonal(c, 1.0)
     scratch = k if theta is not k else np.empty_like(k)
-    p = np.arccos(c, out=scratch)          # t
-    np.subtract(np.pi, p, out=p)            # p = pi - t
+    p = np.arccos(c, out=scratch)  # t
+    np.subtract(np.pi, p, out=p)  # p = pi - t
     if theta is not None:
-        theta *= p                          # p Theta_l (Theta_l itself is not needed again)
-    s = np.subtract(1.0, c)                 # sin t = sqrt((1 - c)(1 + c))
+        theta *= p  # p Theta_l (Theta_l itself is not needed again)
+    s = np.subtract(1.0, c)  # sin t = sqrt((1 - c)(1 + c))
     c_plus = np.add(1.0, c)
     s *= c_plus
     np.sqrt(s, out=s)
-    c *= p                                  # p cos t
+    c *= p  # p cos t
     c += s
     a = w2 / (2.0 * np.pi)
-    sq1 = np.sqrt(a * q1)                   # the same factor on both sides keeps it symmetric
-    np.multiply.outer(sq1, sq1 if same else np.sqrt(a * q2), out=c_plus)   # a sqrt(q q')
+    sq1 = np.sqrt(a * q1)  # the same factor on both sides keeps it symmetric
+    np.multiply.outer(sq1, sq1 if same else np.sqrt(a * q2), out=c_plus)  # a sqrt(q q')
     c *= c_plus
-    c += b2                                 # K_{l+1}
+    c += b2  # K_{l+1}
     if theta is not None:
         theta *= a
-        theta += c                          # Theta_{l+1}
+        theta += c  # Theta_{l+1}
     return c, theta
 
 
@@ -287,19 +300,19 @@ def _relu1_core(st1, st2, kind, w2):
     """
     same = st2 is None
     h1 = st1[1]
-    c = h1 @ (h1 if same else st2[1]).T         # symmetric rank-k update for a set with itself
+    c = h1 @ (h1 if same else st2[1]).T  # symmetric rank-k update for a set with itself
     np.clip(c, -1.0, 1.0, out=c)
     if same:
         np.fill_diagonal(c, 1.0)
     p = np.arccos(c)
-    np.subtract(np.pi, p, out=p)                # p = pi - t
-    s = np.subtract(1.0, c)                     # sin t = sqrt((1 - c)(1 + c)), accurate near |c| = 1
+    np.subtract(np.pi, p, out=p)  # p = pi - t
+    s = np.subtract(1.0, c)  # sin t = sqrt((1 - c)(1 + c)), accurate near |c| = 1
     tmp = np.add(1.0, c)
     s *= tmp
     np.sqrt(s, out=s)
     c *= p
     if kind == "both":
-        t = (np.add(c, c, out=tmp) + s, c + s)    # (NTK, NNGP)
+        t = (np.add(c, c, out=tmp) + s, c + s)  # (NTK, NNGP)
     else:
         if kind == "ntk":
             c += c
@@ -339,9 +352,9 @@ def _iw_block(st1, st2, arch, kind):
     depth, w2, b2 = arch.depth, arch.w2, arch.b2
     if _fast_relu1(arch):
         l1, t, l2 = _relu1_core(st1, st2, kind, w2[1])
-        scale = np.multiply.outer(l1, l2)       # the same vector on both sides keeps it symmetric
+        scale = np.multiply.outer(l1, l2)  # the same vector on both sides keeps it symmetric
         out = {}
-        for knd, blk in (zip(("ntk", "nngp"), t) if kind == "both" else ((kind, t),)):
+        for knd, blk in zip(("ntk", "nngp"), t) if kind == "both" else ((kind, t),):
             blk *= scale
             blk += b2[1]
             if same and knd == "nngp":
@@ -361,8 +374,9 @@ def _iw_block(st1, st2, arch, kind):
         # Theta_0 = K_0, updated in place when only the NTK is asked
         theta = k if kind == "ntk" else (k.copy() if need_ntk else None)
         for layer in range(depth):
-            k, theta = _relu_layer(k, theta, qs1[layer], qs1[layer] if same else qs2[layer],
-                                   same, w2[layer + 1], b2[layer + 1])
+            k, theta = _relu_layer(
+                k, theta, qs1[layer], qs1[layer] if same else qs2[layer], same, w2[layer + 1], b2[layer + 1]
+            )
             if same:
                 np.fill_diagonal(k, qs1[layer + 1])
         return _result(k, theta, kind)
@@ -389,10 +403,22 @@ def _iw_block(st1, st2, arch, kind):
     return _result(k, theta, kind)
 
 
-def infinite_width_kernel(x1, x2=None, *, activation="relu", W_std=1.0, b_std=0.0,
-                          depth: int = 1, kind: str = "ntk", readout_W_std=None,
-                          readout_b_std=None, readout_bias: bool = True,
-                          parameterization: str = "ntk", width=None, quad_deg: int = 64):
+def infinite_width_kernel(
+    x1,
+    x2=None,
+    *,
+    activation="relu",
+    W_std=1.0,
+    b_std=0.0,
+    depth: int = 1,
+    kind: str = "ntk",
+    readout_W_std=None,
+    readout_b_std=None,
+    readout_bias: bool = True,
+    parameterization: str = "ntk",
+    width=None,
+    quad_deg: int = 64,
+):
     """Infinite-width NNGP / NTK of a fully connected network.
 
     See the module docstring for the architecture and the recursion; the result
@@ -428,9 +454,19 @@ def infinite_width_kernel(x1, x2=None, *, activation="relu", W_std=1.0, b_std=0.
         float64 array (P1, P2) (an :class:`NNGPAndNTK` for ``kind='both'``);
         the kernel of each output component (``Theta_IJ = delta_IJ Theta``).
     """
-    arch, kind = _iw_params(activation, W_std, b_std, depth, kind, readout_W_std=readout_W_std,
-                            readout_b_std=readout_b_std, readout_bias=readout_bias,
-                            parameterization=parameterization, width=width, quad_deg=quad_deg)
+    arch, kind = _iw_params(
+        activation,
+        W_std,
+        b_std,
+        depth,
+        kind,
+        readout_W_std=readout_W_std,
+        readout_b_std=readout_b_std,
+        readout_bias=readout_bias,
+        parameterization=parameterization,
+        width=width,
+        quad_deg=quad_deg,
+    )
     x1 = as_real_points(x1, "x1")
     same = x2 is None
     if not same:
@@ -464,19 +500,48 @@ class InfiniteWidthKernel(Kernel):
 
     component_diagonal = True
 
-    def __init__(self, activation="relu", *, W_std=1.0, b_std=0.0, depth: int = 1,
-                 kind: str = "ntk", readout_W_std=None, readout_b_std=None,
-                 readout_bias: bool = True, parameterization: str = "ntk", width=None,
-                 quad_deg: int = 64):
-        self._config = dict(activation=activation, W_std=W_std, b_std=b_std, depth=depth,
-                            kind=kind, readout_W_std=readout_W_std, readout_b_std=readout_b_std,
-                            readout_bias=readout_bias, parameterization=parameterization,
-                            width=width, quad_deg=quad_deg)
+    def __init__(
+        self,
+        activation="relu",
+        *,
+        W_std=1.0,
+        b_std=0.0,
+        depth: int = 1,
+        kind: str = "ntk",
+        readout_W_std=None,
+        readout_b_std=None,
+        readout_bias: bool = True,
+        parameterization: str = "ntk",
+        width=None,
+        quad_deg: int = 64,
+    ):
+        self._config = dict(
+            activation=activation,
+            W_std=W_std,
+            b_std=b_std,
+            depth=depth,
+            kind=kind,
+            readout_W_std=readout_W_std,
+            readout_b_std=readout_b_std,
+            readout_bias=readout_bias,
+            parameterization=parameterization,
+            width=width,
+            quad_deg=quad_deg,
+        )
         self.architecture, self.kind = _iw_params(
-            activation, W_std, b_std, depth, kind, readout_W_std=readout_W_std,
-            readout_b_std=readout_b_std, readout_bias=readout_bias,
-            parameterization=parameterization, width=width, quad_deg=quad_deg,
-            kinds=("ntk", "nngp"))
+            activation,
+            W_std,
+            b_std,
+            depth,
+            kind,
+            readout_W_std=readout_W_std,
+            readout_b_std=readout_b_std,
+            readout_bias=readout_bias,
+            parameterization=parameterization,
+            width=width,
+            quad_deg=quad_deg,
+            kinds=("ntk", "nngp"),
+        )
         self.activation = self.architecture.activation.name
         self.depth = self.architecture.depth
         self.W_std = W_std
@@ -488,7 +553,7 @@ class InfiniteWidthKernel(Kernel):
     def _block(self, x1, x2):
         return self.tile_block(self.tile_state(x1), None if x2 is None else self.tile_state(x2))
 
-    # tiled evaluation (cyntk.kernels._flow.KernelProduct): per-point state computed once
+    # tiled evaluation (cyntk.flows.product.KernelProduct): per-point state computed once
     def tile_state(self, x) -> tuple:
         """Per-point state of validated float64 points (P, d), computed once per point set.
 
@@ -539,178 +604,7 @@ class InfiniteWidthKernel(Kernel):
 
 def _check_finite(block, kernel):
     if not np.isfinite(block).all():
-        raise ValueError(f"kernel {type(kernel).__name__} returned non-finite entries for "
-                         f"{block.shape[0]} x {block.shape[1]} points.")
-
-
-# ---------------------------------------------------------------------------- Keras side
-
-
-@keras.saving.register_keras_serializable(package="cyntk")
-class NTKDense(keras.layers.Layer):
-    """Dense layer in the NTK parameterisation.
-
-    ``y = activation((W_std / sqrt(fan_in)) x @ W + b_std b)`` with trainable
-    ``W`` (fan_in, units) and ``b`` (units,) initialised from N(0, 1), as in
-    neural-tangents' ``stax.Dense(units, W_std, b_std, parameterization='ntk')``.
-    The metric-NTK engine's fast path recognises it (kernel scale
-    ``W_std/sqrt(fan_in)``, bias scale ``b_std``).
-
-    Args:
-        units: output width.
-        W_std: weight scale (>= 0).
-        b_std: bias scale (>= 0).
-        activation: Keras activation (name or callable) applied after the
-            affine map; ``None`` for linear.
-        use_bias: whether the layer has a bias.
-        seed: seed of the N(0, 1) initialisers.
-    """
-
-    def __init__(self, units, *, W_std=1.0, b_std=0.0, activation=None, use_bias=True, seed=None,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.units = positive_int(units, "units")
-        self.W_std = nonnegative_float(W_std, "W_std")
-        self.b_std = nonnegative_float(b_std, "b_std")
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.seed = seed
-
-    def build(self, input_shape):
-        fan_in = input_shape[-1]
-        if fan_in is None:
-            raise ValueError("NTKDense needs a known input width (last axis of the input shape); "
-                             f"received input shape {input_shape}.")
-        seed = self.seed
-        self.kernel = self.add_weight(
-            name="kernel", shape=(fan_in, self.units),
-            initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=seed))
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias", shape=(self.units,),
-                initializer=keras.initializers.RandomNormal(
-                    0.0, 1.0, seed=None if seed is None else seed + 1))
-
-    @property
-    def kernel_scale(self) -> float:
-        """``W_std / sqrt(fan_in)``, the factor in front of ``x @ W``."""
-        return self.W_std / math.sqrt(self.kernel.shape[0])
-
-    @property
-    def bias_scale(self) -> float:
-        """``b_std``, the factor in front of ``b``."""
-        return self.b_std
-
-    def call(self, inputs):
-        y = tf.matmul(inputs, self.kernel) * tf.constant(self.kernel_scale, self.compute_dtype)
-        if self.bias is not None:
-            y = y + tf.constant(self.b_std, self.compute_dtype) * self.bias
-        return self.activation(y)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.units,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(units=self.units, W_std=self.W_std, b_std=self.b_std,
-                      activation=keras.activations.serialize(self.activation),
-                      use_bias=self.use_bias, seed=self.seed)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="cyntk")
-def erf(x):
-    """The erf activation (serializable), ``tf.math.erf``."""
-    return tf.math.erf(x)
-
-
-@keras.saving.register_keras_serializable(package="cyntk")
-def gelu_exact(x):
-    """Exact gelu ``x Phi(x) = x (1 + erf(x / sqrt 2)) / 2`` with the constant in the input's dtype.
-
-    (Keras' ``'gelu'`` rounds ``1/sqrt 2`` to float32 first, ~5e-9 off in float64.)
-    """
-    x = tf.convert_to_tensor(x)
-    return 0.5 * x * (1.0 + tf.math.erf(x * tf.constant(math.sqrt(0.5), x.dtype)))
-
-
-_KERAS_ACTIVATIONS = {"erf": erf, "gelu_exact": gelu_exact, "sin": tf.math.sin, "cos": tf.math.cos,
-                      "abs": tf.math.abs, "linear": None}
-
-
-def _activation_fn(activation):
-    if isinstance(activation, DualActivation) or activation in ACTIVATIONS:
-        dual = dual_activation(activation)
-        if dual.keras_name is None:
-            raise ValueError(f"activation {dual.name!r} has no Keras counterpart (`keras_name`); "
-                             "pass a Keras activation to ntk_mlp instead.")
-        activation = dual.keras_name
-    if isinstance(activation, str) and activation in _KERAS_ACTIVATIONS:
-        return _KERAS_ACTIVATIONS[activation]
-    if activation == "leaky_relu":
-        return keras.activations.leaky_relu          # negative slope 0.2, as dual.CLOSED_FORMS
-    return keras.activations.get(activation)
-
-
-def ntk_mlp(input_dim: int, width, depth: int, *, activation="relu", W_std=1.0, b_std=0.0,
-            n_outputs: int = 1, dtype: str = "float64", seed: int | None = None,
-            readout_W_std=None, readout_b_std=None, readout_bias: bool = True,
-            parameterization: str = "ntk") -> keras.Sequential:
-    """Fully connected network, the finite-width counterpart of :func:`infinite_width_kernel`.
-
-    ``depth`` hidden layers of ``width`` units with ``activation`` and a linear
-    readout of ``n_outputs`` units, with the architecture arguments of
-    :func:`infinite_width_kernel`. In the 'ntk' parameterisation the layers are
-    :class:`NTKDense` (``(W_std/sqrt(n)) h @ W + b_std b``, ``W, b ~ N(0, 1)``);
-    in the 'standard' one Keras ``Dense`` with ``W ~ N(0, W_std^2/n)`` and
-    ``b ~ N(0, b_std^2)``. Its empirical NTK converges to the analytic one as
-    ``width`` grows (fluctuations ~ 1/sqrt(width); in the 'standard'
-    parameterisation relative to the kernel, which grows with the width).
-
-    Args:
-        input_dim: input width d.
-        width: hidden width (one for every hidden layer, or one per layer).
-        depth: number of hidden layers (>= 0).
-        activation: a name of :data:`ACTIVATIONS` ('gelu' is the exact gelu)
-            or any Keras activation.
-        W_std, b_std, readout_W_std, readout_b_std, readout_bias,
-            parameterization: as in :func:`infinite_width_kernel`.
-        n_outputs: output width.
-        dtype: Keras dtype of the variables and computation.
-        seed: base seed (layer l uses ``seed + 2 l``).
-
-    Returns:
-        a built ``keras.Sequential`` mapping (B, input_dim) to (B, n_outputs).
-    """
-    input_dim = positive_int(input_dim, "input_dim")
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
-        raise ValueError(f"`depth` must be a non-negative integer; received {depth!r}.")
-    widths = list(width) if isinstance(width, (list, tuple)) else [width] * int(depth)
-    widths = [positive_int(w, "width") for w in widths]
-    if len(widths) != int(depth):
-        raise ValueError(f"`width` must be an integer or {depth} integers (one per hidden layer); "
-                         f"received {len(widths)} values.")
-    arch, _ = _iw_params("identity", W_std, b_std, depth, "ntk", readout_W_std=readout_W_std,
-                         readout_b_std=readout_b_std, readout_bias=readout_bias,
-                         parameterization=parameterization, width=widths or None)
-    act = _activation_fn(activation)
-    layers = [keras.Input((input_dim,), dtype=dtype)]
-    fan_in = input_dim
-    for i in range(int(depth) + 1):
-        units = n_outputs if i == int(depth) else widths[i]
-        layer_act = act if i < int(depth) else None
-        w_std, b_std_l = math.sqrt(arch.w2[i]), math.sqrt(arch.b2[i])
-        s = None if seed is None else seed + 2 * i
-        if arch.parameterization == "ntk":
-            layers.append(NTKDense(units, W_std=w_std, b_std=b_std_l, activation=layer_act,
-                                   use_bias=arch.bias[i], dtype=dtype, seed=s))
-        else:
-            layers.append(keras.layers.Dense(
-                units, activation=layer_act, use_bias=arch.bias[i], dtype=dtype,
-                kernel_initializer=keras.initializers.RandomNormal(0.0, w_std / math.sqrt(fan_in),
-                                                                   seed=s),
-                bias_initializer=keras.initializers.RandomNormal(
-                    0.0, b_std_l, seed=None if s is None else s + 1)))
-        fan_in = units
-    return keras.Sequential(layers)
+        raise ValueError(
+            f"kernel {type(kernel).__name__} returned non-finite entries for "
+            f"{block.shape[0]} x {block.shape[1]} points."
+        )

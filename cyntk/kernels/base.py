@@ -26,7 +26,7 @@ import abc
 
 import numpy as np
 
-from cyntk.kernels._checks import as_real_points, matching_widths, optional_chunk_size
+from cyntk._validation import as_real_points, matching_widths, optional_chunk_size
 
 __all__ = ["Kernel"]
 
@@ -93,12 +93,15 @@ class Kernel(abc.ABC):
         if not self.component_diagonal:
             out = self(np.atleast_2d(x1), None if x2 is None else np.atleast_2d(x2))
             if n_components is not None and out.shape[-1] != n_components:
-                raise ValueError(f"`n_components` must match the kernel's {out.shape[-1]} "
-                                 f"components; received {n_components}.")
+                raise ValueError(
+                    f"`n_components` must match the kernel's {out.shape[-1]} components; received {n_components}."
+                )
             return out
         if n_components is None:
-            raise ValueError("`n_components` (number of metric components m) is required to expand "
-                             f"the component-diagonal {type(self).__name__} to (P1, P2, m, m).")
+            raise ValueError(
+                "`n_components` (number of metric components m) is required to expand "
+                f"the component-diagonal {type(self).__name__} to (P1, P2, m, m)."
+            )
         k = self(np.atleast_2d(x1), None if x2 is None else np.atleast_2d(x2))
         eye = np.eye(int(n_components), dtype=k.dtype)
         return k[:, :, None, None] * eye
@@ -125,20 +128,23 @@ class Kernel(abc.ABC):
         chunk_size = optional_chunk_size(chunk_size) or len(p1)
         v = np.asarray(v, dtype=np.float64)
         if v.ndim not in (1, 2) or v.shape[0] != len(p2) or (v.ndim == 1 and not self.component_diagonal):
-            raise ValueError(f"`v` must have shape (P2, m) = ({len(p2)}, m) (one value per source point "
-                             f"and component); received shape {v.shape}.")
+            raise ValueError(
+                f"`v` must have shape (P2, m) = ({len(p2)}, m) (one value per source point "
+                f"and component); received shape {v.shape}."
+            )
         if not np.all(np.isfinite(v)):
             raise ValueError("`v` must be finite; received NaN or inf entries.")
         out = []
         for s in range(0, len(p1), chunk_size):
-            block = np.asarray(self._block(p1[s:s + chunk_size], p2))
-            self._check_block(block, len(p1[s:s + chunk_size]), len(p2))
+            block = np.asarray(self._block(p1[s : s + chunk_size], p2))
+            self._check_block(block, len(p1[s : s + chunk_size]), len(p2))
             if self.component_diagonal:
                 out.append(block @ v)
             else:
                 if block.shape[-1] != v.shape[-1]:
-                    raise ValueError(f"`v` must have m = {block.shape[-1]} components per point; "
-                                     f"received shape {v.shape}.")
+                    raise ValueError(
+                        f"`v` must have m = {block.shape[-1]} components per point; received shape {v.shape}."
+                    )
                 out.append(np.einsum("abIJ,bJ->aI", block, v))
         return np.concatenate(out, axis=0)
 
@@ -169,5 +175,7 @@ class Kernel(abc.ABC):
             ok = out.ndim == 4 and out.shape[:2] == (p1, p2) and out.shape[2] == out.shape[3]
             expected = f"({p1}, {p2}, m, m)"
         if not ok:
-            raise RuntimeError(f"{type(self).__name__}._block returned shape {out.shape}; expected "
-                               f"{expected}. This is a bug in the kernel class.")
+            raise RuntimeError(
+                f"{type(self).__name__}._block returned shape {out.shape}; expected "
+                f"{expected}. This is a bug in the kernel class."
+            )

@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 from scipy.spatial.distance import cdist
 
-from cyntk.kernels._checks import as_real_points, matching_widths, positive_float, positive_int
+from cyntk._validation import as_real_points, matching_widths, positive_float, positive_int
 from cyntk.kernels.base import Kernel
 
 __all__ = [
@@ -78,7 +78,7 @@ def cosine_normalisation(sigma_w: float, d: int) -> float:
     """
     sigma_w = positive_float(sigma_w, "sigma_w")
     d = positive_int(d, "d")
-    return math.sqrt(2.0) * (sigma_w ** 2 / (2.0 * math.pi * d)) ** (d / 4.0)
+    return math.sqrt(2.0) * (sigma_w**2 / (2.0 * math.pi * d)) ** (d / 4.0)
 
 
 def paper_cosine_normalisation(sigma_w: float, d: int) -> float:
@@ -89,7 +89,7 @@ def paper_cosine_normalisation(sigma_w: float, d: int) -> float:
     """
     sigma_w = positive_float(sigma_w, "sigma_w")
     d = positive_int(d, "d")
-    return 2.0 ** 0.25 * (sigma_w / math.sqrt(2.0 * math.pi * d)) ** (d / 4.0)
+    return 2.0**0.25 * (sigma_w / math.sqrt(2.0 * math.pi * d)) ** (d / 4.0)
 
 
 def cosine_ntk(x1, x2=None, *, sigma_w: float, amplitude: float | None = None) -> np.ndarray:
@@ -116,8 +116,8 @@ def cosine_ntk(x1, x2=None, *, sigma_w: float, amplitude: float | None = None) -
     matching_widths(x1, x2)
     d = x1.shape[1]
     a = cosine_normalisation(sigma_w, d) if amplitude is None else positive_float(amplitude, "amplitude")
-    sq = cdist(x1, x2, "sqeuclidean")        # exact differences, no cancellation
-    return 0.5 * a ** 2 * np.exp(-0.5 * sigma_w ** 2 * sq / d)
+    sq = cdist(x1, x2, "sqeuclidean")  # exact differences, no cancellation
+    return 0.5 * a**2 * np.exp(-0.5 * sigma_w**2 * sq / d)
 
 
 class CosineNTKKernel(Kernel):
@@ -169,9 +169,17 @@ class CosineNetwork(keras.Model):
         inputs: real (B, d). Returns real (B, n_outputs).
     """
 
-    def __init__(self, n_outputs: int = 1, width: int = 1024, *, sigma_w: float = 1.0,
-                 sigma_a: float = 1.0, amplitude: float | None = None, seed: int | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        n_outputs: int = 1,
+        width: int = 1024,
+        *,
+        sigma_w: float = 1.0,
+        sigma_a: float = 1.0,
+        amplitude: float | None = None,
+        seed: int | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.n_outputs = positive_int(n_outputs, "n_outputs")
         self.width = positive_int(width, "width")
@@ -186,16 +194,25 @@ class CosineNetwork(keras.Model):
             raise ValueError(f"CosineNetwork needs a known input width; received input shape {input_shape}.")
         m, n = self.n_outputs, self.width
         seed = self.seed
-        s = (lambda k: None if seed is None else seed + k)
+        s = lambda k: None if seed is None else seed + k
         self.w = self.add_weight(
-            name="w", shape=(m, d, n), trainable=False,
-            initializer=keras.initializers.RandomNormal(0.0, self.sigma_w / math.sqrt(d), seed=s(0)))
+            name="w",
+            shape=(m, d, n),
+            trainable=False,
+            initializer=keras.initializers.RandomNormal(0.0, self.sigma_w / math.sqrt(d), seed=s(0)),
+        )
         self.b = self.add_weight(
-            name="b", shape=(m, n), trainable=False,
-            initializer=keras.initializers.RandomUniform(-math.pi, math.pi, seed=s(1)))
+            name="b",
+            shape=(m, n),
+            trainable=False,
+            initializer=keras.initializers.RandomUniform(-math.pi, math.pi, seed=s(1)),
+        )
         self.a = self.add_weight(
-            name="a", shape=(m, n), trainable=True,
-            initializer=keras.initializers.RandomNormal(0.0, self.sigma_a, seed=s(2)))
+            name="a",
+            shape=(m, n),
+            trainable=True,
+            initializer=keras.initializers.RandomNormal(0.0, self.sigma_a, seed=s(2)),
+        )
         self.input_dim = int(d)
 
     @property
@@ -221,6 +238,12 @@ class CosineNetwork(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(n_outputs=self.n_outputs, width=self.width, sigma_w=self.sigma_w,
-                      sigma_a=self.sigma_a, amplitude=self._amplitude_arg, seed=self.seed)
+        config.update(
+            n_outputs=self.n_outputs,
+            width=self.width,
+            sigma_w=self.sigma_w,
+            sigma_a=self.sigma_a,
+            amplitude=self._amplitude_arg,
+            seed=self.seed,
+        )
         return config

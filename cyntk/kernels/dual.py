@@ -106,7 +106,7 @@ class DualActivation:
         diag: closed-form ``q -> E[phi(u)^2]`` or None (quadrature).
         deg: Gauss-Hermite nodes per axis when there is no closed form.
         keras_name: the Keras activation of the finite network
-            (:func:`cyntk.kernels.analytic.ntk_mlp`).
+            (:func:`cyntk.kernels.ntk_networks.ntk_mlp`).
     """
 
     name: str
@@ -162,16 +162,16 @@ def gauss_hermite_2d(f, df, q1, q2, k, deg, same=False, max_entries=1 << 22):
         sl = slice(s, s + rows)
         qa, kb = q1[sl][:, None], k[sl]
         ra = _rsqrt(qa)
-        slope = math.sqrt(2.0) * kb * ra                          # v = slope x_i + spread y_j
+        slope = math.sqrt(2.0) * kb * ra  # v = slope x_i + spread y_j
         cond = q2[None, :] - kb * kb * ra * ra
         if same:
             idx = np.arange(s, min(s + rows, p1))
             cond[idx - s, idx] = 0.0
-        spread = np.sqrt(2.0 * np.maximum(cond, 0.0))[..., None] * x          # (r, P2, deg)
+        spread = np.sqrt(2.0 * np.maximum(cond, 0.0))[..., None] * x  # (r, P2, deg)
         acc_f = np.zeros(kb.shape)
         acc_df = np.zeros(kb.shape)
         for xi, wi in zip(x, w):
-            u = math.sqrt(2.0) * np.sqrt(qa) * xi                 # (r, 1)
+            u = math.sqrt(2.0) * np.sqrt(qa) * xi  # (r, 1)
             v = spread + (slope * xi)[..., None]
             acc_f += (wi * f(u)) * (f(v) @ w)
             acc_df += (wi * df(u)) * (df(v) @ w)
@@ -205,16 +205,15 @@ def abrelu(a_minus: float, a_plus: float = 1.0, name: str | None = None) -> Dual
     def dfn(u):
         return np.where(u > 0, ap, am) + 0.0 * u
 
-    return DualActivation(name or f"abrelu({am}, {ap})", fn, dfn, cross,
-                          lambda q: sq * np.asarray(q, np.float64) / 2.0)
+    return DualActivation(name or f"abrelu({am}, {ap})", fn, dfn, cross, lambda q: sq * np.asarray(q, np.float64) / 2.0)
 
 
 def _erf_cross(q1, q2, k, same):
     a = np.outer(1.0 + 2.0 * q1, 1.0 + 2.0 * q2)
     e_phi = (2.0 / math.pi) * np.arcsin(np.clip(2.0 * k / np.sqrt(a), -1.0, 1.0))
-    det = a - 4.0 * k ** 2
+    det = a - 4.0 * k**2
     if same:
-        np.fill_diagonal(det, 1.0 + 4.0 * q1)       # (1 + 2q)^2 - 4q^2, exactly
+        np.fill_diagonal(det, 1.0 + 4.0 * q1)  # (1 + 2q)^2 - 4q^2, exactly
     e_dphi = (4.0 / math.pi) / np.sqrt(np.maximum(det, np.finfo(np.float64).tiny))
     return e_phi, e_dphi
 
@@ -226,23 +225,21 @@ def _erf_diag(q):
 def _gelu_cross(q1, q2, k, same):
     a = (1.0 + q1)[:, None]
     b = (1.0 + q2)[None, :]
-    gram = np.multiply.outer(q1, q2) - k * k           # q q' - k^2 >= 0
+    gram = np.multiply.outer(q1, q2) - k * k  # q q' - k^2 >= 0
     if same:
         np.fill_diagonal(gram, 0.0)
-    det = a + b - 1.0 + np.maximum(gram, 0.0)          # D = a b - k^2 = 1 + q + q' + (q q' - k^2)
+    det = a + b - 1.0 + np.maximum(gram, 0.0)  # D = a b - k^2 = 1 + q + q' + (q q' - k^2)
     root = np.sqrt(det)
     angle = np.arctan2(k, root)
-    ab = np.multiply.outer(1.0 + q1, 1.0 + q2)       # a b (one product: exactly symmetric)
-    e_phi = k / 4.0 + k * angle / _TWO_PI + (k * k + np.multiply.outer(q1, q2) * det) / (
-        _TWO_PI * ab * root)
+    ab = np.multiply.outer(1.0 + q1, 1.0 + q2)  # a b (one product: exactly symmetric)
+    e_phi = k / 4.0 + k * angle / _TWO_PI + (k * k + np.multiply.outer(q1, q2) * det) / (_TWO_PI * ab * root)
     e_dphi = 0.25 + angle / _TWO_PI + k * (1.0 / a + 1.0 / b + 1.0 / det) / (_TWO_PI * root)
     return e_phi, e_dphi
 
 
 def _gelu_diag(q):
     q = np.asarray(q, np.float64)
-    return (q / 4.0 + q * np.arcsin(q / (1.0 + q)) / _TWO_PI
-            + q * q / (math.pi * (1.0 + q) * np.sqrt(1.0 + 2.0 * q)))
+    return q / 4.0 + q * np.arcsin(q / (1.0 + q)) / _TWO_PI + q * q / (math.pi * (1.0 + q) * np.sqrt(1.0 + 2.0 * q))
 
 
 def _trig_parts(q1, q2, k):
@@ -254,8 +251,8 @@ def _trig_parts(q1, q2, k):
 
 def _sin_cross(q1, q2, k, same):
     half, ak, sign = _trig_parts(q1, q2, k)
-    sinh = -sign * half * np.expm1(-2.0 * ak)           # exp(-m) sinh(k)
-    cosh = half * (1.0 + np.exp(-2.0 * ak))             # exp(-m) cosh(k)
+    sinh = -sign * half * np.expm1(-2.0 * ak)  # exp(-m) sinh(k)
+    cosh = half * (1.0 + np.exp(-2.0 * ak))  # exp(-m) cosh(k)
     return sinh, cosh
 
 
@@ -278,16 +275,19 @@ def _identity_cross(q1, q2, k, same):
 
 def _np_erf(u):
     from scipy.special import erf
+
     return erf(u)
 
 
 def _gelu_np(u):
     from scipy.special import ndtr
+
     return u * ndtr(u)
 
 
 def _dgelu_np(u):
     from scipy.special import ndtr
+
     return ndtr(u) + u * np.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
 
 
@@ -299,19 +299,24 @@ _abs = abrelu(-1.0, 1.0, "abs")
 #: activations with closed-form maps (name -> DualActivation)
 CLOSED_FORMS = {
     "relu": _relu,
-    "leaky_relu": DualActivation("leaky_relu", _leaky.fn, _leaky.dfn, _leaky.cross, _leaky.diag,
-                                 keras_name="leaky_relu"),
+    "leaky_relu": DualActivation(
+        "leaky_relu", _leaky.fn, _leaky.dfn, _leaky.cross, _leaky.diag, keras_name="leaky_relu"
+    ),
     "abs": DualActivation("abs", _abs.fn, _abs.dfn, _abs.cross, _abs.diag, keras_name="abs"),
-    "erf": DualActivation("erf", _np_erf, lambda u: 2.0 / math.sqrt(math.pi) * np.exp(-u * u),
-                          _erf_cross, _erf_diag, keras_name="erf"),
-    "gelu": DualActivation("gelu", _gelu_np, _dgelu_np, _gelu_cross, _gelu_diag,
-                           keras_name="gelu_exact"),
+    "erf": DualActivation(
+        "erf", _np_erf, lambda u: 2.0 / math.sqrt(math.pi) * np.exp(-u * u), _erf_cross, _erf_diag, keras_name="erf"
+    ),
+    "gelu": DualActivation("gelu", _gelu_np, _dgelu_np, _gelu_cross, _gelu_diag, keras_name="gelu_exact"),
     "sin": DualActivation("sin", np.sin, np.cos, _sin_cross, _sin_diag, keras_name="sin"),
-    "cos": DualActivation("cos", np.cos, lambda u: -np.sin(u), _cos_cross, _cos_diag,
-                          keras_name="cos"),
-    "identity": DualActivation("identity", lambda u: u, lambda u: np.ones_like(u),
-                               _identity_cross, lambda q: np.asarray(q, np.float64),
-                               keras_name="linear"),
+    "cos": DualActivation("cos", np.cos, lambda u: -np.sin(u), _cos_cross, _cos_diag, keras_name="cos"),
+    "identity": DualActivation(
+        "identity",
+        lambda u: u,
+        lambda u: np.ones_like(u),
+        _identity_cross,
+        lambda q: np.asarray(q, np.float64),
+        keras_name="linear",
+    ),
 }
 
 
@@ -346,8 +351,7 @@ QUADRATURE = {
 }
 
 
-def numerical(name: str, fn: Callable, dfn: Callable, deg: int = 64,
-              keras_name: str | None = None) -> DualActivation:
+def numerical(name: str, fn: Callable, dfn: Callable, deg: int = 64, keras_name: str | None = None) -> DualActivation:
     """An activation evaluated by ``deg x deg`` Gauss-Hermite quadrature.
 
     Args:
@@ -359,11 +363,12 @@ def numerical(name: str, fn: Callable, dfn: Callable, deg: int = 64,
         keras_name: Keras activation of the finite network, if any.
     """
     if isinstance(deg, bool) or not isinstance(deg, (int, np.integer)) or deg < 1:
-        raise ValueError(f"`deg` (Gauss-Hermite nodes per axis) must be a positive integer; "
-                         f"received {deg!r}.")
+        raise ValueError(f"`deg` (Gauss-Hermite nodes per axis) must be a positive integer; received {deg!r}.")
     if not (callable(fn) and callable(dfn)):
-        raise ValueError(f"`fn` and `dfn` must be callables (phi and its derivative); received "
-                         f"{type(fn).__name__} and {type(dfn).__name__}.")
+        raise ValueError(
+            f"`fn` and `dfn` must be callables (phi and its derivative); received "
+            f"{type(fn).__name__} and {type(dfn).__name__}."
+        )
     return DualActivation(str(name), fn, dfn, None, None, int(deg), keras_name)
 
 
@@ -384,6 +389,8 @@ def dual_activation(activation, deg: int = 64) -> DualActivation:
         if activation in QUADRATURE:
             fn, dfn = QUADRATURE[activation]
             return numerical(activation, fn, dfn, deg, keras_name=activation)
-    raise ValueError(f"`activation` must be one of {sorted(CLOSED_FORMS)} (closed form), "
-                     f"{sorted(QUADRATURE)} (Gauss-Hermite) or a DualActivation; "
-                     f"received {activation!r}.")
+    raise ValueError(
+        f"`activation` must be one of {sorted(CLOSED_FORMS)} (closed form), "
+        f"{sorted(QUADRATURE)} (Gauss-Hermite) or a DualActivation; "
+        f"received {activation!r}."
+    )

@@ -11,9 +11,8 @@ import functools
 
 import numpy as np
 
+from cyntk._validation import matching_widths, nonnegative_float, optional_chunk_size, positive_float
 from cyntk.geometry import default_distance_threshold, fs_distance_matrix, fs_nearest, to_complex
-from cyntk.kernels._checks import (matching_widths, nonnegative_float, optional_chunk_size,
-                                   positive_float)
 from cyntk.kernels.base import Kernel
 
 __all__ = ["GaussianFSKernel", "DeltaKernel"]
@@ -38,8 +37,10 @@ def _overlap_limit(threshold: float) -> float:
 
 def _complex_points(x: np.ndarray, name: str) -> np.ndarray:
     if x.shape[1] % 2:
-        raise ValueError(f"`{name}` must be real points of shape (P, 2N) in cymetric's layout "
-                         f"[Re z, Im z] (an even width); received shape {x.shape}.")
+        raise ValueError(
+            f"`{name}` must be real points of shape (P, 2N) in cymetric's layout "
+            f"[Re z, Im z] (an even width); received shape {x.shape}."
+        )
     return to_complex(x)
 
 
@@ -66,8 +67,7 @@ class GaussianFSKernel(Kernel):
 
     component_diagonal = True
 
-    def __init__(self, sigma: float = 30.0, *, threshold: float | None = None,
-                 chunk_size: int | None = None):
+    def __init__(self, sigma: float = 30.0, *, threshold: float | None = None, chunk_size: int | None = None):
         self.sigma = positive_float(sigma, "sigma")
         self.threshold = None if threshold is None else nonnegative_float(threshold, "threshold")
         self.chunk_size = optional_chunk_size(chunk_size)
@@ -86,9 +86,8 @@ class GaussianFSKernel(Kernel):
     def _distance(self, x1, x2):
         z1 = _complex_points(x1, "x1")
         z2 = None if x2 is None else _complex_points(x2, "x2")
-        d = fs_distance_matrix(z1, z2, chunk_size=self.chunk_size or _DEFAULT_CHUNK,
-                               threshold=self.threshold)
-        if z2 is None:                      # exactly symmetric (the matrix product is not)
+        d = fs_distance_matrix(z1, z2, chunk_size=self.chunk_size or _DEFAULT_CHUNK, threshold=self.threshold)
+        if z2 is None:  # exactly symmetric (the matrix product is not)
             d = 0.5 * (d + d.T)
         return d
 
@@ -100,15 +99,15 @@ class GaussianFSKernel(Kernel):
         if x2 is None and len(x1) <= rows:
             return self.tile_block(s1)
         c2 = np.empty((len(x1), n2))
-        for s in range(0, len(x1), rows):       # squared overlaps, row chunk by row chunk
-            c2[s:s + rows] = self._overlap2(tuple(a[s:s + rows] for a in s1), s1 if s2 is None else s2)
+        for s in range(0, len(x1), rows):  # squared overlaps, row chunk by row chunk
+            c2[s : s + rows] = self._overlap2(tuple(a[s : s + rows] for a in s1), s1 if s2 is None else s2)
         if x2 is None:
             self._symmetrise(c2)
         for s in range(0, len(x1), rows):
-            self._from_overlap2(c2[s:s + rows])
+            self._from_overlap2(c2[s : s + rows])
         return c2
 
-    # tiled evaluation (cyntk.kernels._flow.KernelProduct): per-point state computed once
+    # tiled evaluation (cyntk.flows.product.KernelProduct): per-point state computed once
     def tile_state(self, x) -> tuple:
         """Per-point state of real points (P, 2N): ``(A, B)`` with ``A = [Re u, Im u]`` and
         ``B = [Im u, -Re u]`` for the unit vectors ``u = z / |z|``, so that
@@ -116,8 +115,10 @@ class GaussianFSKernel(Kernel):
         """
         z = _complex_points(np.asarray(x, dtype=np.float64), "x")
         u = z / np.linalg.norm(z, axis=1, keepdims=True)
-        return (np.ascontiguousarray(np.concatenate([u.real, u.imag], axis=1)),
-                np.ascontiguousarray(np.concatenate([u.imag, -u.real], axis=1)))
+        return (
+            np.ascontiguousarray(np.concatenate([u.real, u.imag], axis=1)),
+            np.ascontiguousarray(np.concatenate([u.imag, -u.real], axis=1)),
+        )
 
     def tile_block(self, state1, state2=None) -> np.ndarray:
         """Block (P1, P2) between two (sliced) states of :meth:`tile_state`; ``state2=None``: same set."""
@@ -148,14 +149,14 @@ class GaussianFSKernel(Kernel):
         """``exp(-arccos(sqrt(c2)) / (2 sigma))`` in place (c2 clipped to [0, 1]; pairs with
         ``1 - c2 < threshold`` get distance 0, see :func:`cyntk.geometry.default_distance_threshold`)."""
         thr = default_distance_threshold() if self.threshold is None else self.threshold
-        np.minimum(c2, 1.0, out=c2)         # c2 = re^2 + im^2 >= 0
+        np.minimum(c2, 1.0, out=c2)  # c2 = re^2 + im^2 >= 0
         if thr > 0.5:
             close = (1.0 - c2) < thr
             c2[close] = 1.0
-        elif c2.max(initial=0.0) > (lim := _overlap_limit(thr)):     # rare: (near-)duplicates
-            c2[c2 > lim] = 1.0              # arccos(sqrt(1)) = 0 exactly
+        elif c2.max(initial=0.0) > (lim := _overlap_limit(thr)):  # rare: (near-)duplicates
+            c2[c2 > lim] = 1.0  # arccos(sqrt(1)) = 0 exactly
         np.sqrt(c2, out=c2)
-        np.arccos(c2, out=c2)               # the FS distance d
+        np.arccos(c2, out=c2)  # the FS distance d
         c2 *= -0.5 / self.sigma
         np.exp(c2, out=c2)
         return c2
@@ -193,9 +194,14 @@ class DeltaKernel(Kernel):
         return self._nearest(p1, p2)
 
     def _nearest(self, x1, x2):
-        d, idx = fs_nearest(_complex_points(x1, "x1"), _complex_points(x2, "x2"), k=1,
-                            exclude_self=False, chunk_size=self.chunk_size or _DEFAULT_CHUNK,
-                            threshold=self.threshold)
+        d, idx = fs_nearest(
+            _complex_points(x1, "x1"),
+            _complex_points(x2, "x2"),
+            k=1,
+            exclude_self=False,
+            chunk_size=self.chunk_size or _DEFAULT_CHUNK,
+            threshold=self.threshold,
+        )
         return d[:, 0], idx[:, 0]
 
     def _block(self, x1, x2):

@@ -15,12 +15,12 @@ infinite-width limit the network's NTK is ``Theta_o = Theta_inf(u, u') 1_m``
 
 :class:`InfiniteWidthMetricKernel` is this kernel as a full (P1, P2, m, m)
 :class:`~cyntk.kernels.base.Kernel`, usable in
-:class:`~cyntk.kernels.kernel_model.KernelModel` and, through
+:class:`~cyntk.flows.kernel_model.KernelModel` and, through
 :meth:`InfiniteWidthMetricKernel.as_ntk_fn`, as the kernel engine of
 :class:`cyntk.callbacks.MetricNTKCallback`. :func:`network_infinite_width_kernel`
 reads the infinite-width kernel of a network built from
-:class:`~cyntk.kernels.analytic.NTKDense` layers (e.g. by
-:func:`~cyntk.kernels.analytic.ntk_mlp`).
+:class:`~cyntk.kernels.ntk_networks.NTKDense` layers (e.g. by
+:func:`~cyntk.kernels.ntk_networks.ntk_mlp`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from cyntk.kernels.analytic import ACTIVATIONS, InfiniteWidthKernel, NTKDense
+from cyntk.kernels.analytic import ACTIVATIONS, InfiniteWidthKernel
 from cyntk.kernels.base import Kernel
+from cyntk.kernels.ntk_networks import NTKDense
 from cyntk.kernels.structured import multiplicative_map
 
 __all__ = [
@@ -62,8 +63,10 @@ def _activation_name(fn) -> str:
     name = getattr(fn, "__name__", None)
     name = _KERAS_NAMES.get(name, name)
     if name not in ACTIVATIONS:
-        raise ValueError(f"the network's activation {fn!r} has no infinite-width kernel in cyntk "
-                         f"(expected one of {ACTIVATIONS}, e.g. 'gelu' as ntk_mlp's exact gelu).")
+        raise ValueError(
+            f"the network's activation {fn!r} has no infinite-width kernel in cyntk "
+            f"(expected one of {ACTIVATIONS}, e.g. 'gelu' as ntk_mlp's exact gelu)."
+        )
     return name
 
 
@@ -72,7 +75,7 @@ def network_infinite_width_kernel(network, kind: str = "ntk") -> InfiniteWidthKe
 
     The hidden layers must share one activation (an :data:`ACTIVATIONS` name;
     Keras' ``'gelu'`` is not the exact gelu in float64, use
-    :func:`~cyntk.kernels.analytic.ntk_mlp`'s) and the readout must be linear.
+    :func:`~cyntk.kernels.ntk_networks.ntk_mlp`'s) and the readout must be linear.
     Per-layer ``W_std`` and ``b_std`` (``None`` without bias) are read from the
     layers.
 
@@ -86,20 +89,25 @@ def network_infinite_width_kernel(network, kind: str = "ntk") -> InfiniteWidthKe
     layers = [lay for lay in getattr(network, "layers", []) if lay.weights]
     if not layers or not all(isinstance(lay, NTKDense) for lay in layers):
         bad = next((lay for lay in layers if not isinstance(lay, NTKDense)), None)
-        raise ValueError("`network` must be a chain of NTKDense layers (ntk_mlp) to have an "
-                         "infinite-width kernel in the 'ntk' parameterisation; received "
-                         + ("no layers with weights" if bad is None else
-                            f"layer {bad.name!r} of type {type(bad).__name__}") + ".")
+        raise ValueError(
+            "`network` must be a chain of NTKDense layers (ntk_mlp) to have an "
+            "infinite-width kernel in the 'ntk' parameterisation; received "
+            + ("no layers with weights" if bad is None else f"layer {bad.name!r} of type {type(bad).__name__}")
+            + "."
+        )
     names = [_activation_name(lay.activation) for lay in layers]
     if names[-1] != "identity":
-        raise ValueError(f"the readout layer {layers[-1].name!r} must be linear; received "
-                         f"activation {names[-1]!r}.")
+        raise ValueError(f"the readout layer {layers[-1].name!r} must be linear; received activation {names[-1]!r}.")
     hidden = set(names[:-1]) or {"identity"}
     if len(hidden) != 1:
         raise ValueError(f"the hidden layers must share one activation; received {names[:-1]}.")
-    return InfiniteWidthKernel(hidden.pop(), W_std=[lay.W_std for lay in layers],
-                               b_std=[lay.b_std if lay.use_bias else None for lay in layers],
-                               depth=len(layers) - 1, kind=kind)
+    return InfiniteWidthKernel(
+        hidden.pop(),
+        W_std=[lay.W_std for lay in layers],
+        b_std=[lay.b_std if lay.use_bias else None for lay in layers],
+        depth=len(layers) - 1,
+        kind=kind,
+    )
 
 
 class InfiniteWidthMetricKernel(Kernel):
@@ -122,21 +130,28 @@ class InfiniteWidthMetricKernel(Kernel):
 
     def __init__(self, model, network_kernel: Kernel | None = None, *, patch_normalised: bool = True):
         if getattr(model, "network", None) is None or not callable(getattr(model, "fs_metric", None)):
-            raise ValueError("`model` must be a multiplicative metric model with `network` and "
-                             f"`fs_metric` (e.g. MultiplicativeModel); received {type(model).__name__}.")
+            raise ValueError(
+                "`model` must be a multiplicative metric model with `network` and "
+                f"`fs_metric` (e.g. MultiplicativeModel); received {type(model).__name__}."
+            )
         if network_kernel is None:
             network_kernel = network_infinite_width_kernel(model.network)
         if not isinstance(network_kernel, Kernel) or not network_kernel.component_diagonal:
-            raise ValueError("`network_kernel` must be a component-diagonal Kernel (the network's "
-                             f"infinite-width kernel); received {network_kernel!r}.")
+            raise ValueError(
+                "`network_kernel` must be a component-diagonal Kernel (the network's "
+                f"infinite-width kernel); received {network_kernel!r}."
+            )
         self.model = model
         self.network_kernel = network_kernel
         self.patch_normalised = bool(patch_normalised)
         self.n_components = int(model.nfold) ** 2
 
     def get_config(self) -> dict:
-        return {"model": type(self.model).__name__, "network_kernel": self.network_kernel,
-                "patch_normalised": self.patch_normalised}
+        return {
+            "model": type(self.model).__name__,
+            "network_kernel": self.network_kernel,
+            "patch_normalised": self.patch_normalised,
+        }
 
     def metric_map(self, x) -> np.ndarray:
         """``M(x)`` (P, m, m) float64: ``c(g) = c(G) + M(x) o``."""
@@ -161,7 +176,9 @@ class InfiniteWidthMetricKernel(Kernel):
 
     def as_ntk_fn(self):
         """``ntk_fn(model, x, **kw) -> Theta_inf_g(x, x)`` for :class:`cyntk.callbacks.MetricNTKCallback`."""
+
         def ntk_fn(model, x, **kwargs):
             del model, kwargs
             return self(np.asarray(x, dtype=np.float64))
+
         return ntk_fn

@@ -50,12 +50,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from cyntk.kernels._checks import (
-    as_real_points,
-    matching_widths,
-    one_of,
-    optional_chunk_size,
-)
+from cyntk._validation import as_real_points, matching_widths, one_of, optional_chunk_size
 from cyntk.kernels.base import Kernel
 from cyntk.kernels.recognise import StructurePlan, output_components, recognise
 from cyntk.kernels.structured import (
@@ -72,8 +67,8 @@ IMPLEMENTATIONS = ("auto", "generic", "structured")
 #: Accepted values of ``output``.
 OUTPUTS = ("auto", "metric", "vector", "complex")
 
-_BLOCK_BYTES = 2 ** 25      # one (B1, B2, m, m) block array (32 MiB)
-_FEATURE_BYTES = 2 ** 28    # per-chunk Jacobians of the generic path
+_BLOCK_BYTES = 2**25  # one (B1, B2, m, m) block array (32 MiB)
+_FEATURE_BYTES = 2**28  # per-chunk Jacobians of the generic path
 _VP_CHUNK = 1024
 _PROBE = 8
 
@@ -81,17 +76,21 @@ _PROBE = 8
 # ----------------------------------------------------------------------------- model outputs
 def _variable_dtype(model, name="model"):
     if not hasattr(model, "trainable_variables") or not callable(model):
-        raise TypeError(f"`{name}` must be a Keras model (callable with `trainable_variables`); "
-                        f"received {type(model).__name__}.")
+        raise TypeError(
+            f"`{name}` must be a Keras model (callable with `trainable_variables`); received {type(model).__name__}."
+        )
     variables = list(model.trainable_variables)
     if not variables:
-        raise ValueError(f"`{name}` has no trainable variables, so its NTK is identically zero; "
-                         "build it first (call it once on a batch) and make sure some layers are "
-                         "trainable.")
+        raise ValueError(
+            f"`{name}` has no trainable variables, so its NTK is identically zero; "
+            "build it first (call it once on a batch) and make sure some layers are "
+            "trainable."
+        )
     dtypes = {tf.as_dtype(v.dtype) for v in variables}
     if len(dtypes) != 1 or not next(iter(dtypes)).is_floating:
-        raise TypeError(f"`{name}` must have trainable variables of one floating dtype; received "
-                        f"{sorted(d.name for d in dtypes)}.")
+        raise TypeError(
+            f"`{name}` must have trainable variables of one floating dtype; received {sorted(d.name for d in dtypes)}."
+        )
     return dtypes.pop()
 
 
@@ -113,27 +112,32 @@ class _Outputs:
 def _resolve_outputs(model, x_probe, output: str) -> _Outputs:
     y = model(x_probe, training=False)
     if isinstance(y, (list, tuple, dict)):
-        raise TypeError("`model` must return a single tensor (P, n, n) or (P, m); received a "
-                        f"{type(y).__name__}.")
+        raise TypeError(f"`model` must return a single tensor (P, n, n) or (P, m); received a {type(y).__name__}.")
     y = tf.convert_to_tensor(y)
     batch = int(x_probe.shape[0])
     if y.shape.rank is None or y.shape.rank < 2 or y.shape[0] != batch:
-        raise ValueError(f"`model` must map inputs (P, d) to outputs (P, n, n) or (P, m); "
-                         f"received output shape {tuple(y.shape)} for input shape "
-                         f"{tuple(x_probe.shape)}.")
+        raise ValueError(
+            f"`model` must map inputs (P, d) to outputs (P, n, n) or (P, m); "
+            f"received output shape {tuple(y.shape)} for input shape "
+            f"{tuple(x_probe.shape)}."
+        )
     if y.dtype.is_complex:
         if output == "vector":
-            raise ValueError("`output='vector'` needs a real model output (P, m); `model` returns "
-                             f"complex {tuple(y.shape)}. Use output='metric' (hermitian (P, n, n)).")
+            raise ValueError(
+                "`output='vector'` needs a real model output (P, m); `model` returns "
+                f"complex {tuple(y.shape)}. Use output='metric' (hermitian (P, n, n))."
+            )
         kind = "metric"
     else:
         kind = "vector" if output == "auto" else output
     if kind == "vector":
         return _Outputs("vector", int(np.prod(y.shape[1:])))
     if y.shape.rank != 3 or y.shape[1] != y.shape[2]:
-        raise ValueError("`model` must return metrics of shape (P, n, n) when output='metric'; "
-                         f"received output shape {tuple(y.shape)}. Pass output='vector' for a "
-                         "real (P, m) network.")
+        raise ValueError(
+            "`model` must return metrics of shape (P, n, n) when output='metric'; "
+            f"received output shape {tuple(y.shape)}. Pass output='vector' for a "
+            "real (P, m) network."
+        )
     g = y.numpy()
     diff = float(np.max(np.abs(g - np.conj(np.swapaxes(g, -1, -2)))))
     scale = max(float(np.max(np.abs(g))), np.finfo(np.float64).tiny)
@@ -148,7 +152,8 @@ def _resolve_outputs(model, x_probe, output: str) -> _Outputs:
             "Build the metric with cyntk.models.hermitian_from_components_tf, pass "
             "output='complex' for a general complex (P, n, n) output (2 n^2 real components: Re then "
             "Im of every entry; e.g. cymetric's MatrixFSModel), or output='vector' for a real (P, m) "
-            "network.")
+            "network."
+        )
     return _Outputs("metric", int(y.shape[1]) ** 2)
 
 
@@ -194,9 +199,9 @@ class _GenericPlan:
         def per_point(xi):
             with tf.GradientTape() as tape:
                 f = self.outputs(model(xi[None], training=False))[0]
-            jac = tape.jacobian(f, self.variables,
-                                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-                                experimental_use_pfor=use_pfor)
+            jac = tape.jacobian(
+                f, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO, experimental_use_pfor=use_pfor
+            )
             return [tf.reshape(tf.cast(j, self.dtype), (m, -1)) for j in jac]
 
         x = tf.cast(x, self.dtype)
@@ -272,7 +277,8 @@ class _Engine:
                 "elementwise activations, or a metric model built on one network (free, additive, "
                 "multiplicative or matrix combinations g = f(G, H(network(x))), or a potential "
                 f"g = G + d dbar phi); received {type(model).__name__} ({reason}). Use "
-                "implementation='auto' or 'generic'.")
+                "implementation='auto' or 'generic'."
+            )
         if plan is None:
             plan = self._generic(model, outputs, generic_dtype, xp, what=type(model).__name__)
         self.reason = reason
@@ -291,13 +297,15 @@ class _Engine:
             xn = tf.cast(st.input_map(xp), net_dtype)
             inner, _ = dense_chain_plan(net, net_dtype, xn)
             if inner is None:
-                inner = self._generic(net, _Outputs("vector", int(net(xn).shape[-1])), net_dtype, xn,
-                                      what=type(net).__name__)
+                inner = self._generic(
+                    net, _Outputs("vector", int(net(xn).shape[-1])), net_dtype, xn, what=type(net).__name__
+                )
         else:
             jet = st.jet
             n2 = int(jet(tf.cast(xp[:1], net_dtype)).shape[-1])
-            inner = self._generic(jet, _Outputs("vector", n2), net_dtype, tf.cast(xp, net_dtype),
-                                  what="the potential's Hessian")
+            inner = self._generic(
+                jet, _Outputs("vector", n2), net_dtype, tf.cast(xp, net_dtype), what="the potential's Hessian"
+            )
         plan = StructurePlan(maps, inner, tf.as_dtype(self.dtype))
         plan.m = self.outputs.m
         return plan, ""
@@ -307,7 +315,7 @@ class _Engine:
         plan = _GenericPlan(model, outputs, dtype)
         tf_logger = logging.getLogger("tensorflow")
         level = tf_logger.level
-        tf_logger.setLevel(logging.CRITICAL)        # pfor logs its failure as an ERROR; we say it below
+        tf_logger.setLevel(logging.CRITICAL)  # pfor logs its failure as an ERROR; we say it below
         try:
             plan.features(tf.cast(xp[:2], dtype))
             return plan
@@ -319,21 +327,26 @@ class _Engine:
         try:
             plan.features(tf.cast(xp[:2], dtype))
         except Exception as exc:
-            raise ValueError(f"the metric-NTK of {what} cannot be computed: per-point Jacobians fail "
-                             f"both vectorised ({first}) and as a loop ({type(exc).__name__}: {exc}). "
-                             "Is the model differentiable in its trainable variables?") from exc
-        warnings.warn(f"metric_ntk: TensorFlow's vectorisation (pfor) cannot convert {what} ({first}); "
-                      "using a per-point Jacobian loop instead (same numbers, slower). This is said "
-                      "once per model.", RuntimeWarning, stacklevel=5)
+            raise ValueError(
+                f"the metric-NTK of {what} cannot be computed: per-point Jacobians fail "
+                f"both vectorised ({first}) and as a loop ({type(exc).__name__}: {exc}). "
+                "Is the model differentiable in its trainable variables?"
+            ) from exc
+        warnings.warn(
+            f"metric_ntk: TensorFlow's vectorisation (pfor) cannot convert {what} ({first}); "
+            "using a per-point Jacobian loop instead (same numbers, slower). This is said "
+            "once per model.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
         return plan
 
     def _default_chunk(self, plan, n_points):
         if self.chunk_size is not None:
             return self.chunk_size
         itemsize = tf.as_dtype(plan.dtype).size
-        chunk = int(math.sqrt(_BLOCK_BYTES / (plan.m ** 2 * itemsize)))
-        per_point = getattr(plan, "bytes_per_point", 0) or getattr(
-            getattr(plan, "inner", None), "bytes_per_point", 0)
+        chunk = int(math.sqrt(_BLOCK_BYTES / (plan.m**2 * itemsize)))
+        per_point = getattr(plan, "bytes_per_point", 0) or getattr(getattr(plan, "inner", None), "bytes_per_point", 0)
         if per_point:
             chunk = min(chunk, _FEATURE_BYTES // per_point)
         return max(1, min(chunk, n_points))
@@ -381,14 +394,15 @@ class _Engine:
 
     # ---------------------------------------------------------------- matrix-free
     def _build_vp(self):
-        ref, outputs = self._model, self.outputs      # weak reference: engines are cached per model
+        ref, outputs = self._model, self.outputs  # weak reference: engines are cached per model
         variables = list(self.model.trainable_variables)
 
         def vjp(x, v):
             with tf.GradientTape() as tape:
                 f = outputs(_alive(ref)(x, training=False))
-            return tape.gradient(f, variables, output_gradients=tf.cast(v, f.dtype),
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return tape.gradient(
+                f, variables, output_gradients=tf.cast(v, f.dtype), unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
 
         def jvp(x, tangents):
             primals = [getattr(v, "value", v) for v in variables]
@@ -407,17 +421,19 @@ class _Engine:
             vjp_fn, jvp_fn = self._vjp, self._jvp
         m = self.outputs.m
         if v.shape != (len(x_src), m):
-            raise ValueError(f"`v` must have shape (P_src, m) = ({len(x_src)}, {m}) (one value per "
-                             f"source point and metric component); received shape {v.shape}.")
+            raise ValueError(
+                f"`v` must have shape (P_src, m) = ({len(x_src)}, {m}) (one value per "
+                f"source point and metric component); received shape {v.shape}."
+            )
         chunk = self.chunk_size or _VP_CHUNK
         grads = None
         for s in range(0, len(x_src), chunk):
-            g = vjp_fn(tf.constant(x_src[s:s + chunk], self.dtype),
-                          tf.constant(v[s:s + chunk]))
+            g = vjp_fn(tf.constant(x_src[s : s + chunk], self.dtype), tf.constant(v[s : s + chunk]))
             grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
         grads = [tf.cast(g, var.dtype) for g, var in zip(grads, self.model.trainable_variables)]
-        out = [jvp_fn(tf.constant(x_tgt[s:s + chunk], self.dtype), grads).numpy()
-               for s in range(0, len(x_tgt), chunk)]
+        out = [
+            jvp_fn(tf.constant(x_tgt[s : s + chunk], self.dtype), grads).numpy() for s in range(0, len(x_tgt), chunk)
+        ]
         return np.concatenate(out, axis=0)
 
 
@@ -459,7 +475,7 @@ def _engine_for(model, **options) -> _Engine:
     key = tuple(sorted(options.items()))
     try:
         per_model = _ENGINES.setdefault(model, {})
-    except TypeError:        # not weak-referenceable / hashable: no caching
+    except TypeError:  # not weak-referenceable / hashable: no caching
         return _Engine(model, **options)
     engine = per_model.get(key)
     if engine is None:
@@ -476,8 +492,9 @@ def _points_pair(x1, x2, name1="x1", name2="x2"):
     return p1, p2
 
 
-def metric_ntk(model, x1, x2=None, *, chunk_size: int | None = None,
-               implementation: str = "auto", output: str = "auto") -> np.ndarray:
+def metric_ntk(
+    model, x1, x2=None, *, chunk_size: int | None = None, implementation: str = "auto", output: str = "auto"
+) -> np.ndarray:
     """Empirical metric-NTK of a Keras model (paper eq. 2.7).
 
     ``Theta[a, b, I, J] = sum_theta d g_I(x1[a])/d theta * d g_J(x2[b])/d theta``
@@ -515,8 +532,9 @@ def metric_ntk(model, x1, x2=None, *, chunk_size: int | None = None,
     return engine.kernel(p1, p2)
 
 
-def metric_ntk_path(model, *, chunk_size: int | None = None, implementation: str = "auto",
-                    output: str = "auto") -> str | None:
+def metric_ntk_path(
+    model, *, chunk_size: int | None = None, implementation: str = "auto", output: str = "auto"
+) -> str | None:
     """How :func:`metric_ntk` computes the kernel of ``model`` with these options.
 
     E.g. ``"structured (multiplicative metric model ...; inner kernel: Dense chain)"``,
@@ -524,15 +542,15 @@ def metric_ntk_path(model, *, chunk_size: int | None = None, implementation: str
     pfor cannot convert the model); ``None`` before the first call.
     """
     try:
-        engine = _ENGINES.get(model, {}).get(tuple(sorted(
-            {"output": output, "implementation": implementation, "chunk_size": chunk_size}.items())))
+        engine = _ENGINES.get(model, {}).get(
+            tuple(sorted({"output": output, "implementation": implementation, "chunk_size": chunk_size}.items()))
+        )
     except TypeError:
         return None
     return None if engine is None else engine.path
 
 
-def metric_ntk_vp(model, x_src, v, x_tgt=None, *, chunk_size: int | None = None,
-                  output: str = "auto") -> np.ndarray:
+def metric_ntk_vp(model, x_src, v, x_tgt=None, *, chunk_size: int | None = None, output: str = "auto") -> np.ndarray:
     """Matrix-free kernel-vector product ``u = Theta(x_tgt, x_src) . v``.
 
     ``u[a, I] = sum_{b, J} Theta_IJ(x_tgt[a], x_src[b]) v[b, J] = J_tgt (J_src^T v)``:
@@ -566,8 +584,7 @@ def _vector(v, n_src):
     if v.dtype == object or not np.issubdtype(v.dtype, np.number) or np.iscomplexobj(v):
         raise TypeError(f"`v` must be a real array of shape (P_src, m); received dtype {v.dtype}.")
     if v.ndim != 2 or v.shape[0] != n_src:
-        raise ValueError(f"`v` must have shape (P_src, m) with P_src = {n_src}; received shape "
-                         f"{v.shape}.")
+        raise ValueError(f"`v` must have shape (P_src, m) with P_src = {n_src}; received shape {v.shape}.")
     if not np.all(np.isfinite(v)):
         raise ValueError("`v` must be finite; received NaN or inf entries.")
     return v
@@ -605,23 +622,33 @@ class EmpiricalNTKKernel(Kernel):
 
     component_diagonal = False
 
-    def __init__(self, model, *, snapshot: bool = True, chunk_size: int | None = None,
-                 implementation: str = "auto", output: str = "auto"):
+    def __init__(
+        self,
+        model,
+        *,
+        snapshot: bool = True,
+        chunk_size: int | None = None,
+        implementation: str = "auto",
+        output: str = "auto",
+    ):
         self.model = model
         self.snapshot = bool(snapshot)
         self.chunk_size = chunk_size
         self.implementation = implementation
         self.output = output
-        self._engine = _Engine(model, output=output, implementation=implementation,
-                               chunk_size=chunk_size)
+        self._engine = _Engine(model, output=output, implementation=implementation, chunk_size=chunk_size)
         self._variables = list(model.variables)
         self._weights = [np.array(v.numpy()) for v in self._variables] if self.snapshot else None
         self._lock = threading.RLock()
 
     def get_config(self) -> dict:
-        return {"model": getattr(self.model, "name", type(self.model).__name__),
-                "snapshot": self.snapshot, "chunk_size": self.chunk_size,
-                "implementation": self.implementation, "output": self.output}
+        return {
+            "model": getattr(self.model, "name", type(self.model).__name__),
+            "snapshot": self.snapshot,
+            "chunk_size": self.chunk_size,
+            "implementation": self.implementation,
+            "output": self.output,
+        }
 
     @property
     def n_components(self):
@@ -650,8 +677,10 @@ class EmpiricalNTKKernel(Kernel):
             return
         current = list(self.model.variables)
         if [id(v) for v in current] != [id(v) for v in self._variables]:
-            raise RuntimeError("The model's variables changed since the snapshot was taken (layers "
-                               "added or rebuilt); create a new EmpiricalNTKKernel.")
+            raise RuntimeError(
+                "The model's variables changed since the snapshot was taken (layers "
+                "added or rebuilt); create a new EmpiricalNTKKernel."
+            )
         saved = [np.array(v.numpy()) for v in current]
         try:
             for var, w in zip(current, self._weights):

@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyntk.kernels.analytic import NTKDense
+from cyntk.kernels.ntk_networks import NTKDense
 from cyntk.kernels.structured import (
     _flatten_layers,
     _same_ids,
@@ -115,8 +115,14 @@ def _assigned(pairs):
     saved = [(v, np.array(v.numpy())) for v, _ in pairs]
     try:
         for v, val in pairs:
-            v.assign(np.asarray(val, dtype=v.dtype.as_numpy_dtype if hasattr(v.dtype, "as_numpy_dtype")
-                                else np.dtype(keras.backend.standardize_dtype(v.dtype))))
+            v.assign(
+                np.asarray(
+                    val,
+                    dtype=v.dtype.as_numpy_dtype
+                    if hasattr(v.dtype, "as_numpy_dtype")
+                    else np.dtype(keras.backend.standardize_dtype(v.dtype)),
+                )
+            )
         yield
     finally:
         for v, val in saved:
@@ -226,7 +232,7 @@ class StructureMaps:
         Gr = tf.repeat(G, m, axis=0)
         Hr = tf.tile(basis, [tf.shape(G)[0], 1, 1])
         diff = self.components(_combine(form, Gr, Hr)) - self.components(_combine(form, Gr, 0 * Hr))
-        out = tf.reshape(diff, (-1, m, diff.shape[-1]))               # (B, m_J, m_out)
+        out = tf.reshape(diff, (-1, m, diff.shape[-1]))  # (B, m_J, m_out)
         return tf.cast(tf.transpose(out, (0, 2, 1)), self.dtype)
 
     def potential_map(self, x, G, n_dirs=None):
@@ -254,8 +260,8 @@ class StructureMaps:
             c = self.components(self._with_last(w, self._call, x)) - cG
             rows_h.append(np.asarray(h, np.float64))
             rows_c.append(np.asarray(c, np.float64))
-        H = np.stack(rows_h, 1)                                        # (B, K, N2)
-        C = np.stack(rows_c, 1)                                        # (B, K, m_out)
+        H = np.stack(rows_h, 1)  # (B, K, N2)
+        C = np.stack(rows_c, 1)  # (B, K, m_out)
         sv = np.linalg.svd(H, compute_uv=False)
         rcond = 1e-10 if np.dtype(self.dtype.as_numpy_dtype) == np.float64 else 1e-5
         if np.any(sv[:, -1] <= rcond * sv[:, 0]):
@@ -311,7 +317,7 @@ def recognise(model, x_probe, components, dtype):
     kernel, _ = last
     net_dtype = kernel.dtype
     rng = np.random.default_rng(7)
-    call = lambda x: model(x, training=False)   # noqa: E731
+    call = lambda x: model(x, training=False)  # noqa: E731
     try:
         g = call(x_probe)
         o_dim = int(kernel.shape[-1])
@@ -322,9 +328,9 @@ def recognise(model, x_probe, components, dtype):
     if x_probe.shape[-1] % 2 == 0:
         half = x_probe.shape[-1] // 2
         lam = 1.3 * np.exp(0.4j)
-        z = tf.complex(x_probe[:, :half], x_probe[:, half:]) * tf.cast(lam, tf.complex128 if
-                                                                      x_probe.dtype == tf.float64
-                                                                      else tf.complex64)
+        z = tf.complex(x_probe[:, :half], x_probe[:, half:]) * tf.cast(
+            lam, tf.complex128 if x_probe.dtype == tf.float64 else tf.complex64
+        )
         probes.append(tf.cast(tf.concat([tf.math.real(z), tf.math.imag(z)], -1), x_probe.dtype))
     R = rng.standard_normal(tuple(kernel.shape)) * 0.5
     reason = "the model output is none of the recognised forms"
@@ -357,8 +363,9 @@ def recognise(model, x_probe, components, dtype):
                         else:
                             target = components(maps._with_last(w, maps._call, xp))
                             inner = maps._with_last(w, lambda v: _inner_values(maps, st, v, net_dtype), xp)
-                        recon = tf.cast(components(G), tf.float64) + tf.einsum("bij,bj->bi", tf.cast(lin, tf.float64),
-                                                          tf.cast(inner, tf.float64))
+                        recon = tf.cast(components(G), tf.float64) + tf.einsum(
+                            "bij,bj->bi", tf.cast(lin, tf.float64), tf.cast(inner, tf.float64)
+                        )
                         if relative_mismatch(recon, tf.cast(target, tf.float64)) > _tolerance(g.dtype, kind):
                             ok = False
                             break
@@ -409,8 +416,8 @@ class StructurePlan:
         st = maps.structure
         net_dtype = inner.dtype
         self._inputs = relaxed_function(
-            (lambda x: tf.cast(st.input_map(x), net_dtype)) if st.kind == "value"
-            else (lambda x: tf.cast(x, net_dtype)))
+            (lambda x: tf.cast(st.input_map(x), net_dtype)) if st.kind == "value" else (lambda x: tf.cast(x, net_dtype))
+        )
         self.block = relaxed_function(self._block)
 
     @property
@@ -423,5 +430,5 @@ class StructurePlan:
         return list(self.inner.features(self._inputs(x))) + [tf.cast(lin, self.dtype)]
 
     def _block(self, f1, f2):
-        theta = tf.cast(self.inner.block(f1[:-1], f2[:-1]), self.dtype)   # (B1, B2, k, k)
+        theta = tf.cast(self.inner.block(f1[:-1], f2[:-1]), self.dtype)  # (B1, B2, k, k)
         return tf.einsum("aIK,abKL,bJL->abIJ", f1[-1], theta, f2[-1])

@@ -4,7 +4,7 @@ The building blocks of the fast paths of :func:`cyntk.kernels.metric_ntk`; they
 give the same numbers as the generic per-variable Jacobian contraction.
 
 **Dense chains.** A model that is a chain of ``keras.layers.Dense`` /
-:class:`~cyntk.kernels.analytic.NTKDense` layers separated by elementwise maps
+:class:`~cyntk.kernels.ntk_networks.NTKDense` layers separated by elementwise maps
 (activations, weightless elementwise layers), possibly nested in
 ``keras.Sequential`` / functional models. For layer l with input ``h_l(x)``
 (width w_in), pre-activation ``z_l = c_l h_l W_l + beta_l b_l`` (c = beta = 1 for
@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cyntk.kernels.analytic import NTKDense
+from cyntk.kernels.ntk_networks import NTKDense
 from cyntk.models.hermitian import components_from_hermitian_tf, hermitian_from_components_tf
 
 __all__ = ["multiplicative_map"]
@@ -67,8 +67,7 @@ def relaxed_function(fn):
 
     def call(*args):
         if not traced:
-            sig = tf.nest.map_structure(
-                lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), list(args))
+            sig = tf.nest.map_structure(lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), list(args))
             traced.append(tf.function(Traceable(fn), input_signature=sig, autograph=False))
         return traced[0](*args)
 
@@ -81,7 +80,7 @@ def _is_elementwise(fn, dtype) -> bool:
     rng = np.random.default_rng(7)
     z = tf.constant(2.0 * rng.standard_normal((3, 5)), dtype)
     try:
-        with warnings.catch_warnings():          # e.g. Keras warns about softmax on (15, 1)
+        with warnings.catch_warnings():  # e.g. Keras warns about softmax on (15, 1)
             warnings.simplefilter("ignore")
             y = fn(z)
             y_col = tf.reshape(fn(tf.reshape(z, (-1, 1))), (3, 5))
@@ -90,8 +89,10 @@ def _is_elementwise(fn, dtype) -> bool:
         if y.shape != (3, 5):
             return False
         tol = 1e-5 if np.dtype(dtype.as_numpy_dtype) == np.float32 else 1e-12
-        return bool(np.allclose(np.asarray(y_col), y, rtol=tol, atol=tol)
-                    and np.allclose(np.asarray(y_rev), y, rtol=tol, atol=tol))
+        return bool(
+            np.allclose(np.asarray(y_col), y, rtol=tol, atol=tol)
+            and np.allclose(np.asarray(y_rev), y, rtol=tol, atol=tol)
+        )
     except Exception:  # noqa: BLE001 - any failure means "not a simple elementwise map"
         return False
 
@@ -127,7 +128,7 @@ def verification_tolerance(dtype) -> float:
 class _Stage:
     kernel: object
     bias: object
-    kernel_scale: float | None          # None: exactly Keras Dense (no multiplication)
+    kernel_scale: float | None  # None: exactly Keras Dense (no multiplication)
     bias_scale: float | None
     acts: list = field(default_factory=list)
     kernel_trainable: bool = False
@@ -213,8 +214,9 @@ class DenseChainPlan:
             if st_next.kernel_scale is not None:
                 w = w * tf.constant(st_next.kernel_scale, self.dtype)
             w_out = w.shape[0]
-            delta = tf.reshape(tf.matmul(tf.reshape(delta, (-1, w.shape[1])), w, transpose_b=True),
-                               tf.stack([batch, m, w_out]))
+            delta = tf.reshape(
+                tf.matmul(tf.reshape(delta, (-1, w.shape[1])), w, transpose_b=True), tf.stack([batch, m, w_out])
+            )
             if slopes[l] is not None:
                 delta = delta * slopes[l][:, None, :]
             deltas[l] = delta
@@ -282,8 +284,11 @@ def dense_chain_plan(model, dtype, x_probe):
                 ks = bs = None
             stages.append(_Stage(layer.kernel, layer.bias, ks, bs, acts))
         elif not layer.weights:
-            fn = layer.activation if isinstance(layer, keras.layers.Activation) else (
-                lambda h, _layer=layer: _layer(h, training=False))
+            fn = (
+                layer.activation
+                if isinstance(layer, keras.layers.Activation)
+                else (lambda h, _layer=layer: _layer(h, training=False))
+            )
             if not _is_elementwise(fn, dtype):
                 return None, f"layer {layer.name!r} ({type(layer).__name__}) is not elementwise"
             (stages[-1].acts if stages else pre_acts).append(fn)
@@ -296,8 +301,7 @@ def dense_chain_plan(model, dtype, x_probe):
     for st in stages:
         st.kernel_trainable = id(st.kernel) in tids
         st.bias_trainable = st.bias is not None and id(st.bias) in tids
-    covered = [v for st in stages for v, t in ((st.kernel, st.kernel_trainable),
-                                               (st.bias, st.bias_trainable)) if t]
+    covered = [v for st in stages for v, t in ((st.kernel, st.kernel_trainable), (st.bias, st.bias_trainable)) if t]
     if not _same_ids(covered, trainable):
         return None, "the model has trainable variables outside its Dense layers"
     if not any(st.trainable for st in stages):
@@ -308,8 +312,7 @@ def dense_chain_plan(model, dtype, x_probe):
         out = model(x_probe, training=False)
     except Exception as exc:  # noqa: BLE001
         return None, f"re-running the layer chain failed ({type(exc).__name__}: {exc})"
-    if (tuple(recon.shape) != tuple(out.shape)
-            or relative_mismatch(recon, out) > verification_tolerance(dtype)):
+    if tuple(recon.shape) != tuple(out.shape) or relative_mismatch(recon, out) > verification_tolerance(dtype):
         return None, "the layer chain does not reproduce the model output (not a plain chain)"
     return plan, ""
 
@@ -329,8 +332,8 @@ def multiplicative_map(G):
     n = G.shape[-1]
     m = n * n
     basis = hermitian_from_components_tf(tf.eye(m, dtype=G.dtype.real_dtype))  # (m, n, n)
-    prod = G[:, None, :, :] * tf.cast(basis, G.dtype)[None]                     # (B, m_J, n, n)
-    comps = components_from_hermitian_tf(prod)                                 # (B, m_J, m_I)
+    prod = G[:, None, :, :] * tf.cast(basis, G.dtype)[None]  # (B, m_J, n, n)
+    comps = components_from_hermitian_tf(prod)  # (B, m_J, m_I)
     return tf.transpose(comps, (0, 2, 1))
 
 

@@ -6,7 +6,11 @@ Public API:
   models ``model(x, training=..., j_elim=None) -> g`` (B, n, n) complex.
 * :class:`MetricModel` -- their base class (losses, training, measures).
 * :class:`MeasuresCallback`, :class:`LossWeightScheduler` -- callbacks.
-* :class:`ProjectiveFeatures` -- scale-invariant input layer.
+* :class:`ProjectiveFeatures` -- scale-invariant input layer;
+  :class:`HermitianMonomials`, :class:`LinearPotential`, :func:`linear_phi_model`
+  -- the linear Kähler potentials of the φ flows.
+* :class:`KahlerPotentialGeometry` -- eta, Laplacians and curvature of a
+  Kähler potential by autodiff (paper appendix B).
 * :mod:`cyntk.models.losses` -- functional losses and measures.
 * :func:`hermitian_from_components_tf`, :func:`components_from_hermitian_tf`.
 * :class:`ManifoldSpec`, :func:`manifold_spec`, :class:`TFGeometry` -- the
@@ -18,13 +22,27 @@ from cyntk.models._spec import ManifoldSpec, manifold_spec
 from cyntk.models._tfgeometry import TFGeometry
 from cyntk.models.callbacks import LossWeightScheduler, MeasuresCallback
 from cyntk.models.hermitian import components_from_hermitian_tf, hermitian_from_components_tf
-from cyntk.models import kahler_flows
-from cyntk.models.kahler_flows import FLOWS, FUNCTIONALS, KahlerPotentialGeometry, PhiFlow, linear_phi_model, network_flow
-from cyntk.models.layers import ProjectiveFeatures
-from cyntk.models.losses import (kaehler_loss, ricci_loss, ricci_measure, sigma_loss, sigma_measure,
-                                 transition_loss, volk_loss, volk_measure)
-from cyntk.models.models import (LOSS_TERMS, MEASURES, NONFINITE_POLICIES, FSModel, MetricModel,
-                                 MultiplicativeModel, PhiModel)
+from cyntk.models.kahler_potential import QUANTITIES, KahlerPotentialGeometry
+from cyntk.models.layers import HermitianMonomials, LinearPotential, ProjectiveFeatures, linear_phi_model
+from cyntk.models.losses import (
+    kaehler_loss,
+    ricci_loss,
+    ricci_measure,
+    sigma_loss,
+    sigma_measure,
+    transition_loss,
+    volk_loss,
+    volk_measure,
+)
+from cyntk.models.models import (
+    LOSS_TERMS,
+    MEASURES,
+    NONFINITE_POLICIES,
+    FSModel,
+    MetricModel,
+    MultiplicativeModel,
+    PhiModel,
+)
 
 __all__ = [
     "FSModel",
@@ -51,12 +69,10 @@ __all__ = [
     "LOSS_TERMS",
     "MEASURES",
     "NONFINITE_POLICIES",
-    # Kähler-potential flows (paper appendix B)
-    "kahler_flows",
-    "FLOWS",
-    "FUNCTIONALS",
+    # Kähler potentials (paper appendix B; their flows are in cyntk.flows)
     "KahlerPotentialGeometry",
-    "PhiFlow",
+    "QUANTITIES",
+    "HermitianMonomials",
+    "LinearPotential",
     "linear_phi_model",
-    "network_flow",
 ]

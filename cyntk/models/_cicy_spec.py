@@ -106,31 +106,45 @@ class CICYSpec:
         a, b = self.manifold, other.manifold
         if not (np.array_equal(a.ambient, b.ambient) and np.array_equal(a.configuration, b.configuration)):
             return False
-        return all(np.array_equal(m1, m2) and np.allclose(c1, c2, rtol=1e-6, atol=1e-12)
-                   for m1, m2, c1, c2 in zip(a.monomials, b.monomials, a.coefficients, b.coefficients)) \
-            and np.allclose(a.kmoduli, b.kmoduli, rtol=1e-12)
+        return all(
+            np.array_equal(m1, m2) and np.allclose(c1, c2, rtol=1e-6, atol=1e-12)
+            for m1, m2, c1, c2 in zip(a.monomials, b.monomials, a.coefficients, b.coefficients)
+        ) and np.allclose(a.kmoduli, b.kmoduli, rtol=1e-12)
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.nhyper} equation(s) of configuration {self.manifold.configuration.tolist()} "
-                f"in P^{' x P^'.join(str(int(a)) for a in self.ambient)}, t = {self.kmoduli.tolist()}")
+        return (
+            f"{self.name}: {self.nhyper} equation(s) of configuration {self.manifold.configuration.tolist()} "
+            f"in P^{' x P^'.join(str(int(a)) for a in self.ambient)}, t = {self.kmoduli.tolist()}"
+        )
 
     def with_kappa(self, kappa) -> "CICYSpec":
         return CICYSpec(self.manifold, kappa, self.name)
 
     def get_config(self) -> dict:
         m = self.manifold
-        return {CICY_CONFIG_MARKER: 1, "ambient": m.ambient.tolist(),
-                "monomials": [mk.tolist() for mk in m.monomials],
-                "coefficients_real": [c.real.tolist() for c in m.coefficients],
-                "coefficients_imag": [c.imag.tolist() for c in m.coefficients],
-                "kmoduli": m.kmoduli.tolist(), "kappa": self.kappa, "name": self.name}
+        return {
+            CICY_CONFIG_MARKER: 1,
+            "ambient": m.ambient.tolist(),
+            "monomials": [mk.tolist() for mk in m.monomials],
+            "coefficients_real": [c.real.tolist() for c in m.coefficients],
+            "coefficients_imag": [c.imag.tolist() for c in m.coefficients],
+            "kmoduli": m.kmoduli.tolist(),
+            "kappa": self.kappa,
+            "name": self.name,
+        }
 
     @classmethod
     def from_config(cls, config: dict) -> "CICYSpec":
-        coefs = [np.asarray(r) + 1j * np.asarray(i)
-                 for r, i in zip(config["coefficients_real"], config["coefficients_imag"])]
-        ci = CompleteIntersection([np.asarray(mk, np.int64) for mk in config["monomials"]], coefs,
-                                  config["ambient"], config["kmoduli"], name=config.get("name", "cicy"))
+        coefs = [
+            np.asarray(r) + 1j * np.asarray(i) for r, i in zip(config["coefficients_real"], config["coefficients_imag"])
+        ]
+        ci = CompleteIntersection(
+            [np.asarray(mk, np.int64) for mk in config["monomials"]],
+            coefs,
+            config["ambient"],
+            config["kmoduli"],
+            name=config.get("name", "cicy"),
+        )
         return cls(ci, config.get("kappa"), config.get("name"))
 
     @classmethod
@@ -145,8 +159,7 @@ class CICYSpec:
             return spec if kappa is None else spec.with_kappa(kappa)
         if isinstance(manifold, dict):
             if kappa is None and "KAPPA" in manifold:
-                kappa = float(np.real(np.asarray(getattr(manifold["KAPPA"], "numpy",
-                                                         lambda: manifold["KAPPA"])())))
+                kappa = float(np.real(np.asarray(getattr(manifold["KAPPA"], "numpy", lambda: manifold["KAPPA"])())))
             basis = {k: np.asarray(getattr(v, "numpy", lambda v=v: v)()) for k, v in manifold.items()}
             return cls(CompleteIntersection.from_basis(basis, name="basis"), kappa)
         raise TypeError(f"`manifold` must describe a complete intersection; received {type(manifold).__name__}.")

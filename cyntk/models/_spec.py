@@ -41,9 +41,11 @@ def _real_array(value, name: str, dtype) -> np.ndarray:
     arr = np.asarray(getattr(value, "numpy", lambda: value)())
     if np.iscomplexobj(arr):
         if arr.size and np.max(np.abs(arr.imag)) > 1e-6 * max(1.0, float(np.max(np.abs(arr.real)))):
-            raise ValueError(f"basis entry `{name}` must be real (it may be stored as complex with "
-                             f"zero imaginary part); received imaginary parts up to "
-                             f"{np.max(np.abs(arr.imag)):.3g}.")
+            raise ValueError(
+                f"basis entry `{name}` must be real (it may be stored as complex with "
+                f"zero imaginary part); received imaginary parts up to "
+                f"{np.max(np.abs(arr.imag)):.3g}."
+            )
         arr = arr.real
     return arr.astype(dtype)
 
@@ -72,23 +74,29 @@ class ManifoldSpec:
     def __post_init__(self):
         mon = np.asarray(self.monomials)
         if mon.ndim != 2 or mon.shape[0] < 1 or mon.shape[1] < 2:
-            raise ValueError(f"`monomials` must be an int array of shape (nMonomials, N) with N >= 2; "
-                             f"received shape {mon.shape}.")
+            raise ValueError(
+                f"`monomials` must be an int array of shape (nMonomials, N) with N >= 2; received shape {mon.shape}."
+            )
         if np.any(mon < 0) or np.any(mon != np.round(mon)):
             raise ValueError("`monomials` must hold non-negative integer exponents.")
         mon = mon.astype(np.int64)
         deg = mon.sum(axis=1)
         if np.any(deg != deg[0]):
-            raise ValueError(f"`monomials` must define a homogeneous polynomial; received monomial "
-                             f"degrees {sorted(set(deg.tolist()))}.")
+            raise ValueError(
+                f"`monomials` must define a homogeneous polynomial; received monomial "
+                f"degrees {sorted(set(deg.tolist()))}."
+            )
         coeff = np.asarray(self.coefficients).astype(np.complex128).reshape(-1)
         if coeff.shape[0] != mon.shape[0]:
-            raise ValueError(f"`coefficients` must have one entry per monomial ({mon.shape[0]}); "
-                             f"received {coeff.shape[0]}.")
+            raise ValueError(
+                f"`coefficients` must have one entry per monomial ({mon.shape[0]}); received {coeff.shape[0]}."
+            )
         t = np.asarray(self.kmoduli, dtype=np.float64).reshape(-1)
         if t.shape != (1,):
-            raise ValueError(f"`kmoduli` must hold exactly one Kähler parameter (hypersurfaces in a "
-                             f"single projective space are supported); received {t.tolist()}.")
+            raise ValueError(
+                f"`kmoduli` must hold exactly one Kähler parameter (hypersurfaces in a "
+                f"single projective space are supported); received {t.tolist()}."
+            )
         if not np.all(np.isfinite(t)) or np.any(t <= 0):
             raise ValueError(f"`kmoduli` must be positive; received {t.tolist()}.")
         if not np.all(np.isfinite(coeff)):
@@ -107,8 +115,9 @@ class ManifoldSpec:
         object.__setattr__(self, "kmoduli", t)
         object.__setattr__(self, "kappa", kappa)
         if self.ncoords - 1 - 1 < 1:
-            raise ValueError(f"the hypersurface must have complex dimension >= 1 (N >= 3 "
-                             f"coordinates); received N = {self.ncoords}.")
+            raise ValueError(
+                f"the hypersurface must have complex dimension >= 1 (N >= 3 coordinates); received N = {self.ncoords}."
+            )
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -201,14 +210,19 @@ class ManifoldSpec:
 
         m1, c1 = canon(self)
         m2, c2 = canon(other)
-        return (np.array_equal(m1, m2) and np.allclose(c1, c2, rtol=1e-6, atol=1e-9)
-                and np.allclose(self.kmoduli, other.kmoduli, rtol=1e-12))
+        return (
+            np.array_equal(m1, m2)
+            and np.allclose(c1, c2, rtol=1e-6, atol=1e-9)
+            and np.allclose(self.kmoduli, other.kmoduli, rtol=1e-12)
+        )
 
     def describe(self) -> str:
         terms = " + ".join(
             f"({c.real:g}{c.imag:+g}j)*" + "*".join(f"z{i}^{e}" for i, e in enumerate(m) if e)
-            if c.imag else f"{c.real:g}*" + "*".join(f"z{i}^{e}" for i, e in enumerate(m) if e)
-            for m, c in zip(self.monomials[:6], self.coefficients[:6]))
+            if c.imag
+            else f"{c.real:g}*" + "*".join(f"z{i}^{e}" for i, e in enumerate(m) if e)
+            for m, c in zip(self.monomials[:6], self.coefficients[:6])
+        )
         more = " + ..." if len(self.monomials) > 6 else ""
         return f"{self.name}: {terms}{more} = 0 in P^{self.ncoords - 1}, t = {self.kmoduli[0]:g}"
 
@@ -229,10 +243,13 @@ class ManifoldSpec:
 
     @classmethod
     def from_config(cls, config: dict) -> "ManifoldSpec":
-        return cls(np.asarray(config["monomials"], np.int64),
-                   np.asarray(config["coefficients_real"]) + 1j * np.asarray(config["coefficients_imag"]),
-                   np.asarray(config["kmoduli"], np.float64), config.get("kappa"),
-                   config.get("name", "hypersurface"))
+        return cls(
+            np.asarray(config["monomials"], np.int64),
+            np.asarray(config["coefficients_real"]) + 1j * np.asarray(config["coefficients_imag"]),
+            np.asarray(config["kmoduli"], np.float64),
+            config.get("kappa"),
+            config.get("name", "hypersurface"),
+        )
 
     # ----------------------------------------------------------- constructors
     @classmethod
@@ -240,42 +257,55 @@ class ManifoldSpec:
         """From a cymetric ``basis.pickle`` dict (CONVENTIONS.md 5.2/5.3)."""
         missing = [k for k in ("QB0", "QF0", "KMODULI") if k not in basis]
         if missing:
-            raise ValueError(f"`manifold` basis dict must contain cymetric's keys QB0, QF0, KMODULI "
-                             f"(as written by prepare_basis); missing {missing}; received keys "
-                             f"{sorted(basis)}.")
+            raise ValueError(
+                f"`manifold` basis dict must contain cymetric's keys QB0, QF0, KMODULI "
+                f"(as written by prepare_basis); missing {missing}; received keys "
+                f"{sorted(basis)}."
+            )
         nhyper = int(np.real(np.asarray(basis.get("NHYPER", 1))))
         if nhyper != 1 or any(k in basis for k in ("QB1", "DQDZB1")):
-            raise ValueError(f"only single hypersurfaces are supported (NHYPER = 1); received "
-                             f"NHYPER = {nhyper}.")
+            raise ValueError(f"only single hypersurfaces are supported (NHYPER = 1); received NHYPER = {nhyper}.")
         ambient = _real_array(basis.get("AMBIENT", [0]), "AMBIENT", np.int64).reshape(-1)
         if ambient.shape[0] != 1:
-            raise ValueError(f"only hypersurfaces in a single projective space are supported; received "
-                             f"AMBIENT = {ambient.tolist()} (a product of {ambient.shape[0]} factors).")
+            raise ValueError(
+                f"only hypersurfaces in a single projective space are supported; received "
+                f"AMBIENT = {ambient.tolist()} (a product of {ambient.shape[0]} factors)."
+            )
         mon = _real_array(basis["QB0"], "QB0", np.float64)
         coeff = np.asarray(getattr(basis["QF0"], "numpy", lambda: basis["QF0"])()).astype(np.complex128)
         if kappa is None and "KAPPA" in basis:
             kappa = float(np.real(np.asarray(getattr(basis["KAPPA"], "numpy", lambda: basis["KAPPA"])())))
-        spec = cls(np.round(mon).astype(np.int64), coeff, _real_array(basis["KMODULI"], "KMODULI", np.float64),
-                   kappa, name="basis")
+        spec = cls(
+            np.round(mon).astype(np.int64),
+            coeff,
+            _real_array(basis["KMODULI"], "KMODULI", np.float64),
+            kappa,
+            name="basis",
+        )
         if ambient[0] != spec.ncoords - 1:
-            raise ValueError(f"basis is inconsistent: AMBIENT = {ambient.tolist()} but QB0 has "
-                             f"{spec.ncoords} coordinates.")
+            raise ValueError(
+                f"basis is inconsistent: AMBIENT = {ambient.tolist()} but QB0 has {spec.ncoords} coordinates."
+            )
         if "NFOLD" in basis:
             nfold = int(round(float(np.real(np.asarray(basis["NFOLD"])))))
             if nfold != spec.nfold:
-                raise ValueError(f"basis is inconsistent: NFOLD = {nfold} but QB0 describes a "
-                                 f"{spec.nfold}-fold.")
+                raise ValueError(f"basis is inconsistent: NFOLD = {nfold} but QB0 describes a {spec.nfold}-fold.")
         return spec
 
     @classmethod
     def from_hypersurface(cls, manifold, kappa=None) -> "ManifoldSpec":
         ambient = np.asarray(getattr(manifold, "ambient", [np.asarray(manifold.monomials).shape[1] - 1]))
         if ambient.reshape(-1).shape[0] != 1:
-            raise ValueError(f"only hypersurfaces in a single projective space are supported; received "
-                             f"ambient = {ambient.tolist()}.")
-        return cls(np.asarray(manifold.monomials), np.asarray(manifold.coefficients),
-                   np.asarray(getattr(manifold, "kmoduli", [1.0])), kappa,
-                   name=getattr(manifold, "name", type(manifold).__name__))
+            raise ValueError(
+                f"only hypersurfaces in a single projective space are supported; received ambient = {ambient.tolist()}."
+            )
+        return cls(
+            np.asarray(manifold.monomials),
+            np.asarray(manifold.coefficients),
+            np.asarray(getattr(manifold, "kmoduli", [1.0])),
+            kappa,
+            name=getattr(manifold, "name", type(manifold).__name__),
+        )
 
 
 def _load_basis_path(path) -> dict:
@@ -284,16 +314,22 @@ def _load_basis_path(path) -> dict:
         path = path / "basis.pickle"
     status, reason, _ = check_file_set(path.parent / "cyntk.json")
     if status == "incomplete":
-        raise IncompleteFileSetError(f"`manifold`: the dataset directory {path.parent} is incomplete "
-                                     f"({reason}); re-create it (`cyntk sample ... -o DIR`).")
+        raise IncompleteFileSetError(
+            f"`manifold`: the dataset directory {path.parent} is incomplete "
+            f"({reason}); re-create it (`cyntk sample ... -o DIR`)."
+        )
     if not path.is_file():
-        raise ValueError(f"`manifold` path must be a cymetric basis.pickle or a directory containing "
-                         f"one; received {str(path)!r}, which does not exist.")
-    basis = read_pickle(path, what="a cymetric basis (pickled dict)",
-                        fix="re-create it (`cyntk sample ... -o DIR`) or pass the manifold itself.")
+        raise ValueError(
+            f"`manifold` path must be a cymetric basis.pickle or a directory containing "
+            f"one; received {str(path)!r}, which does not exist."
+        )
+    basis = read_pickle(
+        path,
+        what="a cymetric basis (pickled dict)",
+        fix="re-create it (`cyntk sample ... -o DIR`) or pass the manifold itself.",
+    )
     if not isinstance(basis, dict):
-        raise TypeError(f"{str(path)!r} must hold a pickled dict (cymetric basis); received "
-                        f"{type(basis).__name__}.")
+        raise TypeError(f"{str(path)!r} must hold a pickled dict (cymetric basis); received {type(basis).__name__}.")
     return basis
 
 
@@ -319,6 +355,7 @@ def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec | CICYSpec:
     if isinstance(manifold, ManifoldSpec):
         return manifold if kappa is None else manifold.with_kappa(kappa)
     from cyntk.models._cicy_spec import CICYSpec, is_cicy_like  # complete intersections, products
+
     if is_cicy_like(manifold):
         return CICYSpec.from_any(manifold, kappa)
     if isinstance(manifold, dict) and manifold.get(_CONFIG_MARKER):
@@ -328,10 +365,12 @@ def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec | CICYSpec:
         return manifold_spec(_load_basis_path(manifold), kappa)
     if isinstance(manifold, dict):
         return ManifoldSpec.from_basis(manifold, kappa)
-    if hasattr(manifold, "manifold") and hasattr(manifold, "kappa"):   # CYDataset
+    if hasattr(manifold, "manifold") and hasattr(manifold, "kappa"):  # CYDataset
         k = kappa if kappa is not None else manifold.kappa
         return manifold_spec(manifold.manifold, k)
-    if hasattr(manifold, "monomials") and hasattr(manifold, "coefficients"):   # Hypersurface
+    if hasattr(manifold, "monomials") and hasattr(manifold, "coefficients"):  # Hypersurface
         return ManifoldSpec.from_hypersurface(manifold, kappa)
-    raise TypeError(f"`manifold` must be a cyntk Hypersurface, a CYDataset, a cymetric basis dict "
-                    f"(or a path to basis.pickle); received {type(manifold).__name__}.")
+    raise TypeError(
+        f"`manifold` must be a cyntk Hypersurface, a CYDataset, a cymetric basis dict "
+        f"(or a path to basis.pickle); received {type(manifold).__name__}."
+    )

@@ -33,6 +33,7 @@ __all__ = ["TFCICYGeometry", "make_tf_geometry"]
 def make_tf_geometry(spec, dtype="float32"):
     """:class:`TFCICYGeometry` for a CICY spec, :class:`TFGeometry` otherwise."""
     from cyntk.models._cicy_spec import CICYSpec
+
     if isinstance(spec, CICYSpec):
         return TFCICYGeometry(spec, dtype)
     return TFGeometry(spec, dtype)
@@ -46,7 +47,7 @@ class TFCICYGeometry(TFGeometry):
         dtype: ``"float32"`` or ``"float64"``.
     """
 
-    def __init__(self, spec, dtype="float32"):   # noqa: D107  (the parent's tables are hypersurface-only)
+    def __init__(self, spec, dtype="float32"):  # noqa: D107  (the parent's tables are hypersurface-only)
         self.spec = spec
         self.dtype = tf.as_dtype(dtype)
         self.cdtype = _complex_dtype(self.dtype)
@@ -57,14 +58,14 @@ class TFCICYGeometry(TFGeometry):
         E = np.zeros((M.nhyper * M.ncoords, T, M.ncoords), np.int64)
         F = np.zeros((M.nhyper * M.ncoords, T), np.complex128)
         for k, (Ek, Fk) in enumerate(tables):
-            E[k * M.ncoords:(k + 1) * M.ncoords, :Ek.shape[1]] = Ek
-            F[k * M.ncoords:(k + 1) * M.ncoords, :Ek.shape[1]] = Fk
+            E[k * M.ncoords : (k + 1) * M.ncoords, : Ek.shape[1]] = Ek
+            F[k * M.ncoords : (k + 1) * M.ncoords, : Ek.shape[1]] = Fk
         self._maxpow = int(max(1, E.max()))
         self._tables = {"dq": self._table(E, F)}
         self._factor_of = np.concatenate([np.full(e - s, F_) for F_, (s, e) in enumerate(M.factor_slices)])
         self._slices = [(int(s), int(e)) for s, e in M.factor_slices]
         self.kmoduli = M.kmoduli.copy()
-        self.t = 1.0                 # G_unit carries the per-factor unit metrics
+        self.t = 1.0  # G_unit carries the per-factor unit metrics
         self.n_transitions = 0
 
     def dQdz(self, z):
@@ -77,16 +78,15 @@ class TFCICYGeometry(TFGeometry):
     def patch_index(self, z):
         """int32 (B, m): global index of the largest coordinate of every factor."""
         a = tf.math.real(z) ** 2 + tf.math.imag(z) ** 2
-        return tf.stack([s + tf.argmax(a[:, s:e], axis=-1, output_type=tf.int32) for s, e in self._slices],
-                        axis=1)
+        return tf.stack([s + tf.argmax(a[:, s:e], axis=-1, output_type=tf.int32) for s, e in self._slices], axis=1)
 
     def normalise(self, z, patch):
-        zk = tf.gather(z, patch, axis=1, batch_dims=1)                      # (B, m)
+        zk = tf.gather(z, patch, axis=1, batch_dims=1)  # (B, m)
         return z / tf.gather(zk, tf.constant(self._factor_of, tf.int32), axis=1)
 
     def elimination_index(self, dq, patch):
         """int32 (B, K): greedy argmax |dQ_k/dz| over the coordinates still available."""
-        a = tf.math.real(dq) ** 2 + tf.math.imag(dq) ** 2                  # (B, K, n)
+        a = tf.math.real(dq) ** 2 + tf.math.imag(dq) ** 2  # (B, K, n)
         used = tf.reduce_sum(tf.one_hot(patch, self.ncoords, dtype=a.dtype), axis=1)
         out = []
         for k in range(self.nhyper):
@@ -98,20 +98,21 @@ class TFCICYGeometry(TFGeometry):
     def selection(self, patch, j):
         """(B, nfold, n) complex 0/1 matrices picking the good coordinates (ascending)."""
         n = self.ncoords
-        bad = (tf.reduce_sum(tf.one_hot(patch, n, dtype=tf.int32), axis=1)
-               + tf.reduce_sum(tf.one_hot(j, n, dtype=tf.int32), axis=1))       # (B, n)
+        bad = tf.reduce_sum(tf.one_hot(patch, n, dtype=tf.int32), axis=1) + tf.reduce_sum(
+            tf.one_hot(j, n, dtype=tf.int32), axis=1
+        )  # (B, n)
         key = bad * n + tf.range(n)[None, :]
-        good = tf.argsort(key, axis=-1)[:, :self.nfold]                          # ascending good indices
+        good = tf.argsort(key, axis=-1)[:, : self.nfold]  # ascending good indices
         return tf.one_hot(good, n, dtype=self.cdtype)
 
     def _bmat(self, dq, j):
-        return tf.gather(dq, j, axis=2, batch_dims=1)                             # (B, K, K)
+        return tf.gather(dq, j, axis=2, batch_dims=1)  # (B, K, K)
 
     def pullbacks_from(self, dq, patch, j):
-        S = self.selection(patch, j)                                              # (B, a, n)
+        S = self.selection(patch, j)  # (B, a, n)
         dqx = tf.einsum("bkn,ban->bka", dq, S)
-        sol = -tf.linalg.solve(self._bmat(dq, j), dqx)                            # (B, K, a)
-        E = tf.one_hot(j, self.ncoords, dtype=self.cdtype)                        # (B, K, n)
+        sol = -tf.linalg.solve(self._bmat(dq, j), dqx)  # (B, K, a)
+        E = tf.one_hot(j, self.ncoords, dtype=self.cdtype)  # (B, K, n)
         return S + tf.einsum("bka,bkn->ban", sol, E)
 
     def omega_sq_from(self, dq, j):
@@ -151,17 +152,19 @@ class TFCICYGeometry(TFGeometry):
         J = self.pullbacks_from(dq, patch, j)
         Gu = self.fs_blocks_from(z, J)
         G = tf.einsum("f,fbij->bij", tf.constant(self.kmoduli, self.cdtype), Gu)
-        return {"z": z, "x": complex_to_real(z), "dq": dq, "J": J, "G": G, "G_unit": Gu,
-                "patch": patch, "j": j}
+        return {"z": z, "x": complex_to_real(z), "dq": dq, "J": J, "G": G, "G_unit": Gu, "patch": patch, "j": j}
 
     def transition_points(self, z, patch, j):
         raise NotImplementedError(
             "the transition loss is not implemented for complete intersections / products of projective "
-            "spaces; construct the model with transition=0.")
+            "spaces; construct the model with transition=0."
+        )
 
     def fs_holomorphic_derivative(self, frame, j, t=None):
         """``dG[:, c, a, b] = dG_{a bbar}/dx^c`` (B, n, n, n) by forward-mode autodiff in the fixed chart."""
+
         def G_of(xx, pp, jj):
             return self.local_frame(xx, pp, jj)["G"]
+
         _, dG = holomorphic_derivatives(G_of, frame["x"], frame["J"], aux=(frame["patch"], frame["j"]))
         return dG

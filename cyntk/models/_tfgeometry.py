@@ -40,8 +40,7 @@ import tensorflow as tf
 
 from cyntk.models._spec import ManifoldSpec
 
-__all__ = ["TFGeometry", "jvp", "holomorphic_derivatives", "local_ddbar", "real_to_complex",
-           "complex_to_real"]
+__all__ = ["TFGeometry", "jvp", "holomorphic_derivatives", "local_ddbar", "real_to_complex", "complex_to_real"]
 
 
 def real_to_complex(x, ncoords: int):
@@ -106,8 +105,8 @@ class TFGeometry:
         self.cdtype = _complex_dtype(self.dtype)
         N, n = spec.ncoords, spec.nfold
         self.ncoords, self.nfold = N, n
-        E, F = spec.derivative_basis()                      # (N, T, N), (N, T)
-        E2, F2 = _second_derivative_basis(spec)             # (N*N, T2, N), (N*N, T2)
+        E, F = spec.derivative_basis()  # (N, T, N), (N, T)
+        E2, F2 = _second_derivative_basis(spec)  # (N*N, T2, N), (N*N, T2)
         self._maxpow = int(max(1, E.max()))
         # monomial tables: gather indices into the flattened power table (B, N*(maxpow+1))
         self._tables = {"dq": self._table(E, F), "d2q": self._table(E2, F2)}
@@ -120,10 +119,10 @@ class TFGeometry:
             good = [i for i in range(N) if i not in (k, j)]
             sel[k * N + j, np.arange(n), good] = 1.0
             others = [i for i in range(N) if i not in (k, j)]
-            new_patches[k * N + j, :len(others)] = others
+            new_patches[k * N + j, : len(others)] = others
         self._sel = sel
-        self._new_patches = new_patches     # transition targets k' not in {k, j}
-        self.n_transitions = N - 1          # cymetric's normaliser (includes k' = k)
+        self._new_patches = new_patches  # transition targets k' not in {k, j}
+        self.n_transitions = N - 1  # cymetric's normaliser (includes k' = k)
         self.t = float(spec.kmoduli[0])
 
     # --------------------------------------------------------------- basics
@@ -143,10 +142,10 @@ class TFGeometry:
         powers = [tf.ones_like(z), z]
         for _ in range(P - 2):
             powers.append(powers[-1] * z)
-        flat = tf.reshape(tf.stack(powers[:P], axis=-1), [-1, N * P])        # (B, N*P)
+        flat = tf.reshape(tf.stack(powers[:P], axis=-1), [-1, N * P])  # (B, N*P)
         factors = tf.reshape(tf.gather(flat, index, axis=1), [-1, R, T, N])
         mons = factors[..., 0]
-        for l in range(1, N):   # explicit product: XLA has no complex Cumprod (reduce_prod's gradient)
+        for l in range(1, N):  # explicit product: XLA has no complex Cumprod (reduce_prod's gradient)
             mons = mons * factors[..., l]
         return tf.reduce_sum(mons * tf.constant(F, self.cdtype), axis=-1)
 
@@ -180,9 +179,9 @@ class TFGeometry:
     def pullbacks_from(self, dq, patch, j):
         """J (B, n, N) from dQ/dz (B, N) and the chart (patch, j) (each (B,) int32)."""
         S = self.selection(patch, j)
-        qj = tf.gather(dq, j, axis=1, batch_dims=1)                       # (B,)
-        col = -tf.einsum("ban,bn->ba", S, dq) / qj[:, None]               # (B, n)
-        ej = tf.one_hot(j, self.ncoords, dtype=self.cdtype)               # (B, N)
+        qj = tf.gather(dq, j, axis=1, batch_dims=1)  # (B,)
+        col = -tf.einsum("ban,bn->ba", S, dq) / qj[:, None]  # (B, n)
+        ej = tf.one_hot(j, self.ncoords, dtype=self.cdtype)  # (B, N)
         return S + col[:, :, None] * ej[:, None, :]
 
     def omega_sq_from(self, dq, j):
@@ -193,7 +192,7 @@ class TFGeometry:
     def fs_from(self, z, J, t=None):
         """Pulled-back FS metric ``G = J g_FS(t) J^H`` (B, n, n) complex."""
         t = self.t if t is None else t
-        zz = tf.reduce_sum(tf.math.real(z) ** 2 + tf.math.imag(z) ** 2, axis=-1)   # (B,)
+        zz = tf.reduce_sum(tf.math.real(z) ** 2 + tf.math.imag(z) ** 2, axis=-1)  # (B,)
         zz = tf.complex(zz, tf.zeros_like(zz))[:, None, None]
         v = tf.einsum("ban,bn->ba", J, tf.math.conj(z))
         JJ = tf.matmul(J, J, adjoint_b=True)
@@ -231,8 +230,7 @@ class TFGeometry:
         z = self.normalise(self.to_complex(x), patch)
         dq = self.dQdz(z)
         J = self.pullbacks_from(dq, patch, j)
-        return {"z": z, "x": complex_to_real(z), "dq": dq, "J": J, "G": self.fs_from(z, J),
-                "patch": patch, "j": j}
+        return {"z": z, "x": complex_to_real(z), "dq": dq, "J": J, "G": self.fs_from(z, J), "patch": patch, "j": j}
 
     # ----------------------------------------------------------- transitions
     def transition_points(self, z, patch, j):
@@ -258,24 +256,38 @@ class TFGeometry:
         """
         N = self.ncoords
         m = N - 2
-        kp = tf.gather(tf.constant(self._new_patches, tf.int32), patch * N + j)   # (B, m)
-        kp = tf.reshape(tf.transpose(kp), [-1])                                   # (m*B,)
+        kp = tf.gather(tf.constant(self._new_patches, tf.int32), patch * N + j)  # (B, m)
+        kp = tf.reshape(tf.transpose(kp), [-1])  # (m*B,)
         zt = tf.tile(z, [m, 1])
         pt = tf.tile(patch, [m])
         jt = tf.tile(j, [m])
-        zn = self.normalise(zt, kp)                                               # z' (m*B, N)
+        zn = self.normalise(zt, kp)  # z' (m*B, N)
         dqn = self.dQdz(zn)
-        Jn = self.pullbacks_from(dqn, kp, jt)                                     # (m*B, n, N)
-        S_old = self.selection(pt, jt)                                            # (m*B, n, N)
-        zk = tf.gather(zn, pt, axis=1, batch_dims=1)                              # z'_k
-        zg = tf.einsum("ban,bn->ba", S_old, zn)                                   # z'_{g_b}
+        Jn = self.pullbacks_from(dqn, kp, jt)  # (m*B, n, N)
+        S_old = self.selection(pt, jt)  # (m*B, n, N)
+        zk = tf.gather(zn, pt, axis=1, batch_dims=1)  # z'_k
+        zg = tf.einsum("ban,bn->ba", S_old, zn)  # z'_{g_b}
         ek = tf.one_hot(pt, N, dtype=self.cdtype)
-        P = (tf.transpose(S_old, [0, 2, 1]) / zk[:, None, None]
-             - ek[:, :, None] * (zg / (zk * zk)[:, None])[:, None, :])             # (m*B, N, n)
+        P = (
+            tf.transpose(S_old, [0, 2, 1]) / zk[:, None, None] - ek[:, :, None] * (zg / (zk * zk)[:, None])[:, None, :]
+        )  # (m*B, N, n)
         T = tf.matmul(Jn, P)
-        return {"x": complex_to_real(zn), "patch": kp, "j": jt, "T": T, "m": m,
-                "frame": {"z": zn, "x": complex_to_real(zn), "dq": dqn, "J": Jn,
-                          "G": self.fs_from(zn, Jn), "patch": kp, "j": jt}}
+        return {
+            "x": complex_to_real(zn),
+            "patch": kp,
+            "j": jt,
+            "T": T,
+            "m": m,
+            "frame": {
+                "z": zn,
+                "x": complex_to_real(zn),
+                "dq": dqn,
+                "J": Jn,
+                "G": self.fs_from(zn, Jn),
+                "patch": kp,
+                "j": jt,
+            },
+        }
 
     def fs_holomorphic_derivative(self, frame, j, t=None):
         """Analytic ``dG[:, c, a, b] = d G_{a bbar} / d x^c`` (B, n, n, n).
@@ -296,26 +308,31 @@ class TFGeometry:
         z, J, dq = frame["z"], frame["J"], frame["dq"]
         hess = self.d2Qdz2(z)
         qj = tf.gather(dq, j, axis=1, batch_dims=1)
-        K = -tf.einsum("bci,bil,bal->bca", J, hess, J) / qj[:, None, None]            # (B, n, n)
+        K = -tf.einsum("bci,bil,bal->bca", J, hess, J) / qj[:, None, None]  # (B, n, n)
         s = tf.reduce_sum(tf.math.real(z) ** 2 + tf.math.imag(z) ** 2, axis=-1)
         s = tf.complex(s, tf.zeros_like(s))[:, None, None, None]
         zbar = tf.math.conj(z)
         v = tf.einsum("ban,bn->ba", J, zbar)
         vb = tf.math.conj(v)
         P = tf.matmul(J, J, adjoint_b=True)
-        Jj_bar = tf.math.conj(tf.gather(J, j, axis=2, batch_dims=1))                    # (B, n)
-        zj_bar = tf.gather(zbar, j, axis=1, batch_dims=1)                               # (B,)
+        Jj_bar = tf.math.conj(tf.gather(J, j, axis=2, batch_dims=1))  # (B, n)
+        zj_bar = tf.gather(zbar, j, axis=1, batch_dims=1)  # (B,)
         term1 = K[:, :, :, None] * Jj_bar[:, None, None, :] / s
-        term2 = -P[:, None, :, :] * v[:, :, None, None] / s ** 2
-        term3 = -(K[:, :, :, None] * (zj_bar[:, None, None, None] * vb[:, None, None, :])
-                  + v[:, None, :, None] * P[:, :, None, :]) / s ** 2
-        term4 = 2.0 * (v[:, None, :, None] * vb[:, None, None, :] * v[:, :, None, None]) / s ** 3
+        term2 = -P[:, None, :, :] * v[:, :, None, None] / s**2
+        term3 = (
+            -(
+                K[:, :, :, None] * (zj_bar[:, None, None, None] * vb[:, None, None, :])
+                + v[:, None, :, None] * P[:, :, None, :]
+            )
+            / s**2
+        )
+        term4 = 2.0 * (v[:, None, :, None] * vb[:, None, None, :] * v[:, :, None, None]) / s**3
         return tf.constant(t / np.pi, self.cdtype) * (term1 + term2 + term3 + term4)
 
 
 def _tangents_for(J, ncoords):
     """Real tangents (2n*B, 2N) for the directions [J_0..J_{n-1}, iJ_0..iJ_{n-1}]."""
-    dirs = tf.concat([J, tf.constant(1j, J.dtype) * J], axis=1)     # (B, 2n, N)
+    dirs = tf.concat([J, tf.constant(1j, J.dtype) * J], axis=1)  # (B, 2n, N)
     dirs = tf.reshape(tf.transpose(dirs, [1, 0, 2]), [-1, ncoords])  # direction-major
     return complex_to_real(dirs)
 
@@ -345,8 +362,9 @@ def jvp(fn, x, tangent):
         u = tf.zeros_like(Fr)
         outer.watch(u)
         v = inner.gradient(Fr, x, output_gradients=u, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    dFr = outer.gradient(v, u, output_gradients=tf.cast(tangent, v.dtype),
-                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    dFr = outer.gradient(
+        v, u, output_gradients=tf.cast(tangent, v.dtype), unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
     if F.dtype.is_complex:
         return F, tf.complex(dFr[..., 0], dFr[..., 1])
     return F, dFr
@@ -417,9 +435,9 @@ def local_ddbar(fn, x, J, aux=()):
             ft = fn(xt, *auxt)
         grad = inner.gradient(ft, xt, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         gt = tf.reduce_sum(grad * tang, axis=-1)
-    Ht = outer.gradient(gt, xt, unconnected_gradients=tf.UnconnectedGradients.ZERO)   # (reps*B, 2N)
+    Ht = outer.gradient(gt, xt, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # (reps*B, 2N)
     cd = J.dtype
-    dbar = tf.complex(Ht[:, :N], Ht[:, N:]) * tf.constant(0.5, cd)             # D_t (dbar_j f)
+    dbar = tf.complex(Ht[:, :N], Ht[:, N:]) * tf.constant(0.5, cd)  # D_t (dbar_j f)
     dbar = tf.reshape(dbar, [reps, -1, N])
     Du, Diu = dbar[:n], dbar[n:]
     d_dbar = 0.5 * (Du - tf.constant(1j, cd) * Diu)

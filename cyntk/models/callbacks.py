@@ -17,14 +17,16 @@ def _validation_arrays(data, y):
     """(X, y, manifold-or-None) from the accepted ``data`` forms."""
     if y is not None:
         return np.asarray(data), np.asarray(y), None
-    if hasattr(data, "X_val") and hasattr(data, "y_val"):             # CYDataset
+    if hasattr(data, "X_val") and hasattr(data, "y_val"):  # CYDataset
         return np.asarray(data.X_val), np.asarray(data.y_val), data
     if hasattr(data, "keys") and "X_val" in data and "y_val" in data:  # dataset.npz / dict
         return np.asarray(data["X_val"]), np.asarray(data["y_val"]), None
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return np.asarray(data[0]), np.asarray(data[1]), None
-    raise TypeError(f"`data` must be a CYDataset, a cymetric dataset dict/npz with X_val and y_val, or a "
-                    f"tuple (X, y) (or pass y=...); received {type(data).__name__}.")
+    raise TypeError(
+        f"`data` must be a CYDataset, a cymetric dataset dict/npz with X_val and y_val, or a "
+        f"tuple (X, y) (or pass y=...); received {type(data).__name__}."
+    )
 
 
 class MeasuresCallback(keras.callbacks.Callback):
@@ -60,8 +62,7 @@ class MeasuresCallback(keras.callbacks.Callback):
         measures = tuple(measures)
         unknown = [m for m in measures if m not in MEASURES]
         if unknown or not measures:
-            raise ValueError(f"`measures` must be a non-empty selection of {MEASURES}; received "
-                             f"{list(measures)}.")
+            raise ValueError(f"`measures` must be a non-empty selection of {MEASURES}; received {list(measures)}.")
         for arg, val in (("batch_size", batch_size), ("every", every)):
             if isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < 1:
                 raise ValueError(f"`{arg}` must be a positive integer; received {val!r}.")
@@ -76,15 +77,16 @@ class MeasuresCallback(keras.callbacks.Callback):
     def _check(self):
         model = self.model
         if not isinstance(model, MetricModel):
-            raise TypeError(f"MeasuresCallback needs a cyntk MetricModel; received "
-                            f"{type(model).__name__}.")
+            raise TypeError(f"MeasuresCallback needs a cyntk MetricModel; received {type(model).__name__}.")
         if self._checked_for is model:
             return
         if self._dataset is not None and hasattr(self._dataset, "manifold"):
             spec = manifold_spec(self._dataset)
             if not spec.same_manifold(model.spec):
-                raise ValueError(f"`data` belongs to {spec.describe()}, but the model was built for "
-                                 f"{model.spec.describe()}; pass validation data of the model's manifold.")
+                raise ValueError(
+                    f"`data` belongs to {spec.describe()}, but the model was built for "
+                    f"{model.spec.describe()}; pass validation data of the model's manifold."
+                )
         model.check_data(self.x, self.y, name="data")
         self._checked_for = model
 
@@ -126,14 +128,14 @@ class LossWeightScheduler(keras.callbacks.Callback):
     def __init__(self, schedule):
         super().__init__()
         if not callable(schedule):
-            raise TypeError(f"`schedule` must be callable (epoch, weights) -> dict; received "
-                            f"{type(schedule).__name__}.")
+            raise TypeError(
+                f"`schedule` must be callable (epoch, weights) -> dict; received {type(schedule).__name__}."
+            )
         self.schedule = schedule
 
     def on_epoch_begin(self, epoch, logs=None):
         if not isinstance(self.model, MetricModel):
-            raise TypeError(f"LossWeightScheduler needs a cyntk MetricModel; received "
-                            f"{type(self.model).__name__}.")
+            raise TypeError(f"LossWeightScheduler needs a cyntk MetricModel; received {type(self.model).__name__}.")
         new = self.schedule(epoch, self.model.loss_weights)
         if new:
             self.model.set_loss_weights(**dict(new))

@@ -24,8 +24,7 @@ def hermitian_from_components_tf(o):
     m = o.shape[-1]
     n = int(round(np.sqrt(m)))
     if m is None or n * n != m:
-        raise ValueError(
-            f"`o` must have n*n components in its last axis; received last axis {m}.")
+        raise ValueError(f"`o` must have n*n components in its last axis; received last axis {m}.")
     re_i, im_i, sign = hermitian_index_tables(n)
     re = tf.gather(o, re_i.reshape(-1), axis=-1)
     im = tf.gather(o, im_i.reshape(-1), axis=-1) * tf.constant(sign.reshape(-1), o.dtype)

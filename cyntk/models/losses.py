@@ -85,9 +85,11 @@ def determinant(g):
     if n == 2:
         return g[..., 0, 0] * g[..., 1, 1] - g[..., 0, 1] * g[..., 1, 0]
     if n == 3:
-        return (g[..., 0, 0] * (g[..., 1, 1] * g[..., 2, 2] - g[..., 1, 2] * g[..., 2, 1])
-                - g[..., 0, 1] * (g[..., 1, 0] * g[..., 2, 2] - g[..., 1, 2] * g[..., 2, 0])
-                + g[..., 0, 2] * (g[..., 1, 0] * g[..., 2, 1] - g[..., 1, 1] * g[..., 2, 0]))
+        return (
+            g[..., 0, 0] * (g[..., 1, 1] * g[..., 2, 2] - g[..., 1, 2] * g[..., 2, 1])
+            - g[..., 0, 1] * (g[..., 1, 0] * g[..., 2, 2] - g[..., 1, 2] * g[..., 2, 0])
+            + g[..., 0, 2] * (g[..., 1, 0] * g[..., 2, 1] - g[..., 1, 1] * g[..., 2, 0])
+        )
     return tf.linalg.det(g)
 
 
@@ -99,14 +101,17 @@ def adjugate(g):
     if n == 1:
         return tf.ones_like(g)
     if n == 2:
-        return tf.stack([tf.stack([g[..., 1, 1], -g[..., 0, 1]], -1),
-                         tf.stack([-g[..., 1, 0], g[..., 0, 0]], -1)], -2)
+        return tf.stack([tf.stack([g[..., 1, 1], -g[..., 0, 1]], -1), tf.stack([-g[..., 1, 0], g[..., 0, 0]], -1)], -2)
     if n == 3:
+
         def c(r0, r1, c0, c1):
             return g[..., r0, c0] * g[..., r1, c1] - g[..., r0, c1] * g[..., r1, c0]
-        rows = [[c(1, 2, 1, 2), -c(0, 2, 1, 2), c(0, 1, 1, 2)],
-                [-c(1, 2, 0, 2), c(0, 2, 0, 2), -c(0, 1, 0, 2)],
-                [c(1, 2, 0, 1), -c(0, 2, 0, 1), c(0, 1, 0, 1)]]
+
+        rows = [
+            [c(1, 2, 1, 2), -c(0, 2, 1, 2), c(0, 1, 1, 2)],
+            [-c(1, 2, 0, 2), c(0, 2, 0, 2), -c(0, 1, 0, 2)],
+            [c(1, 2, 0, 1), -c(0, 2, 0, 1), c(0, 1, 0, 1)],
+        ]
         return tf.stack([tf.stack(r, -1) for r in rows], -2)
     det = tf.linalg.det(g)
     return det[..., None, None] * tf.linalg.inv(g)
@@ -197,8 +202,7 @@ def transition_loss(g_new, g_old, T, n_transitions=None):
     g_new = tf.convert_to_tensor(g_new)
     T = tf.convert_to_tensor(T)
     if g_new.shape.rank != 4 or T.shape.rank != 4:
-        raise ValueError(f"`g_new` and `T` must have shape (m, B, n, n); received {g_new.shape} and "
-                         f"{T.shape}.")
+        raise ValueError(f"`g_new` and `T` must have shape (m, B, n, n); received {g_new.shape} and {T.shape}.")
     n = g_new.shape[-1]
     m = g_new.shape[0]
     n_t = m if n_transitions is None else n_transitions
@@ -231,10 +235,10 @@ def volk_loss(g, fs_unit, weights, omega_sq, target):
     F = tf.convert_to_tensor(fs_unit)
     if F.shape.rank == 3:
         F = F[None]
-    m = mixed_determinant(g[None], F)                               # (R, B)
+    m = mixed_determinant(g[None], F)  # (R, B)
     weights = _cast(weights, m.dtype)
     omega_sq = _cast(omega_sq, m.dtype)
-    mu_hat = tf.reduce_mean(weights[None] * m / omega_sq[None], axis=1)    # (R,)
+    mu_hat = tf.reduce_mean(weights[None] * m / omega_sq[None], axis=1)  # (R,)
     target = tf.reshape(_cast(target, m.dtype), [-1])
     v = tf.reduce_mean(tf.abs(mu_hat - target))
     return tf.fill(tf.shape(weights), v)

@@ -38,12 +38,12 @@ import tensorflow as tf
 
 from cyntk.models import losses as L
 from cyntk.models._spec import manifold_spec
+from cyntk.models._tf import marked_message
 from cyntk.models._tfcicy import make_tf_geometry
 from cyntk.models._tfgeometry import _tangents_for, holomorphic_derivatives, jvp, local_ddbar
 from cyntk.models.hermitian import hermitian_from_components_tf
 
-__all__ = ["MetricModel", "FSModel", "MultiplicativeModel", "PhiModel", "LOSS_TERMS",
-           "NONFINITE_POLICIES", "MEASURES"]
+__all__ = ["MetricModel", "FSModel", "MultiplicativeModel", "PhiModel", "LOSS_TERMS", "NONFINITE_POLICIES", "MEASURES"]
 
 #: Names of the loss terms, in cymetric's order.
 LOSS_TERMS = ("sigma", "kaehler", "transition", "volk", "ricci")
@@ -59,8 +59,9 @@ _RESIDUAL_TOL = 1e-4
 
 def _check_weight(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"loss weight `{name}` must be a real number >= 0; received {value!r} "
-                        f"({type(value).__name__}).")
+        raise TypeError(
+            f"loss weight `{name}` must be a real number >= 0; received {value!r} ({type(value).__name__})."
+        )
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"loss weight `{name}` must be a finite number >= 0; received {value!r}.")
@@ -73,8 +74,7 @@ def _resolve_dtype(dtype):
     name = getattr(dtype, "name", dtype)
     if isinstance(name, str) and name in ("float32", "float64"):
         return name
-    raise ValueError(f"`dtype` must be 'float32' or 'float64' (or None for keras.config.floatx()); "
-                     f"received {dtype!r}.")
+    raise ValueError(f"`dtype` must be 'float32' or 'float64' (or None for keras.config.floatx()); received {dtype!r}.")
 
 
 def _to_numpy(a):
@@ -119,34 +119,54 @@ class MetricModel(keras.Model):
     #: check, in eager calls on arrays, that the points lie on the manifold (see :meth:`call`)
     check_variety = True
 
-    def __init__(self, manifold, *, kappa=None, sigma=None, kaehler=None, transition=None,
-                 volk=None, ricci=None, nonfinite="raise", dtype=None, name=None, **kwargs):
+    def __init__(
+        self,
+        manifold,
+        *,
+        kappa=None,
+        sigma=None,
+        kaehler=None,
+        transition=None,
+        volk=None,
+        ricci=None,
+        nonfinite="raise",
+        dtype=None,
+        name=None,
+        **kwargs,
+    ):
         spec = manifold_spec(manifold, kappa)
         dtype = _resolve_dtype(dtype)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"`nonfinite` must be one of {NONFINITE_POLICIES}; received {nonfinite!r}.")
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.spec = spec
-        self.geometry = make_tf_geometry(spec, dtype)   # TFGeometry, or TFCICYGeometry for a CICY
+        self.geometry = make_tf_geometry(spec, dtype)  # TFGeometry, or TFCICYGeometry for a CICY
         self.nonfinite = nonfinite
         given = dict(sigma=sigma, kaehler=kaehler, transition=transition, volk=volk, ricci=ricci)
-        weights = {k: _check_weight(k, self._default_weights[k] if v is None else v)
-                   for k, v in given.items()}
+        weights = {k: _check_weight(k, self._default_weights[k] if v is None else v) for k, v in given.items()}
         self._active = tuple(k for k in LOSS_TERMS if weights[k] > 0)
         if not self._active:
-            raise ValueError(f"the loss weights {given} are all 0 (after defaults): there would be "
-                             f"nothing to train or evaluate; give at least one of {LOSS_TERMS} a "
-                             f"weight > 0.")
+            raise ValueError(
+                f"the loss weights {given} are all 0 (after defaults): there would be "
+                f"nothing to train or evaluate; give at least one of {LOSS_TERMS} a "
+                f"weight > 0."
+            )
         self._loss_weight_vars = {
-            k: self.add_weight(shape=(), initializer=keras.initializers.Constant(weights[k]),
-                               trainable=False, name=f"{k}_weight", dtype=dtype)
-            for k in LOSS_TERMS}
+            k: self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(weights[k]),
+                trainable=False,
+                name=f"{k}_weight",
+                dtype=dtype,
+            )
+            for k in LOSS_TERMS
+        }
         self._term_trackers = {k: keras.metrics.Mean(name=f"{k}_loss") for k in LOSS_TERMS}
         self._total_tracker = keras.metrics.Mean(name="loss")
         self._skipped_tracker = keras.metrics.Sum(name="skipped_steps")
         self._xla = False
         self._core_fns = None
-        self.built = True     # no lazily created state: the geometry is constant
+        self.built = True  # no lazily created state: the geometry is constant
 
     # ------------------------------------------------------------ properties
     @property
@@ -193,20 +213,22 @@ class MetricModel(keras.Model):
         self.built = True
 
     def _width_message(self, width):
-        return (f"`x` must have shape (B, 2N) = (B, {2 * self.ncoords}) for {self.spec.describe()} "
-                f"(real parts then imaginary parts); received last axis {width}. The data may belong "
-                f"to a different manifold.")
+        return (
+            f"`x` must have shape (B, 2N) = (B, {2 * self.ncoords}) for {self.spec.describe()} "
+            f"(real parts then imaginary parts); received last axis {width}. The data may belong "
+            f"to a different manifold."
+        )
 
     # ------------------------------------------------------------ geometry
     def _prepare_x(self, x):
         if tf.executing_eagerly() and not isinstance(x, keras.KerasTensor):
             arr = np.asarray(x)
             if arr.ndim != 2 or arr.shape[-1] != 2 * self.ncoords:
-                raise ValueError(self._width_message(arr.shape[-1] if arr.ndim else None)
-                                 + f" (full shape {arr.shape})")
+                raise ValueError(
+                    self._width_message(arr.shape[-1] if arr.ndim else None) + f" (full shape {arr.shape})"
+                )
             if not np.all(np.isfinite(arr)):
-                raise ValueError(f"`x` must be finite; received {np.sum(~np.isfinite(arr))} "
-                                 f"non-finite entries.")
+                raise ValueError(f"`x` must be finite; received {np.sum(~np.isfinite(arr))} non-finite entries.")
             if self.check_variety and arr.size and np.issubdtype(arr.dtype, np.number):
                 self._check_on_manifold(arr)
         x = tf.cast(x if tf.is_tensor(x) else np.asarray(x, dtype=self.compute_dtype), self.compute_dtype)
@@ -226,7 +248,8 @@ class MetricModel(keras.Model):
                 f"`x`: {int(np.sum(~(res <= _RESIDUAL_TOL)))} of {len(res)} point(s) are not on the model's "
                 f"manifold {self.spec.describe()}: relative residual |Q(z)|/sum|c_m z^m| up to "
                 f"{np.nanmax(res):.3g} (expected <= {_RESIDUAL_TOL:g}); the metric there would be "
-                f"meaningless. Set `model.check_variety = False` to skip this eager-mode check.")
+                f"meaningless. Set `model.check_variety = False` to skip this eager-mode check."
+            )
 
     def charts(self, x, j_elim=None):
         """Patch and elimination index per point: two int32 (B,) tensors."""
@@ -338,8 +361,8 @@ class MetricModel(keras.Model):
         out = {}
         if need_dg:
             out["g"], out["dg"] = holomorphic_derivatives(
-                lambda xx, pp, jj: self.metric_in_chart(xx, pp, jj, training), x, frame["J"],
-                aux=(patch, j))
+                lambda xx, pp, jj: self.metric_in_chart(xx, pp, jj, training), x, frame["J"], aux=(patch, j)
+            )
         else:
             out["g"] = self._metric_from_frame(frame, training)
         if trans is not None:
@@ -357,13 +380,14 @@ class MetricModel(keras.Model):
     def _split_y(self, y, need):
         if y is None:
             if need:
-                raise ValueError(f"`y` is required by the active loss terms {need}: pass "
-                                 f"y = [w, |Omega|^2] of shape (B, 2) (cymetric's y_train layout).")
+                raise ValueError(
+                    f"`y` is required by the active loss terms {need}: pass "
+                    f"y = [w, |Omega|^2] of shape (B, 2) (cymetric's y_train layout)."
+                )
             return None, None
         y = tf.cast(y if tf.is_tensor(y) else np.asarray(y, dtype=self.compute_dtype), self.compute_dtype)
         if y.shape.rank != 2 or (y.shape[-1] is not None and y.shape[-1] != 2):
-            raise ValueError(f"`y` must have shape (B, 2) with columns [w, |Omega|^2]; received "
-                             f"shape {y.shape}.")
+            raise ValueError(f"`y` must have shape (B, 2) with columns [w, |Omega|^2]; received shape {y.shape}.")
         return y[:, 0], y[:, 1]
 
     def _needs_g_new(self):
@@ -378,22 +402,24 @@ class MetricModel(keras.Model):
         if "transition" in terms:
             z = frame["z"]
             trans = self.geometry.transition_points(z, patch, j)
-        ev = self._evaluate(x, patch, j, frame, trans if self._needs_g_new() else None,
-                            "kaehler" in terms, training)
+        ev = self._evaluate(x, patch, j, frame, trans if self._needs_g_new() else None, "kaehler" in terms, training)
         g = ev["g"]
         out = {"g": g}
         if "kaehler" in terms:
             out["kaehler"] = L.kaehler_loss(ev["dg"])
         if "sigma" in terms:
             if self.kappa is None:
-                raise ValueError("the sigma loss needs `kappa`: construct the model from a CYDataset or "
-                                 "a basis dict with KAPPA, or pass kappa=...; received kappa=None.")
+                raise ValueError(
+                    "the sigma loss needs `kappa`: construct the model from a CYDataset or "
+                    "a basis dict with KAPPA, or pass kappa=...; received kappa=None."
+                )
             out["sigma"] = L.sigma_loss(g, om, self.kappa)
         if "transition" in terms:
             out["transition"] = self._transition_from(ev, trans, frame, training)
         if "volk" in terms:
-            fs_unit = (frame["G_unit"] if "G_unit" in frame
-                       else frame["G"] / tf.constant(self.geometry.t, frame["G"].dtype))
+            fs_unit = (
+                frame["G_unit"] if "G_unit" in frame else frame["G"] / tf.constant(self.geometry.t, frame["G"].dtype)
+            )
             out["volk"] = L.volk_loss(g, fs_unit, w, om, self.spec.volk_target)
         if "ricci" in terms:
             R = self._ricci(x, patch, j, frame, g, training)
@@ -453,18 +479,28 @@ class MetricModel(keras.Model):
         if self.nonfinite == "skip_step":
             ok = tf.math.is_finite(loss)
             sw = sw * tf.cast(ok, sw.dtype)
-            clean = lambda v: tf.where(ok, v, tf.zeros_like(v))   # noqa: E731 (reporting only)
+            clean = lambda v: tf.where(ok, v, tf.zeros_like(v))  # noqa: E731 (reporting only)
         else:
-            clean = lambda v: v   # noqa: E731
+            clean = lambda v: v  # noqa: E731
         self._total_tracker.update_state(clean(per_point), sample_weight=sw)
         for k in active:
             self._term_trackers[k].update_state(clean(terms[k]), sample_weight=sw)
         return loss
 
     # -------------------------------------------------------------- training
-    def compile(self, optimizer="adam", loss=None, metrics=None, *, jit_compile=False,
-                steps_per_execution=1, run_eagerly=False, loss_weights=None,
-                weighted_metrics=None, **kwargs):
+    def compile(
+        self,
+        optimizer="adam",
+        loss=None,
+        metrics=None,
+        *,
+        jit_compile=False,
+        steps_per_execution=1,
+        run_eagerly=False,
+        loss_weights=None,
+        weighted_metrics=None,
+        **kwargs,
+    ):
         """Configure training.
 
         Args:
@@ -480,13 +516,19 @@ class MetricModel(keras.Model):
                 that raises on a non-finite loss stays outside XLA.
             steps_per_execution, run_eagerly: as in ``keras.Model.compile``.
         """
-        for arg, val in (("loss", loss), ("loss_weights", loss_weights), ("metrics", metrics),
-                         ("weighted_metrics", weighted_metrics)):
+        for arg, val in (
+            ("loss", loss),
+            ("loss_weights", loss_weights),
+            ("metrics", metrics),
+            ("weighted_metrics", weighted_metrics),
+        ):
             if val is not None:
-                raise TypeError(f"`{arg}` is not accepted by {type(self).__name__}.compile: the model "
-                                f"defines its own losses (weights via sigma=..., kaehler=..., "
-                                f"transition=..., volk=..., ricci=... or set_loss_weights(); validation "
-                                f"measures via MeasuresCallback); received {arg}={val!r}.")
+                raise TypeError(
+                    f"`{arg}` is not accepted by {type(self).__name__}.compile: the model "
+                    f"defines its own losses (weights via sigma=..., kaehler=..., "
+                    f"transition=..., volk=..., ricci=... or set_loss_weights(); validation "
+                    f"measures via MeasuresCallback); received {arg}={val!r}."
+                )
         if jit_compile == "auto":
             jit_compile = bool(tf.config.list_physical_devices("GPU"))
         if jit_compile not in (True, False):
@@ -494,14 +536,19 @@ class MetricModel(keras.Model):
         if jit_compile and run_eagerly:
             warnings.warn("run_eagerly=True disables jit_compile.", stacklevel=2)
             jit_compile = False
-        super().compile(optimizer=optimizer, jit_compile=False, steps_per_execution=steps_per_execution,
-                        run_eagerly=run_eagerly, **kwargs)
+        super().compile(
+            optimizer=optimizer,
+            jit_compile=False,
+            steps_per_execution=steps_per_execution,
+            run_eagerly=run_eagerly,
+            **kwargs,
+        )
         self._xla = bool(jit_compile)
         self._core_fns = None
 
     def get_compile_config(self):
         config = super().get_compile_config()
-        if not config:            # not compiled: nothing to restore
+        if not config:  # not compiled: nothing to restore
             return None
         config = dict(config)
         config["jit_compile"] = self._xla
@@ -521,12 +568,17 @@ class MetricModel(keras.Model):
 
     def _core(self):
         if self._core_fns is None:
+
             def wrap(f):
                 if getattr(self, "run_eagerly", False):
                     return f
                 return tf.function(f, jit_compile=self._xla, reduce_retracing=True)
-            self._core_fns = {"train": wrap(self._train_core), "test": wrap(self._test_core),
-                              "measure": wrap(self._measure_core)}
+
+            self._core_fns = {
+                "train": wrap(self._train_core),
+                "test": wrap(self._test_core),
+                "measure": wrap(self._measure_core),
+            }
         return self._core_fns
 
     def _train_core(self, x, y, sw):
@@ -585,7 +637,8 @@ class MetricModel(keras.Model):
         if self.nonfinite == "raise":
             tf.debugging.Assert(
                 tf.logical_and(finite_loss, finite_grads),
-                [f"{_NONFINITE_MARKER}: loss finite:", finite_loss, "gradients finite:", finite_grads])
+                [f"{_NONFINITE_MARKER}: loss finite:", finite_loss, "gradients finite:", finite_grads],
+            )
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
@@ -610,8 +663,10 @@ class MetricModel(keras.Model):
             raise ValueError(f"loss weight names must be among {LOSS_TERMS}; received {unknown}.")
         checked = {k: _check_weight(k, v) for k, v in weights.items()}
         if not any((checked.get(k, w) > 0) for k, w in self.loss_weights.items()):
-            raise ValueError(f"set_loss_weights({', '.join(f'{k}={v}' for k, v in weights.items())}) would "
-                             f"make every loss weight 0; keep at least one of {LOSS_TERMS} > 0.")
+            raise ValueError(
+                f"set_loss_weights({', '.join(f'{k}={v}' for k, v in weights.items())}) would "
+                f"make every loss weight 0; keep at least one of {LOSS_TERMS} > 0."
+            )
         for k, v in checked.items():
             self._loss_weight_vars[k].assign(v)
         current = self.loss_weights
@@ -640,16 +695,18 @@ class MetricModel(keras.Model):
         if xa is None:
             return
         if xa.ndim != 2 or xa.shape[-1] != 2 * self.ncoords:
-            raise ValueError(f"`{name}` " + self._width_message(xa.shape[-1] if xa.ndim else None)[4:]
-                             + f" (full shape {xa.shape})")
+            raise ValueError(
+                f"`{name}` " + self._width_message(xa.shape[-1] if xa.ndim else None)[4:] + f" (full shape {xa.shape})"
+            )
         if not np.issubdtype(xa.dtype, np.floating):
-            raise TypeError(f"`{name}` must be a real floating-point array [Re z, Im z]; received "
-                            f"dtype {xa.dtype}.")
+            raise TypeError(f"`{name}` must be a real floating-point array [Re z, Im z]; received dtype {xa.dtype}.")
         bad = ~np.isfinite(xa)
         if bad.any():
             rows = np.unique(np.nonzero(bad)[0])
-            raise ValueError(f"`{name}` must be finite; received {bad.sum()} non-finite entries in rows "
-                             f"{rows[:5].tolist()}{'...' if len(rows) > 5 else ''}.")
+            raise ValueError(
+                f"`{name}` must be finite; received {bad.sum()} non-finite entries in rows "
+                f"{rows[:5].tolist()}{'...' if len(rows) > 5 else ''}."
+            )
         N = self.ncoords
         z = xa[:, :N].astype(np.float64) + 1j * xa[:, N:].astype(np.float64)
         zk = z[np.arange(len(z)), np.argmax(np.abs(z), axis=1)]
@@ -662,21 +719,25 @@ class MetricModel(keras.Model):
                 f"`{name}` does not lie on the model's manifold {self.spec.describe()}: relative residual "
                 f"|Q(z)|/sum|c_m z^m| up to {worst:.3g} (expected <= {_RESIDUAL_TOL:g}) in "
                 f"{int((res > _RESIDUAL_TOL).sum())} of {len(res)} points. The data set and the model's "
-                f"basis/manifold probably describe different manifolds.")
+                f"basis/manifold probably describe different manifolds."
+            )
         ya = _to_numpy(y)
         if ya is None:
             return
         yname = "y" if name == "x" else f"{name}'s y"
         if ya.ndim != 2 or ya.shape != (xa.shape[0], 2):
-            raise ValueError(f"`{yname}` must have shape (P, 2) = ({xa.shape[0]}, 2) with columns "
-                             f"[w, |Omega|^2]; received shape {ya.shape}.")
+            raise ValueError(
+                f"`{yname}` must have shape (P, 2) = ({xa.shape[0]}, 2) with columns "
+                f"[w, |Omega|^2]; received shape {ya.shape}."
+            )
         if not np.all(np.isfinite(ya)):
-            raise ValueError(f"`{yname}` must be finite; received {np.sum(~np.isfinite(ya))} non-finite "
-                             f"entries.")
+            raise ValueError(f"`{yname}` must be finite; received {np.sum(~np.isfinite(ya))} non-finite entries.")
         if np.any(ya[:, 0] < 0) or np.any(ya[:, 1] <= 0):
-            raise ValueError(f"`{yname}` must hold weights w >= 0 in column 0 and |Omega|^2 > 0 in "
-                             f"column 1; received min w = {ya[:, 0].min():.3g}, min |Omega|^2 = "
-                             f"{ya[:, 1].min():.3g}.")
+            raise ValueError(
+                f"`{yname}` must hold weights w >= 0 in column 0 and |Omega|^2 > 0 in "
+                f"column 1; received min w = {ya[:, 0].min():.3g}, min |Omega|^2 = "
+                f"{ya[:, 1].min():.3g}."
+            )
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.fit`` with input checks (:meth:`check_data`).
@@ -685,8 +746,10 @@ class MetricModel(keras.Model):
         raises ``FloatingPointError`` under ``nonfinite="raise"``.
         """
         if not getattr(self, "compiled", False) or getattr(self, "optimizer", None) is None:
-            raise RuntimeError(f"{type(self).__name__}.fit needs an optimizer: call "
-                               f"model.compile(optimizer) first (e.g. keras.optimizers.Adam(1e-3)).")
+            raise RuntimeError(
+                f"{type(self).__name__}.fit needs an optimizer: call "
+                f"model.compile(optimizer) first (e.g. keras.optimizers.Adam(1e-3))."
+            )
         self.check_data(x, y)
         vd = kwargs.get("validation_data")
         if isinstance(vd, (tuple, list)) and len(vd) >= 2:
@@ -694,13 +757,14 @@ class MetricModel(keras.Model):
         try:
             return super().fit(x, y, *args, **kwargs)
         except tf.errors.InvalidArgumentError as err:
-            if _NONFINITE_MARKER in str(err):
+            if marked_message(err, _NONFINITE_MARKER) is not None:
                 raise FloatingPointError(
                     f"{type(self).__name__}: non-finite loss or gradient during training; the update was "
                     f"not applied and training stopped (nonfinite='raise'). Current loss weights: "
                     f"{self.loss_weights}. Use nonfinite='skip_step' to skip such batches or "
                     f"nonfinite='ignore' to apply them anyway. Original message: "
-                    f"{str(err).splitlines()[0][:300]}") from err
+                    f"{str(err).splitlines()[0][:300]}"
+                ) from err
             raise
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
@@ -752,7 +816,7 @@ class MetricModel(keras.Model):
         fn = self._core()["measure"]
         parts = {}
         for s in range(0, len(xa), batch_size):
-            xb = tf.constant(xa[s:s + batch_size], self.compute_dtype)
+            xb = tf.constant(xa[s : s + batch_size], self.compute_dtype)
             res = fn(xb, None, which)
             for k, v in res.items():
                 parts.setdefault(k, []).append(v.numpy().astype(np.float64))
@@ -774,8 +838,14 @@ class MetricModel(keras.Model):
 
     # ---------------------------------------------------------- serialisation
     def _base_config(self):
-        return {"name": self.name, "manifold": self.spec.get_config(), "kappa": self.kappa,
-                **self.loss_weights, "nonfinite": self.nonfinite, "dtype": self.compute_dtype}
+        return {
+            "name": self.name,
+            "manifold": self.spec.get_config(),
+            "kappa": self.kappa,
+            **self.loss_weights,
+            "nonfinite": self.nonfinite,
+            "dtype": self.compute_dtype,
+        }
 
     def get_config(self):
         return self._base_config()
@@ -783,42 +853,53 @@ class MetricModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        if "network" in config:        # multiplicative and phi models
-            config["network"] = keras.saving.deserialize_keras_object(config["network"],
-                                                                     custom_objects=custom_objects)
-        config["manifold"] = manifold_spec(config["manifold"])   # ManifoldSpec or CICYSpec config
+        if "network" in config:  # multiplicative and phi models
+            config["network"] = keras.saving.deserialize_keras_object(config["network"], custom_objects=custom_objects)
+        config["manifold"] = manifold_spec(config["manifold"])  # ManifoldSpec or CICYSpec config
         return cls(**config)
 
 
 def _check_network(network, n_in, n_out, dtype, what):
     if not isinstance(network, keras.layers.Layer):
-        raise TypeError(f"`network` must be a Keras model or layer mapping (B, {n_in}) -> (B, {n_out}); "
-                        f"received {type(network).__name__}.")
+        raise TypeError(
+            f"`network` must be a Keras model or layer mapping (B, {n_in}) -> (B, {n_out}); "
+            f"received {type(network).__name__}."
+        )
     in_shape = None
     try:
         in_shape = network.input_shape if hasattr(network, "inputs") and network.inputs else None
     except (AttributeError, ValueError):
         in_shape = None
     if isinstance(in_shape, list):
-        raise ValueError(f"`network` must take a single input (B, {n_in}); received a network with "
-                         f"{len(in_shape)} inputs.")
+        raise ValueError(
+            f"`network` must take a single input (B, {n_in}); received a network with {len(in_shape)} inputs."
+        )
     if in_shape is not None and in_shape[-1] is not None and in_shape[-1] != n_in:
-        raise ValueError(f"`network` must take inputs of width 2N = {n_in}; received a network with "
-                         f"input shape {tuple(in_shape)}. The network was built for another manifold.")
+        raise ValueError(
+            f"`network` must take inputs of width 2N = {n_in}; received a network with "
+            f"input shape {tuple(in_shape)}. The network was built for another manifold."
+        )
     probe = np.concatenate([np.ones((1, n_in // 2)), np.zeros((1, n_in // 2))], axis=1)
     try:
         out = network(tf.constant(probe, dtype))
-    except Exception as err:   # the network rejects (B, 2N) inputs
-        raise ValueError(f"`network` must accept inputs of shape (B, {n_in}); calling it on a (1, {n_in}) "
-                         f"batch failed with {type(err).__name__}: {err}") from err
+    except Exception as err:  # the network rejects (B, 2N) inputs
+        raise ValueError(
+            f"`network` must accept inputs of shape (B, {n_in}); calling it on a (1, {n_in}) "
+            f"batch failed with {type(err).__name__}: {err}"
+        ) from err
     if isinstance(out, (list, tuple, dict)) or len(out.shape) != 2 or out.shape[-1] != n_out:
         got = [tuple(o.shape) for o in out] if isinstance(out, (list, tuple)) else getattr(out, "shape", out)
-        raise ValueError(f"`network` must map (B, {n_in}) to (B, {n_out}) ({what}); received output shape "
-                         f"{got if isinstance(got, list) else tuple(got)}.")
+        raise ValueError(
+            f"`network` must map (B, {n_in}) to (B, {n_out}) ({what}); received output shape "
+            f"{got if isinstance(got, list) else tuple(got)}."
+        )
     ndt = tf.as_dtype(out.dtype).name
     if ndt != dtype:
-        warnings.warn(f"`network` computes in {ndt} while the model's dtype is {dtype}; its outputs are "
-                      f"cast to {dtype}, so precision is limited by {ndt}.", stacklevel=3)
+        warnings.warn(
+            f"`network` computes in {ndt} while the model's dtype is {dtype}; its outputs are "
+            f"cast to {dtype}, so precision is limited by {ndt}.",
+            stacklevel=3,
+        )
 
 
 @keras.saving.register_keras_serializable(package="cyntk")
@@ -882,13 +963,18 @@ class MultiplicativeModel(MetricModel):
         :class:`~cyntk.models.LossWeightScheduler`.
     """
 
-    def __init__(self, network, manifold, *, sigma=1.0, kaehler=1.0, transition=1.0, volk=1.0,
-                 ricci=0.0, **kwargs):
-        super().__init__(manifold, sigma=sigma, kaehler=kaehler, transition=transition, volk=volk,
-                         ricci=ricci, **kwargs)
+    def __init__(self, network, manifold, *, sigma=1.0, kaehler=1.0, transition=1.0, volk=1.0, ricci=0.0, **kwargs):
+        super().__init__(
+            manifold, sigma=sigma, kaehler=kaehler, transition=transition, volk=volk, ricci=ricci, **kwargs
+        )
         n = self.nfold
-        _check_network(network, 2 * self.ncoords, n * n, self.compute_dtype,
-                       f"n^2 = {n * n} real components of the hermitian {n}x{n} correction")
+        _check_network(
+            network,
+            2 * self.ncoords,
+            n * n,
+            self.compute_dtype,
+            f"n^2 = {n * n} real components of the hermitian {n}x{n} correction",
+        )
         self.network = network
 
     def _metric_from_frame(self, frame, training):
@@ -920,8 +1006,7 @@ class MultiplicativeModel(MetricModel):
             tang = tf.cast(_tangents_for(frame["J"], self.ncoords), x_all.dtype)
             if trans is not None:
                 tang = tf.concat([tang, tf.zeros_like(trans["frame"]["x"])], axis=0)
-            o_all, do_all = jvp(lambda xx: self.network(xx, training=training), x_all,
-                                tf.stop_gradient(tang))
+            o_all, do_all = jvp(lambda xx: self.network(xx, training=training), x_all, tf.stop_gradient(tang))
             do_all = tf.cast(do_all, self.compute_dtype)
         else:
             o_all = self.network(x_all, training=training)
@@ -931,12 +1016,13 @@ class MultiplicativeModel(MetricModel):
         out = {"g": G + G * H}
         start = reps * B if need_dg else B
         if need_dg:
-            D = tf.reshape(do_all[:reps * B], [reps, B, n * n])
-            re = 0.5 * D[:n]                       # Re d_c o = D_u o / 2
-            im = -0.5 * D[n:]                      # Im d_c o = -D_{iu} o / 2
-            dH = (hermitian_from_components_tf(re)
-                  + tf.constant(1j, G.dtype) * hermitian_from_components_tf(im))      # (c, B, a, b)
-            dH = tf.transpose(dH, [1, 0, 2, 3])                                   # (B, c, a, b)
+            D = tf.reshape(do_all[: reps * B], [reps, B, n * n])
+            re = 0.5 * D[:n]  # Re d_c o = D_u o / 2
+            im = -0.5 * D[n:]  # Im d_c o = -D_{iu} o / 2
+            dH = hermitian_from_components_tf(re) + tf.constant(1j, G.dtype) * hermitian_from_components_tf(
+                im
+            )  # (c, B, a, b)
+            dH = tf.transpose(dH, [1, 0, 2, 3])  # (B, c, a, b)
             dG = self.geometry.fs_holomorphic_derivative(frame, j)
             out["dg"] = dG * (1.0 + H)[:, None] + G[:, None] * dH
         if trans is not None:
@@ -974,12 +1060,24 @@ class PhiModel(MetricModel):
 
     _default_weights = {"sigma": 1.0, "kaehler": 0.0, "transition": 1.0, "volk": 1.0, "ricci": 0.0}
 
-    def __init__(self, network, manifold, *, transition_mode="phi", sigma=1.0, kaehler=0.0,
-                 transition=1.0, volk=1.0, ricci=0.0, **kwargs):
+    def __init__(
+        self,
+        network,
+        manifold,
+        *,
+        transition_mode="phi",
+        sigma=1.0,
+        kaehler=0.0,
+        transition=1.0,
+        volk=1.0,
+        ricci=0.0,
+        **kwargs,
+    ):
         if transition_mode not in ("phi", "metric"):
             raise ValueError(f"`transition_mode` must be 'phi' or 'metric'; received {transition_mode!r}.")
-        super().__init__(manifold, sigma=sigma, kaehler=kaehler, transition=transition, volk=volk,
-                         ricci=ricci, **kwargs)
+        super().__init__(
+            manifold, sigma=sigma, kaehler=kaehler, transition=transition, volk=volk, ricci=ricci, **kwargs
+        )
         _check_network(network, 2 * self.ncoords, 1, self.compute_dtype, "a scalar potential phi")
         self.network = network
         self.transition_mode = transition_mode
@@ -1003,8 +1101,11 @@ class PhiModel(MetricModel):
         phi = self.potential(tf.concat([frame["x"], trans["frame"]["x"]], 0), training)
         phi0, phin = phi[:B], tf.reshape(phi[B:], [m, -1])
         d = tf.reduce_sum((phin - phi0[None]) ** 2, axis=0)
-        return d / tf.cast(self.geometry.n_transitions * self.nfold ** 2, d.dtype)
+        return d / tf.cast(self.geometry.n_transitions * self.nfold**2, d.dtype)
 
     def get_config(self):
-        return {**self._base_config(), "transition_mode": self.transition_mode,
-                "network": keras.saving.serialize_keras_object(self.network)}
+        return {
+            **self._base_config(),
+            "transition_mode": self.transition_mode,
+            "network": keras.saving.serialize_keras_object(self.network),
+        }

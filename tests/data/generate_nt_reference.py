@@ -92,8 +92,7 @@ def build(spec):
     param = spec["parameterization"]
     for layer in range(depth + 1):
         units = 1 if layer == depth else spec["width"]
-        layers.append(stax.Dense(units, W_std=spec["W_std"][layer], b_std=spec["b_std"][layer],
-                                 parameterization=param))
+        layers.append(stax.Dense(units, W_std=spec["W_std"][layer], b_std=spec["b_std"][layer], parameterization=param))
         if layer < depth:
             layers.append(phi_layer(spec["activation"], spec.get("deg", 0)))
     return stax.serial(*layers)
@@ -102,8 +101,15 @@ def build(spec):
 def spec(activation, depth, W_std, b_std, parameterization="ntk", width=512, deg=0):
     W_std = list(W_std) if isinstance(W_std, (list, tuple)) else [W_std] * (depth + 1)
     b_std = list(b_std) if isinstance(b_std, (list, tuple)) else [b_std] * (depth + 1)
-    return dict(activation=activation, depth=depth, W_std=W_std, b_std=b_std,
-                parameterization=parameterization, width=width, deg=deg)
+    return dict(
+        activation=activation,
+        depth=depth,
+        W_std=W_std,
+        b_std=b_std,
+        parameterization=parameterization,
+        width=width,
+        deg=deg,
+    )
 
 
 #: closed-form activations on the first 32 x 24 points
@@ -150,10 +156,10 @@ def main():
             out[f"{name}_nngp_11"] = np.asarray(k11.nngp, np.float64)
             out[f"{name}_ntk_11"] = np.asarray(k11.ntk, np.float64)
             out[f"{name}_spec"] = np.array(json.dumps(sp))
-            print(name, out[f"{name}_ntk_12"].shape, float(np.abs(out[f"{name}_ntk_11"]).max()),
-                  file=sys.stderr)
-    out["versions"] = np.array(json.dumps({"neural_tangents": nt.__version__,
-                                           "jax": jax.__version__, "numpy": np.__version__}))
+            print(name, out[f"{name}_ntk_12"].shape, float(np.abs(out[f"{name}_ntk_11"]).max()), file=sys.stderr)
+    out["versions"] = np.array(
+        json.dumps({"neural_tangents": nt.__version__, "jax": jax.__version__, "numpy": np.__version__})
+    )
     np.savez_compressed(OUT, **out)
     print(OUT, file=sys.stderr)
 

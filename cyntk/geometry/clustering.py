@@ -34,8 +34,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from cyntk.geometry import fs_distance_matrix, to_real
-from cyntk.geometry._checks import as_points, positive_int
+from cyntk._validation import as_points, positive_int
+from cyntk.geometry.projective import fs_distance_matrix, to_real
 
 __all__ = [
     "BatchedFSClustering",
@@ -71,11 +71,12 @@ def fs_agglomerative(z, n_clusters: int, *, linkage: str = "average") -> np.ndar
     z = _points(z)
     n_clusters = positive_int(n_clusters, "n_clusters")
     if n_clusters > len(z):
-        raise ValueError(f"`n_clusters` must be at most the number of points ({len(z)}); "
-                         f"received {n_clusters}.")
+        raise ValueError(f"`n_clusters` must be at most the number of points ({len(z)}); received {n_clusters}.")
     if linkage not in ("average", "complete", "single"):
-        raise ValueError(f"`linkage` must be 'average', 'complete' or 'single' (a precomputed distance "
-                         f"rules out 'ward'); received {linkage!r}.")
+        raise ValueError(
+            f"`linkage` must be 'average', 'complete' or 'single' (a precomputed distance "
+            f"rules out 'ward'); received {linkage!r}."
+        )
     if n_clusters == 1:
         return np.zeros(len(z), dtype=np.int64)
     D = fs_distance_matrix(z)
@@ -103,8 +104,8 @@ def mean_cluster_distances(z_a, labels_a, z_b, labels_b, *, n_a=None, n_b=None, 
     sums = np.zeros((n_a, n_b))
     step = chunk_size or max(1, int(2**25 // max(len(lb), 1)))
     for s in range(0, len(la), step):
-        D = fs_distance_matrix(z_a[s:s + step], z_b)
-        np.add.at(sums, la[s:s + step], D @ onehot_b)
+        D = fs_distance_matrix(z_a[s : s + step], z_b)
+        np.add.at(sums, la[s : s + step], D @ onehot_b)
     counts = np.bincount(la, minlength=n_a)[:, None] * np.bincount(lb, minlength=n_b)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts
@@ -130,9 +131,16 @@ class BatchedFSClustering:
         cluster_sizes_: int64 (C,).
     """
 
-    def __init__(self, *, n_clusters: int = 10, batch_size: int | None = 10_000,
-                 linkage: str = "average", assignment: str = "hungarian",
-                 shuffle: bool = False, random_state=None):
+    def __init__(
+        self,
+        *,
+        n_clusters: int = 10,
+        batch_size: int | None = 10_000,
+        linkage: str = "average",
+        assignment: str = "hungarian",
+        shuffle: bool = False,
+        random_state=None,
+    ):
         self.n_clusters = n_clusters
         self.batch_size = batch_size
         self.linkage = linkage
@@ -163,7 +171,7 @@ class BatchedFSClustering:
         batch_index = np.empty(P, dtype=np.int64)
         ref_idx = ref_lab = None
         for b in range(len(starts)):
-            idx = order[bounds[b]:bounds[b + 1]]
+            idx = order[bounds[b] : bounds[b + 1]]
             lab = fs_agglomerative(z[idx], C, linkage=self.linkage)
             batch_labels[idx] = lab
             batch_index[idx] = b

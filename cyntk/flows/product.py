@@ -62,8 +62,15 @@ from cyntk.kernels.cosine import CosineNTKKernel
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
 from cyntk.kernels.ntk import EmpiricalNTKKernel
 
-__all__ = ["KernelProduct", "is_pairwise", "has_own_matvec", "uses_tile_api", "min_eigenvalues",
-           "RowIndex", "default_threads"]
+__all__ = [
+    "KernelProduct",
+    "is_pairwise",
+    "has_own_matvec",
+    "uses_tile_api",
+    "min_eigenvalues",
+    "RowIndex",
+    "default_threads",
+]
 
 #: kernel entries per row chunk of non-pairwise kernels (about 32 MiB per float64 temporary)
 _ROW_CHUNK_ENTRIES = 1 << 22
@@ -76,7 +83,7 @@ def default_threads() -> int:
     """CPU cores available to this process (``os.sched_getaffinity`` where it exists)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:      # pragma: no cover - not Linux
+    except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
 
 
@@ -160,17 +167,18 @@ class KernelProduct:
                 f"kernel {kernel_name(self.kernel)} returned a block of shape {block.shape} for "
                 f"{p1} x {p2} points; a {kind} kernel must return {expected} (m = n^2 = {self.m} "
                 "metric components for full kernels). Fix the kernel's block function, or its "
-                "`component_diagonal` flag.")
+                "`component_diagonal` flag."
+            )
         if not np.all(np.isfinite(block)):
-            raise ValueError(f"kernel {kernel_name(self.kernel)} returned non-finite entries for "
-                             f"{p1} x {p2} points.")
+            raise ValueError(f"kernel {kernel_name(self.kernel)} returned non-finite entries for {p1} x {p2} points.")
         return block
 
     def _check_result(self, u, p1):
         u = np.asarray(u, dtype=np.float64)
         if u.shape != (p1, self.m):
-            raise ValueError(f"kernel {kernel_name(self.kernel)}.matvec returned shape {u.shape}; "
-                             f"expected ({p1}, {self.m}).")
+            raise ValueError(
+                f"kernel {kernel_name(self.kernel)}.matvec returned shape {u.shape}; expected ({p1}, {self.m})."
+            )
         if not np.all(np.isfinite(u)):
             raise ValueError(f"kernel {kernel_name(self.kernel)}.matvec returned non-finite values.")
         return u
@@ -187,8 +195,7 @@ class KernelProduct:
         if self.component_diagonal:
             return block.T @ v
         p1, p2, m, _ = block.shape
-        return (v.reshape(p1 * m) @ block.transpose(0, 2, 1, 3).reshape(p1 * m, p2 * m)
-                ).reshape(p2, m)
+        return (v.reshape(p1 * m) @ block.transpose(0, 2, 1, 3).reshape(p1 * m, p2 * m)).reshape(p2, m)
 
     def dense(self, x1, x2=None) -> np.ndarray:
         """The whole block in full form (P1, P2, m, m) (small sets only)."""
@@ -228,11 +235,11 @@ class KernelProduct:
         return self._row_chunks(x1, x2, v)
 
     def _row_chunks(self, x1, x2, v):
-        rows = max(1, max(self.tile_size ** 2, _ROW_CHUNK_ENTRIES) // max(len(x2), 1))
+        rows = max(1, max(self.tile_size**2, _ROW_CHUNK_ENTRIES) // max(len(x2), 1))
         out = np.empty((len(x1), self.m))
         for s in range(0, len(x1), rows):
-            blk = self.check_block(self.kernel(x1[s:s + rows], x2), len(x1[s:s + rows]), len(x2))
-            out[s:s + rows] = self._apply_block(blk, v)
+            blk = self.check_block(self.kernel(x1[s : s + rows], x2), len(x1[s : s + rows]), len(x2))
+            out[s : s + rows] = self._apply_block(blk, v)
         return out
 
     def _tiled(self, x1, x2, v, symmetric):
@@ -267,7 +274,7 @@ class KernelProduct:
                     strip(i, out)
                 return out
             outs = [np.zeros((n1, self.m)) for _ in range(n_workers)]
-            order = iter(range(len(starts1)))       # strip i has len(starts2) - i tiles when symmetric
+            order = iter(range(len(starts1)))  # strip i has len(starts2) - i tiles when symmetric
             lock = threading.Lock()
             failed = threading.Event()
 
@@ -280,7 +287,7 @@ class KernelProduct:
                     try:
                         strip(i, out)
                     except BaseException:
-                        failed.set()            # the other workers stop at their next strip
+                        failed.set()  # the other workers stop at their next strip
                         raise
 
             with concurrent.futures.ThreadPoolExecutor(max_workers=n_workers) as pool:
@@ -306,11 +313,13 @@ class KernelProduct:
             s1 = k.tile_state(x1)
             s2 = s1 if x2 is None else k.tile_state(x2)
             if self.component_diagonal and callable(getattr(type(k), "tile_matvec", None)):
+
                 def tile(a, b, diag, v2, v1):
                     st1 = tuple(s[a] for s in s1)
                     if diag:
                         return k.tile_matvec(st1, None, v2)
                     return k.tile_matvec(st1, tuple(s[b] for s in s2), v2, v1)
+
                 return tile
 
             def block(a, b, diag):
@@ -324,8 +333,8 @@ class KernelProduct:
 
         def tile(a, b, diag, v2, v1):
             blk = self.check_block(block(a, b, diag), a.stop - a.start, b.stop - b.start)
-            return (self._apply_block(blk, v2),
-                    None if v1 is None else self._apply_block_t(blk, v1))
+            return (self._apply_block(blk, v2), None if v1 is None else self._apply_block_t(blk, v1))
+
         return tile
 
     def grouped_matvec(self, x1, g1, x2, g2, v, *, same: bool = False) -> np.ndarray:
@@ -370,7 +379,7 @@ class RowIndex:
     Rows are matched on their float32 rounding (so a batch that Keras or the
     user cast to float32 still finds its train points) and then checked to
     agree with the stored point to float32 precision. Used by
-    :class:`~cyntk.kernels.kernel_model.KernelModel` to find which train points
+    :class:`~cyntk.flows.kernel_model.KernelModel` to find which train points
     a (possibly shuffled) batch holds.
 
     Args:
@@ -384,8 +393,10 @@ class RowIndex:
         for i in range(len(rows)):
             key = rows[i].tobytes()
             if key in self._map:
-                raise ValueError(f"the train points must be distinct (to float32 precision); points "
-                                 f"{self._map[key]} and {i} coincide. Remove duplicates.")
+                raise ValueError(
+                    f"the train points must be distinct (to float32 precision); points "
+                    f"{self._map[key]} and {i} coincide. Remove duplicates."
+                )
             self._map[key] = i
 
     def lookup(self, xb: np.ndarray) -> np.ndarray:
@@ -403,13 +414,13 @@ class RowIndex:
         bad = out < 0
         if not bad.any():
             err = np.abs(xb.astype(np.float64) - self._x[out])
-            bad = np.any(err > 4 * np.finfo(np.float32).eps * np.maximum(1.0, np.abs(self._x[out])),
-                         axis=1)
+            bad = np.any(err > 4 * np.finfo(np.float32).eps * np.maximum(1.0, np.abs(self._x[out])), axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
                 f"{int(bad.sum())} batch point(s) (first: point {i}) are not among the model's train "
                 "points: `fit` flows the metric at the train points given to the KernelModel "
                 "constructor (in any order, full batch or mini-batches). Pass exactly those points, "
-                "or build a new KernelModel for other points.")
+                "or build a new KernelModel for other points."
+            )
         return out

@@ -1,6 +1,6 @@
 """Continuous-time integration of frozen-kernel metric flows (paper eq. 2.12).
 
-A :class:`~cyntk.kernels.kernel_model.KernelModel` holds the metric in dual form
+A :class:`~cyntk.flows.kernel_model.KernelModel` holds the metric in dual form
 ``g(x) = g0(x) - sum_b Theta(x, x_b) alpha_b`` over its train points x_b. The
 discrete flow (2.12 with the train points as B) is the ODE ::
 
@@ -48,10 +48,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from cyntk._validation import one_of
+from cyntk.flows.solvers import ODE_METHODS, integrate_ode
 from cyntk.geometry import to_complex
-from cyntk.kernels._checks import one_of
 from cyntk.models.hermitian import hermitian_from_components_tf
-from cyntk.models.kahler_flows import ODE_METHODS, integrate_ode
 
 __all__ = ["KernelFlowODE", "integrate_flow", "stability_limit", "ODE_METHODS"]
 
@@ -60,7 +60,7 @@ class KernelFlowODE:
     """The ODE (2.12) of a KernelModel's train points, in dual coordinates alpha (N, m).
 
     Args:
-        kernel_model: a dual-form :class:`~cyntk.kernels.kernel_model.KernelModel`.
+        kernel_model: a dual-form :class:`~cyntk.flows.kernel_model.KernelModel`.
         y: (N, 2) ``[w, |Omega|^2]`` at the train points (``KernelModel.targets``).
         sample_weight: optional (N,) per-point weights s of the objective
             (e.g. ``w/N`` for the Monte-Carlo measure mu_CY).
@@ -71,15 +71,18 @@ class KernelFlowODE:
     """
 
     def __init__(self, kernel_model, y, *, sample_weight=None):
-        from cyntk.kernels.kernel_model import KernelModel
+        from cyntk.flows.kernel_model import KernelModel
 
         if not isinstance(kernel_model, KernelModel):
-            raise TypeError("`kernel_model` must be a cyntk.kernels.KernelModel (dual form); received "
-                            f"{type(kernel_model).__name__}.")
+            raise TypeError(
+                f"`kernel_model` must be a cyntk.flows.KernelModel (dual form); received {type(kernel_model).__name__}."
+            )
         if kernel_model.form != "dual":
-            raise ValueError("continuous-time integration needs a dual-form KernelModel (form='dual': "
-                             "g = g0 - K alpha); received form='primal'. Build the KernelModel with "
-                             "form='dual'.")
+            raise ValueError(
+                "continuous-time integration needs a dual-form KernelModel (form='dual': "
+                "g = g0 - K alpha); received form='primal'. Build the KernelModel with "
+                "form='dual'."
+            )
         self.model = kernel_model
         self.x = np.asarray(kernel_model.x_train.numpy(), dtype=np.float64)
         self.g0 = np.asarray(kernel_model.g0_train.numpy(), dtype=np.float64)
@@ -88,18 +91,22 @@ class KernelFlowODE:
         N = len(self.x)
         y = np.asarray(y.numpy() if hasattr(y, "numpy") else y)
         if y.shape != (N, 2) or not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
-            raise ValueError(f"`y` must be real of shape (N, 2) = ({N}, 2), [w, |Omega|^2] at the model's "
-                             f"train points (KernelModel.targets(manifold, x_train)); received shape "
-                             f"{y.shape}, dtype {y.dtype}.")
+            raise ValueError(
+                f"`y` must be real of shape (N, 2) = ({N}, 2), [w, |Omega|^2] at the model's "
+                f"train points (KernelModel.targets(manifold, x_train)); received shape "
+                f"{y.shape}, dtype {y.dtype}."
+            )
         y = y.astype(np.float64)
         if not np.all(np.isfinite(y)) or np.any(y[:, 1] <= 0):
-            raise ValueError("`y` must be finite with |Omega|^2 = y[:, 1] > 0; received NaN/inf or "
-                             "non-positive |Omega|^2.")
+            raise ValueError(
+                "`y` must be finite with |Omega|^2 = y[:, 1] > 0; received NaN/inf or non-positive |Omega|^2."
+            )
         self.y = y
         s = np.ones(N) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).reshape(-1)
         if s.shape != (N,) or not np.all(np.isfinite(s)) or np.any(s < 0) or s.sum() <= 0:
-            raise ValueError(f"`sample_weight` must be finite, >= 0 (not all 0) of shape (N,) = ({N},); "
-                             f"received shape {s.shape}.")
+            raise ValueError(
+                f"`sample_weight` must be finite, >= 0 (not all 0) of shape (N,) = ({N},); received shape {s.shape}."
+            )
         #: the sample weights as given (the logged loss is their weighted mean, as in ``fit``)
         self.sample_weight = s
         if kernel_model.reduction == "mean":
@@ -121,7 +128,7 @@ class KernelFlowODE:
         kern = self.model.kernel
         N, m = len(self.x), self.m
         if hasattr(kern, "full"):
-            blk = kern.full(self.x, None, n_components=m)                     # (N, N, m, m)
+            blk = kern.full(self.x, None, n_components=m)  # (N, N, m, m)
         else:
             blk = np.asarray(kern(self.x, None))
             blk = blk[:, :, None, None] * np.eye(m) if blk.ndim == 2 else blk
@@ -140,8 +147,9 @@ class KernelFlowODE:
 
     def objective(self, g):
         """``L = sum_b s_b l(g_b)`` for components g (N, m) (TensorFlow)."""
-        per = self.model.pointwise_loss(hermitian_from_components_tf(tf.cast(g, tf.float64)),
-                                        tf.constant(self.x), tf.constant(self.y))["loss"]
+        per = self.model.pointwise_loss(
+            hermitian_from_components_tf(tf.cast(g, tf.float64)), tf.constant(self.x), tf.constant(self.y)
+        )["loss"]
         return tf.reduce_sum(tf.constant(self.s) * tf.cast(per, tf.float64))
 
     def loss_gradient(self, g):
@@ -160,6 +168,7 @@ class KernelFlowODE:
             @tf.function(input_signature=[tf.TensorSpec([], tf.float64), tf.TensorSpec([N, m], tf.float64)])
             def f(t, alpha):
                 return self.loss_gradient(self.metric(alpha))
+
             self._fns["rhs"] = f
         return self._fns["rhs"]
 
@@ -186,10 +195,11 @@ class KernelFlowODE:
             @tf.function(input_signature=[tf.TensorSpec([], tf.float64), tf.TensorSpec([N, m], tf.float64)])
             def jac(t, alpha):
                 H = self.hessians(self.metric(alpha))
-                if not self.pointwise:                                          # (N m, N m)
+                if not self.pointwise:  # (N m, N m)
                     return -tf.linalg.matmul(H, self._K_tf)
-                K = tf.reshape(self._K_tf, [N, m, N * m])                       # H: (N, m, m)
+                K = tf.reshape(self._K_tf, [N, m, N * m])  # H: (N, m, m)
                 return -tf.reshape(tf.einsum("aij,ajc->aic", H, K), [N * m, N * m])
+
             self._fns["jac"] = jac
         return self._fns["jac"]
 
@@ -197,8 +207,9 @@ class KernelFlowODE:
         N, m = len(self.x), self.m
         a = np.zeros((N, m)) if alpha is None else np.asarray(alpha, dtype=np.float64)
         if a.shape != (N, m) or not np.all(np.isfinite(a)):
-            raise ValueError(f"`alpha` must be finite dual coefficients of shape (N, m) = ({N}, {m}); "
-                             f"received shape {a.shape}.")
+            raise ValueError(
+                f"`alpha` must be finite dual coefficients of shape (N, m) = ({N}, {m}); received shape {a.shape}."
+            )
         return a
 
     def stiffness(self, alpha=None) -> np.ndarray:
@@ -239,13 +250,28 @@ def stability_limit(kernel_model, y, *, sample_weight=None, alpha=None) -> dict:
     lam = ode.stiffness(alpha).real
     lmax = float(lam.max())
     pos = lam[lam > 1e-12 * max(lmax, 1e-300)]
-    return {"lambda_max": lmax, "lambda_min": float(lam.min()),
-            "lambda_min_positive": float(pos.min()) if len(pos) else 0.0,
-            "dt_max": 2.0 / lmax if lmax > 0 else np.inf}
+    return {
+        "lambda_max": lmax,
+        "lambda_min": float(lam.min()),
+        "lambda_min_positive": float(pos.min()) if len(pos) else 0.0,
+        "dt_max": 2.0 / lmax if lmax > 0 else np.inf,
+    }
 
 
-def integrate_flow(kernel_model, y, times, *, method="dopri", dt=None, sample_weight=None,
-                   rtol=1e-6, atol=1e-9, x_eval=None, update_model=True, max_num_steps=None) -> dict:
+def integrate_flow(
+    kernel_model,
+    y,
+    times,
+    *,
+    method="dopri",
+    dt=None,
+    sample_weight=None,
+    rtol=1e-6,
+    atol=1e-9,
+    x_eval=None,
+    update_model=True,
+    max_num_steps=None,
+) -> dict:
     """Integrate a KernelModel's frozen-kernel flow (2.12) in continuous time.
 
     Starts from the model's current dual coefficients alpha and flows to each
@@ -290,21 +316,29 @@ def integrate_flow(kernel_model, y, times, *, method="dopri", dt=None, sample_we
     ode = KernelFlowODE(kernel_model, y, sample_weight=sample_weight)
     if x_eval is not None:
         x_eval = kernel_model._check_points(x_eval, "x_eval")
-        kernel_model._groups_for(x_eval)        # chart check before the (long) integration
+        kernel_model._groups_for(x_eval)  # chart check before the (long) integration
     alpha0 = np.asarray(kernel_model.alpha.numpy(), dtype=np.float64)
     jac = ode.jacobian() if method == "bdf" else None
-    res = integrate_ode(ode.rhs(), alpha0, times, method=method, dt=dt, rtol=rtol, atol=atol,
-                        jacobian=jac, max_num_steps=max_num_steps)
+    res = integrate_ode(
+        ode.rhs(), alpha0, times, method=method, dt=dt, rtol=rtol, atol=atol, jacobian=jac, max_num_steps=max_num_steps
+    )
     alphas = res["states"]
     g_train = np.stack([ode.metric(a).numpy() for a in alphas])
     sw = ode.sample_weight
     losses = []
     for g in g_train:
-        per = kernel_model.pointwise_loss(hermitian_from_components_tf(tf.constant(g)),
-                                          tf.constant(ode.x), tf.constant(ode.y))["loss"].numpy()
+        per = kernel_model.pointwise_loss(
+            hermitian_from_components_tf(tf.constant(g)), tf.constant(ode.x), tf.constant(ode.y)
+        )["loss"].numpy()
         losses.append(float(np.sum(sw * per) / np.sum(sw)))
-    out = {"times": res["times"], "alpha": alphas, "g_train": g_train, "loss": np.asarray(losses),
-           "n_rhs": res["n_rhs"], "method": method}
+    out = {
+        "times": res["times"],
+        "alpha": alphas,
+        "g_train": g_train,
+        "loss": np.asarray(losses),
+        "n_rhs": res["n_rhs"],
+        "method": method,
+    }
     if x_eval is not None:
         out["g_eval"] = _metric_at(kernel_model, x_eval, alphas)
     if update_model:

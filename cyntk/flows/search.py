@@ -6,7 +6,7 @@ hyperparameters to it. :func:`flow_search` therefore draws new train and test
 points for every trial: trial ``t`` samples ``n_train + n_test`` points in the
 fixed chart with the seed ``SeedSequence([seed, t])``, builds
 ``kernel_factory(**kernel_params)``, flows ``steps`` full-batch steps of eq.
-(3.5) (:class:`~cyntk.kernels.kernel_model.KernelModel`, SGD) and scores the
+(3.5) (:class:`~cyntk.flows.kernel_model.KernelModel`, SGD) and scores the
 result on the test points. The optimiser is ``bayes_opt.BayesianOptimization``
 (bayesian-optimization >= 3, Gaussian-process surrogate, its default
 acquisition function).
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from cyntk._validation import one_of, positive_int
+from cyntk.flows.kernel_model import KernelModel
 from cyntk.geometry import to_real
-from cyntk.kernels._checks import one_of, positive_int
-from cyntk.kernels.kernel_model import KernelModel
 
 __all__ = ["flow_search", "FlowSearchResult", "OBJECTIVES"]
 
@@ -74,10 +74,12 @@ def _split_bounds(pbounds):
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise ValueError(f"`pbounds[{k!r}]` must satisfy low < high (finite); received {b!r}.")
         out[k] = (lo, hi)
-    names = {k[len("log10_"):] if k.startswith("log10_") else k for k in out}
+    names = {k[len("log10_") :] if k.startswith("log10_") else k for k in out}
     if "learning_rate" not in names:
-        raise ValueError("`pbounds` must contain 'learning_rate' or 'log10_learning_rate' (the flow "
-                         f"step dt); received {sorted(out)}.")
+        raise ValueError(
+            "`pbounds` must contain 'learning_rate' or 'log10_learning_rate' (the flow "
+            f"step dt); received {sorted(out)}."
+        )
     if "decay_rate" in out and not (0 < out["decay_rate"][0] and out["decay_rate"][1] <= 1):
         raise ValueError(f"`pbounds['decay_rate']` must lie in (0, 1]; received {out['decay_rate']}.")
     return out
@@ -87,15 +89,30 @@ def _unlog(params):
     out = {}
     for k, v in params.items():
         if k.startswith("log10_"):
-            out[k[len("log10_"):]] = float(10.0 ** v)
+            out[k[len("log10_") :]] = float(10.0**v)
         else:
             out[k] = float(v)
     return out
 
 
-def flow_search(kernel_factory, manifold, pbounds, *, n_train=500, n_test=500, chart=(0, 1),
-                steps=50, init_points=4, n_iter=8, seed=0, objective="test_gain", penalty=-3.0,
-                model_kwargs=None, run_eagerly=False, verbose=False) -> FlowSearchResult:
+def flow_search(
+    kernel_factory,
+    manifold,
+    pbounds,
+    *,
+    n_train=500,
+    n_test=500,
+    chart=(0, 1),
+    steps=50,
+    init_points=4,
+    n_iter=8,
+    seed=0,
+    objective="test_gain",
+    penalty=-3.0,
+    model_kwargs=None,
+    run_eagerly=False,
+    verbose=False,
+) -> FlowSearchResult:
     """Bayesian optimisation of dt and kernel parameters, a fresh point set per trial.
 
     Args:
@@ -129,11 +146,13 @@ def flow_search(kernel_factory, manifold, pbounds, *, n_train=500, n_test=500, c
     steps = positive_int(steps, "steps")
     objective = one_of(objective, "objective", OBJECTIVES)
     if not callable(kernel_factory):
-        raise TypeError(f"`kernel_factory` must be callable (params -> Kernel); received "
-                        f"{type(kernel_factory).__name__}.")
+        raise TypeError(
+            f"`kernel_factory` must be callable (params -> Kernel); received {type(kernel_factory).__name__}."
+        )
     if not hasattr(manifold, "sample_points"):
-        raise TypeError("`manifold` must be a cyntk Hypersurface (with sample_points); received "
-                        f"{type(manifold).__name__}.")
+        raise TypeError(
+            f"`manifold` must be a cyntk Hypersurface (with sample_points); received {type(manifold).__name__}."
+        )
     kwargs = {"on_non_positive": "stop", **(model_kwargs or {})}
     trials = []
 
@@ -149,31 +168,36 @@ def flow_search(kernel_factory, manifold, pbounds, *, n_train=500, n_test=500, c
         model = KernelModel(kernel_factory(**params), x_tr, manifold, **kwargs)
         schedule = lr if decay is None else keras.optimizers.schedules.ExponentialDecay(lr, 1, decay)
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=schedule), run_eagerly=run_eagerly)
-        before = (model.evaluate(x_tr, y_tr, batch_size=n_train, verbose=0, return_dict=True)["loss"],
-                  model.evaluate(x_te, y_te, batch_size=n_test, verbose=0, return_dict=True)["loss"])
+        before = (
+            model.evaluate(x_tr, y_tr, batch_size=n_train, verbose=0, return_dict=True)["loss"],
+            model.evaluate(x_te, y_te, batch_size=n_test, verbose=0, return_dict=True)["loss"],
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             hist = model.fit(x_tr, y_tr, batch_size=n_train, epochs=steps, shuffle=False, verbose=0)
-        after = (model.evaluate(x_tr, y_tr, batch_size=n_train, verbose=0, return_dict=True)["loss"],
-                 model.evaluate(x_te, y_te, batch_size=n_test, verbose=0, return_dict=True)["loss"])
+        after = (
+            model.evaluate(x_tr, y_tr, batch_size=n_train, verbose=0, return_dict=True)["loss"],
+            model.evaluate(x_te, y_te, batch_size=n_test, verbose=0, return_dict=True)["loss"],
+        )
         gains = (before[0] / after[0], before[1] / after[1])
         score = math.log10(gains[1] if objective == "test_gain" else gains[0])
         if not np.isfinite(score):
             score = float(penalty)
         done = len(hist.history.get("loss", []))
-        rec = {"params": {"learning_rate": lr, **({} if decay is None else {"decay_rate": decay}),
-                          **params},
-               "target": score, "train_gain": gains[0], "test_gain": gains[1], "steps": done,
-               "seed": [int(seed), t]}
+        rec = {
+            "params": {"learning_rate": lr, **({} if decay is None else {"decay_rate": decay}), **params},
+            "target": score,
+            "train_gain": gains[0],
+            "test_gain": gains[1],
+            "steps": done,
+            "seed": [int(seed), t],
+        }
         trials.append(rec)
         if verbose:
-            print(f"trial {t}: {rec['params']} train gain {gains[0]:.3g} test gain {gains[1]:.3g} "
-                  f"({done} steps)")
+            print(f"trial {t}: {rec['params']} train gain {gains[0]:.3g} test gain {gains[1]:.3g} ({done} steps)")
         return score
 
-    opt = BayesianOptimization(f=trial, pbounds=bounds, random_state=int(seed), verbose=0,
-                               allow_duplicate_points=True)
+    opt = BayesianOptimization(f=trial, pbounds=bounds, random_state=int(seed), verbose=0, allow_duplicate_points=True)
     opt.maximize(init_points=int(init_points), n_iter=int(n_iter))
     best = max(trials, key=lambda r: r["target"])
-    return FlowSearchResult(best_params=dict(best["params"]), best_target=best["target"],
-                            trials=trials)
+    return FlowSearchResult(best_params=dict(best["params"]), best_target=best["target"], trials=trials)

@@ -1,0 +1,229 @@
+"""The NumPy side of a KernelModel step: lookups, the flow update and the positivity guard.
+
+A mixin of :class:`~cyntk.flows.kernel_model.KernelModel`; its methods run
+inside ``tf.numpy_function`` from the model's train and test steps.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from cyntk.flows._kernel_common import _MARKER, NonPositiveMetricError
+from cyntk.flows.product import RowIndex, min_eigenvalues
+from cyntk.geometry import fs_nearest, to_complex
+from cyntk.models._tf import mark
+
+
+class _FlowSteps:
+    """NumPy flow state, groups (charts, clusters), updates and the positive-definiteness guard."""
+
+    def _np_state(self):
+        c = self._cache
+        if "x" not in c:
+            x = np.asarray(self.x_train.numpy(), dtype=np.float64)
+            c["x"] = x
+            charts = self.surface.charts(to_complex(x))
+            ids = charts[:, 0] * self.spec.ncoords + charts[:, 1]
+            c["chart_ids"] = ids
+            c["charts"] = np.unique(ids)
+            labels = np.asarray(self.cluster_labels.numpy(), dtype=np.int64)
+            c["labels"] = labels
+            if len(c["charts"]) > 1 or self.n_clusters > 0:
+                rank = np.searchsorted(c["charts"], ids)
+                c["groups"] = rank * max(self.n_clusters, 1) + labels
+            else:
+                c["groups"] = None
+        return c
+
+    def _row_index(self):
+        if "rows" not in self._cache:
+            self._cache["rows"] = RowIndex(self._np_state()["x"])
+        return self._cache["rows"]
+
+    def _groups_for(self, x, j_elim=None):
+        """Chart check and block labels of arbitrary points (None: one block)."""
+        st = self._np_state()
+        charts = self.surface.charts(to_complex(x))
+        if j_elim is not None:
+            j = np.asarray(j_elim).reshape(-1)
+            if j.shape[0] != len(x) or np.any(j != charts[:, 1]):
+                raise ValueError(
+                    "`j_elim` must agree with the points' own elimination indices (the "
+                    "KernelModel's charts are fixed by its points); received other values."
+                )
+        ids = charts[:, 0] * self.spec.ncoords + charts[:, 1]
+        known = np.isin(ids, st["charts"])
+        if not known.all():
+            i = int(np.flatnonzero(~known)[0])
+            N = self.spec.ncoords
+            train = ", ".join(f"(k={u // N}, j={u % N})" for u in st["charts"][:6])
+            raise ValueError(
+                f"{int((~known).sum())} of {len(x)} points lie in charts without train points (first: "
+                f"point {i} in chart (k={ids[i] // N}, j={ids[i] % N})); the train points are in "
+                f"{train}. Metric components of different charts cannot be mixed: sample the points in "
+                "the train chart (M.sample_points(n, chart=(k, j)))."
+            )
+        if st["groups"] is None:
+            return None
+        rank = np.searchsorted(st["charts"], ids)
+        if self.n_clusters == 0:
+            return rank
+        labels = np.empty(len(x), dtype=np.int64)
+        zt = to_complex(st["x"])
+        zq = to_complex(x)
+        for c in np.unique(ids):
+            q = np.flatnonzero(ids == c)
+            r = np.flatnonzero(st["chart_ids"] == c)
+            _, idx = fs_nearest(zq[q], zt[r], k=1, exclude_self=False)
+            labels[q] = st["labels"][r[idx[:, 0]]]
+        return rank * self.n_clusters + labels
+
+    # --------------------------------------------------------- base metric
+    def _np_check_points(self, x, j_elim=None):
+        try:
+            self._groups_for(np.asarray(x, dtype=np.float64), None if j_elim is None else np.asarray(j_elim))
+        except ValueError as err:
+            raise ValueError(mark(_MARKER, str(err))) from err
+
+    def _np_apply(self, x, alpha, j_elim=None):
+        """``sum_b Theta(x, x_b) alpha_b`` (P, m) for arbitrary points x."""
+        try:
+            x = np.asarray(x, dtype=np.float64)
+            st = self._np_state()
+            groups = self._groups_for(x, None if j_elim is None else np.asarray(j_elim))
+            same = x.shape == st["x"].shape and np.array_equal(x, st["x"])
+            return self._product.grouped_matvec(
+                x, st["groups"] if same else groups, st["x"], st["groups"], np.asarray(alpha), same=same
+            )
+        except ValueError as err:
+            raise ValueError(mark(_MARKER, str(err))) from err
+
+    # ------------------------------------------------------------------ loss
+    def _np_fs_unit(self, x):
+        return self.surface.fs_metric_pb(to_complex(np.asarray(x, dtype=np.float64)), t=1.0)
+
+    def _dual_update(self, idx, dl_dg):
+        # grad_alpha = -dL/dg at the batch points: SGD(dt) gives alpha += dt dL/dg, i.e. (3.5)
+        grad = tf.scatter_nd(idx[:, None], -dl_dg, tf.shape(self.alpha, out_type=tf.int64))
+        alpha_old = tf.identity(self.alpha)
+        self.optimizer.apply([grad], [self.alpha])
+        delta = tf.convert_to_tensor(self.alpha) - alpha_old
+        scale, du, eig, backoffs = tf.py_function(
+            self._np_commit_dual,
+            [delta, self.u_train, self.optimizer.iterations],
+            [tf.float64, tf.float64, tf.float64, tf.float64],
+        )
+        du = tf.ensure_shape(du, [None, self.m])
+        scale, backoffs = tf.reshape(scale, []), tf.reshape(backoffs, [])
+        # scale 0 (refused step) keeps alpha exactly, even if the update was not finite
+        self.alpha.assign(tf.where(scale > 0, alpha_old + scale * delta, alpha_old))
+        self.u_train.assign_add(scale * du)
+        return tf.reshape(eig, [-1]), backoffs
+
+    def _primal_update(self, x, g_batch, dl_dg):
+        grads = self._vjp(x, dl_dg)
+        old = [tf.identity(v) for v in self.delta_theta]
+        self.optimizer.apply(grads, self.delta_theta)
+        deltas = [tf.convert_to_tensor(v) - o for v, o in zip(self.delta_theta, old)]
+        dg = self._linearised(x, deltas)[1]
+        scale, eig, backoffs = tf.py_function(
+            self._np_commit_primal, [g_batch, dg, self.optimizer.iterations], [tf.float64, tf.float64, tf.float64]
+        )
+        scale, backoffs = tf.reshape(scale, []), tf.reshape(backoffs, [])
+        for v, o, d in zip(self.delta_theta, old, deltas):
+            v.assign(tf.where(scale > 0, o + tf.cast(scale, d.dtype) * d, o))
+        return tf.reshape(eig, [-1]), backoffs
+
+    def _np_lookup(self, x):
+        x = np.asarray(x)
+        try:
+            return self._row_index().lookup(x)
+        except ValueError as err:
+            raise ValueError(mark(_MARKER, str(err))) from err
+
+    def _np_commit_dual(self, delta, u_train, step):
+        """Kernel product of the step's update, positive-definiteness policy."""
+        delta = np.asarray(delta)
+        u_train = np.asarray(u_train)
+        st = self._np_state()
+        x, groups = st["x"], st["groups"]
+        rows = np.flatnonzero(np.any(delta != 0.0, axis=1))
+        if not self._finite(delta, int(step)) or self._halted or len(rows) == 0:
+            return 0.0, np.zeros_like(u_train), np.array([np.inf]), 0.0
+        if self._product.pairwise and len(rows) < len(x):
+            du = self._product.grouped_matvec(x, groups, x[rows], None if groups is None else groups[rows], delta[rows])
+        else:
+            du = self._product.grouped_matvec(x, groups, x, groups, delta, same=True)
+        g_old = np.asarray(self.g0_train.numpy()) - u_train
+        scale, eig, k = self._policy(g_old, -du, int(step))
+        return scale, du, eig, float(k)
+
+    def _np_commit_primal(self, g_old, dg, step):
+        if not self._finite(np.asarray(dg), int(step)) or self._halted:
+            return 0.0, np.array([np.inf]), 0.0
+        scale, eig, k = self._policy(np.asarray(g_old), np.asarray(dg), int(step))
+        return scale, eig, float(k)
+
+    def _finite(self, update, step):
+        """False (and training stops with a ValueError) when the step's update is not finite."""
+        if np.all(np.isfinite(update)):
+            return True
+        if self._flow_error is None:
+            self._flow_error = ValueError(
+                f"step {step}: the flow update is not finite (NaN/inf loss gradient: check that the "
+                "targets y = [w, |Omega|^2] are finite with |Omega|^2 > 0); the update was discarded "
+                "and training stopped."
+            )
+        self._halted = True
+        self.stop_training = True
+        return False
+
+    def _policy(self, g_old, dg, step):
+        """Scale s of the step's metric change dg such that g_old + s dg stays valid.
+
+        Returns ``(s, eigenvalues (P,) of the accepted metric, number of backoffs)``.
+        """
+        floor = self.eigenvalue_floor
+        lam = min_eigenvalues(g_old + dg, self.n)
+        if np.all(lam > floor):
+            return 1.0, lam, 0
+        bad = lam <= floor
+        msg = (
+            f"step {step}: the metric update would make the metric non-positive-definite at "
+            f"{int(bad.sum())} of {len(lam)} checked points (smallest eigenvalue {lam.min():.3g} "
+            f"<= eigenvalue_floor {floor:g})."
+        )
+        lam_old = min_eigenvalues(g_old, self.n)
+        if self.on_non_positive == "backoff":
+            s = 1.0
+            for k in range(1, self.max_backoffs + 1):
+                s *= self.backoff_factor
+                lam_s = min_eigenvalues(g_old + s * dg, self.n)
+                if np.all(lam_s > floor):
+                    return s, lam_s, k
+            msg += (
+                f" No step scale >= backoff_factor**max_backoffs = "
+                f"{self.backoff_factor**self.max_backoffs:.3g} keeps it valid."
+            )
+            policy = "raise"
+        else:
+            policy = self.on_non_positive
+        advice = (
+            " The update was discarded and the model keeps its last valid metric. Lower the "
+            "learning rate (dt) or change the kernel's hyperparameters"
+            + (
+                ", or raise max_backoffs."
+                if self.on_non_positive == "backoff"
+                else ", or use on_non_positive='backoff'."
+            )
+        )
+        self._halted = True
+        self.stop_training = True
+        if policy == "raise":
+            self._flow_error = NonPositiveMetricError(msg + advice)
+        else:
+            warnings.warn(msg + advice + " Training stopped (on_non_positive='stop').", RuntimeWarning, stacklevel=2)
+        return 0.0, lam_old, 0
