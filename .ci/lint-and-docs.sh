@@ -29,6 +29,7 @@ step() {   # step NAME COMMAND...: run, print its wall time
 }
 
 step "ruff check" ruff check .
+step "ruff format" ruff format --check .
 step "mypy" mypy
 step "docs" sphinx-build -W --keep-going -q -b html docs "$out/html"
 step "build" python -m build --quiet --outdir "$out/dist" .

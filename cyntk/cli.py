@@ -248,6 +248,34 @@ def _describe(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up lines (oneDNN, CUDA probing, absl preamble) kept off the terminal.
+
+    TensorFlow's C++ runtime writes them straight to file descriptor 2 while it
+    loads, before any Python logging setting applies (``TF_CPP_MIN_LOG_LEVEL``
+    does not reach the absl preamble), so descriptor 2 points at ``/dev/null``
+    for the duration of the import only: later warnings and errors are shown.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+#: sub-commands that never import TensorFlow
+_NUMPY_COMMANDS = ("sample",)
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow start-up chatter out
     parser = build_parser()
@@ -255,6 +283,8 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad argument (2), already reported in one line
         return int(exc.code or 0)
+    if args.command not in _NUMPY_COMMANDS and not args.debug:
+        _import_tensorflow_quietly()
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         print(f"cyntk {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
