@@ -79,6 +79,14 @@ def _write_api_pages() -> None:
     out = HERE / "api"
     out.mkdir(exist_ok=True)
     modules = _public_modules()
+    # pages of names a package no longer exports (moved or removed) must not survive a rebuild
+    current = {f"{m}.{n}" for m, names, _ in modules for n in names}
+    for page in (out / "generated").glob("*.rst") if (out / "generated").is_dir() else ():
+        if page.stem not in current:
+            page.unlink()
+    for page in out.glob("cyntk.*.rst"):
+        if page.stem not in {m for m, _, _ in modules}:
+            page.unlink()
     index = [
         "API reference",
         "=============",
