@@ -6,7 +6,7 @@ Dense(9, use_bias=False))``, Adam(1e-3), batch size 64, loss weights
 sigma = kaehler = transition = 1 and volk = 0: cymetric's batch-64 phase
 (its ``train_model`` computes the volk loss only in a second phase with
 batches of 50000; with Keras 3 that phase even reuses the batch-64 loss set,
-see CONVENTIONS.md 9). ``--volk 1`` adds the volk loss at batch 64, which is
+see conventions §9). ``--volk 1`` adds the volk loss at batch 64, which is
 a noisy Monte-Carlo estimate with heavy-tailed weights and slows the sigma
 convergence considerably.
 

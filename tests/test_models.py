@@ -262,7 +262,7 @@ def test_kaehler_and_transition_vanish_for_fs_and_phi_models(quintic_ds):
 
 
 def test_transition_matrix_closed_form():
-    """CONVENTIONS 7.3 example: old patch 0, j = 4, new patch 1: w = (z0, z2, z3)/z1."""
+    """conventions §7.3 example: old patch 0, j = 4, new patch 1: w = (z0, z2, z3)/z1."""
     M = fermat_quintic()
     model = FSModel(M, dtype="float64")
     z = M.sample_points(400, seed=9)

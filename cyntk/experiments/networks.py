@@ -75,7 +75,7 @@ def train_multiplicative(
     """Train cyntk's multiplicative model with cymetric's losses on a dataset.
 
     The default loss weights are those of cymetric's ``train_model`` in its
-    batch-64 pass (CONVENTIONS.md section 9): sigma, Kähler and transition at
+    batch-64 pass (conventions §9): sigma, Kähler and transition at
     1, volk off. cymetric adds one pass per epoch with a single large batch in
     which only volk (and sigma) is trained -- 2 of ~1409 steps per epoch -- so
     that the Monte-Carlo volume integral is reasonable; we omit it, because

@@ -1,6 +1,6 @@
 """Flows of the Kähler potential (paper appendix B): flow and functional tables, velocities, losses.
 
-Conventions (cymetric's, CONVENTIONS.md 4, 6.2): on a hypersurface X ⊂ P^{N-1}
+Conventions (cymetric's, conventions §4, 6.2): on a hypersurface X ⊂ P^{N-1}
 of complex dimension n = N - 2 the metric of the φ model is
 
     g_{a bbar} = d_a dbar_b K,   K = (t/pi) ln|z|^2 + phi,                    (B.1, B.6)
@@ -307,7 +307,7 @@ def flow_loss(geometry, x, weights, flow, params=None, omega_bar=1.0):
 
 
 def kahler_measures(geometry, x, weights, omega_sq, params=None, *, ricci=False):
-    """cymetric's validation measures of the φ metric from eta (CONVENTIONS.md 8).
+    """cymetric's validation measures of the φ metric from eta (conventions §8).
 
     Args:
         geometry: :class:`KahlerPotentialGeometry`.

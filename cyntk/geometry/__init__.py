@@ -1,7 +1,7 @@
 """cymetric-compatible Calabi-Yau substrate (NumPy only; no TensorFlow import).
 
 Points, charts, pullbacks, Omega, weights, kappa and cymetric dataset files for
-hypersurfaces in one projective space, following CONVENTIONS.md exactly.
+hypersurfaces in one projective space, following the conventions page (docs/conventions.md) exactly.
 """
 
 from cyntk.geometry.charts import chart_counts, select_chart

@@ -2,7 +2,7 @@
 
 cymetric turns n**2 real network outputs ``o`` into a hermitian matrix by
 reshaping them row-major into a real matrix ``A[r, c] = o[n*r + c]`` and setting
-(CONVENTIONS.md section 6.1)::
+(conventions §6.1)::
 
     H[r, r] = A[r, r]
     H[r, c] = A[r, c] - i A[c, r]    (r < c)

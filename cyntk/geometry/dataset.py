@@ -2,7 +2,7 @@
 
 :class:`CYDataset` holds train and validation points with named fields (no
 "column -2" contracts). It reads and writes cymetric's two files exactly as
-CONVENTIONS.md section 5 describes:
+conventions §5 describes:
 
 ``dataset.npz`` (``np.savez_compressed``)
     ``X_train`` (N_tr, 2N) float64, ``y_train`` (N_tr, 2) float64 =

@@ -3,7 +3,7 @@
 A :class:`Hypersurface` is the zero locus X = {Q = 0} of a homogeneous
 polynomial ``Q(z) = sum_m c_m prod_i z_i**M[m, i]`` in P^{N-1}. It is a
 Calabi-Yau (n = N - 2)-fold when deg Q = N. Everything follows
-CONVENTIONS.md sections 1-4 exactly:
+conventions §1-4 exactly:
 
 * points are patch-normalised (largest coordinate = 1, the *patch* index k);
 * the *eliminated* coordinate j maximises |dQ/dz_j| over the other coordinates;
@@ -361,7 +361,7 @@ class Hypersurface:
         return kappa_from_geometry(self.geometry(z), weights)
 
     def basis(self, kappa: float = 1.0) -> dict:
-        """cymetric's ``basis.pickle`` dictionary (CONVENTIONS.md section 5.2)."""
+        """cymetric's ``basis.pickle`` dictionary (conventions §5.2)."""
         E, F = self.derivative_basis()
         qf = self.coefficients
         if np.all(qf.imag == 0):
@@ -386,7 +386,7 @@ class Hypersurface:
         if missing:
             raise KeyError(
                 f"`basis` is missing key(s) {missing}; expected a cymetric basis dict "
-                f"with QB0, QF0, KMODULI, AMBIENT (see CONVENTIONS.md 5.2)."
+                f"with QB0, QF0, KMODULI, AMBIENT (see docs/conventions.md §5.2 of cyntk)."
             )
         nhyper = int(np.real(np.asarray(basis.get("NHYPER", 1))))
         amb = np.real(np.asarray(basis["AMBIENT"])).reshape(-1)

@@ -74,7 +74,7 @@ def chart_coordinates(x, chart) -> np.ndarray:
     """Real local coordinates ``u = [Re x^a, Im x^a]`` (P, 2n) of points in a chart.
 
     ``x^a = z_{g_a} / z_k`` for the n coordinates ``g_0 < ... < g_{n-1}`` other
-    than the patch k and the eliminated j (CONVENTIONS.md 3); real parts first,
+    than the patch k and the eliminated j (conventions §3); real parts first,
     then imaginary parts.
 
     Args:

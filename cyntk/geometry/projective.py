@@ -1,6 +1,6 @@
 """Projective space: real/complex layouts, Fubini-Study metric, FS geodesic distance.
 
-Conventions (cymetric, CONVENTIONS.md sections 2.6 and 4.2):
+Conventions (cymetric, conventions §2.6 and 4.2):
 
 * A point of P^{N-1} is a complex vector z of shape (N,); a batch has shape
   (P, N). The real network input is ``X = [Re z_0..Re z_{N-1}, Im z_0..Im z_{N-1}]``

@@ -4,13 +4,13 @@ A :class:`ManifoldSpec` is the small, serialisable set of numbers a metric model
 needs about a hypersurface ``Q(z) = sum_m c_m prod_i z_i**M[m, i] = 0`` in a
 single projective space ``P^{N-1}``: the exponent matrix, the coefficients, the
 Kähler parameter and (optionally) the Monge--Ampère constant ``kappa``
-(CONVENTIONS.md sections 1, 4.4 and 5.2).
+(conventions §1, 4.4 and 5.2).
 
 It is built from any of the inputs the models accept:
 
 * a cymetric ``basis.pickle`` dict (values may be complex64 arrays, as written by
   ``prepare_basis`` or cast by ``prepare_tf_basis``, or Python/NumPy scalars,
-  CONVENTIONS.md 5.3), or a path to such a pickle / to a directory holding one;
+  conventions §5.3), or a path to such a pickle / to a directory holding one;
 * a :class:`cyntk.geometry.Hypersurface` (anything with ``monomials``,
   ``coefficients``, ``kmoduli`` attributes);
 * a :class:`cyntk.geometry.CYDataset` (anything with ``manifold`` and ``kappa``);
@@ -59,7 +59,7 @@ class ManifoldSpec:
         coefficients: complex128 (nMon,) coefficients of ``Q``.
         kmoduli: float64 (1,) Kähler parameter ``t``.
         kappa: ``kappa = Vol_K / Vol_CY`` of the data set the model is trained
-            on (CONVENTIONS.md 4.4), or ``None`` when unknown (then the sigma
+            on (conventions §4.4), or ``None`` when unknown (then the sigma
             loss cannot be evaluated).
         name: free text, for messages only.
     """
@@ -254,7 +254,7 @@ class ManifoldSpec:
     # ----------------------------------------------------------- constructors
     @classmethod
     def from_basis(cls, basis: dict, kappa=None) -> "ManifoldSpec":
-        """From a cymetric ``basis.pickle`` dict (CONVENTIONS.md 5.2/5.3)."""
+        """From a cymetric ``basis.pickle`` dict (conventions §5.2/5.3)."""
         missing = [k for k in ("QB0", "QF0", "KMODULI") if k not in basis]
         if missing:
             raise ValueError(

@@ -1,7 +1,7 @@
 """In-graph (TensorFlow) geometry of a hypersurface in P^{N-1}.
 
 Everything the metric models need per point, computed from the real network
-input ``x = [Re z, Im z]`` (B, 2N) inside the graph (CONVENTIONS.md 2.6, 3, 4):
+input ``x = [Re z, Im z]`` (B, 2N) inside the graph (conventions §2.6, 3, 4):
 
 * the patch ``k`` (coordinate of largest modulus, which is 1 for cymetric's
   patch-normalised points) and the elimination index ``j = argmax_{i != k}

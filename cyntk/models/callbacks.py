@@ -30,7 +30,7 @@ def _validation_arrays(data, y):
 
 
 class MeasuresCallback(keras.callbacks.Callback):
-    """Validation measures of CONVENTIONS.md 8, written into the epoch ``logs``.
+    """Validation measures of conventions §8, written into the epoch ``logs``.
 
     At the end of every ``every``-th epoch, computes
     :meth:`MetricModel.measures` on the validation points and adds

@@ -15,7 +15,7 @@ __all__ = ["hermitian_from_components_tf", "components_from_hermitian_tf"]
 
 
 def hermitian_from_components_tf(o):
-    """(B, n*n) real tensor -> (B, n, n) complex hermitian tensor (CONVENTIONS 6.1).
+    """(B, n*n) real tensor -> (B, n, n) complex hermitian tensor (conventions §6.1).
 
     The complex dtype follows the real dtype (float32 -> complex64,
     float64 -> complex128).

@@ -3,7 +3,7 @@
 These functions act on metric values, not on models, so they can be
 differentiated with respect to ``g`` itself (the KernelModel of cyntk.kernels
 does that) as well as with respect to network weights. Notation as in
-CONVENTIONS.md sections 7 and 8: ``g`` is (B, n, n) complex hermitian in each
+conventions §7 and 8: ``g`` is (B, n, n) complex hermitian in each
 point's local chart, ``omega_sq = |Omega|^2`` (B,), ``weights = w`` (B,) are
 cymetric's Monte-Carlo weights, ``eta = det g / |Omega|^2``.
 
@@ -17,7 +17,7 @@ Per-point losses (all return a real (B,) tensor):
   determinant (equal to cymetric's ``epsilon epsilon g^{n-1} F_r / n!``).
 * :func:`ricci_loss`: ``|1 - exp(-R)|`` with ``R`` from :func:`ricci_scalar`.
 
-Measures (scalars over a whole validation set, CONVENTIONS.md 8):
+Measures (scalars over a whole validation set, conventions §8):
 
 * :func:`sigma_measure`: ``mean(w |1 - eta Vol_CY/Vol_K|) / Vol_CY``.
 * :func:`ricci_measure`: ``Vol_K^(1/n) / Vol_CY * mean(w eta |R|)``.
@@ -249,7 +249,7 @@ def ricci_scalar(g, ddbar_logdet):
     """cymetric's Ricci scalar ``R = Re tr(g^{-1} M)``, M = d dbar ln det g.
 
     With ``Ric = -d dbar ln det g`` this is minus the trace of Ricci
-    (CONVENTIONS.md 7.4).
+    (conventions §7.4).
 
     Args:
         g: (B, n, n) complex metric.

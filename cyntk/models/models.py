@@ -5,22 +5,22 @@ All models map real points ``x = [Re z, Im z]`` (B, 2N) to the metric
 float64 models, in each point's own local chart (patch ``k`` = coordinate of
 largest modulus, elimination ``j = argmax_{i != k} |dQ/dz_i|``, local
 coordinates ``z_{g_a}/z_k`` with the remaining indices in increasing order;
-CONVENTIONS.md 3). The call signature is cymetric's:
+conventions §3). The call signature is cymetric's:
 ``model(x, training=..., j_elim=None)``.
 
 ``G`` denotes the Fubini--Study metric pulled back to the hypersurface,
-``G = J g_FS(t) J^H`` with ``g_FS = (t/pi) dd̄ ln|z|^2`` (CONVENTIONS.md 4.2).
+``G = J g_FS(t) J^H`` with ``g_FS = (t/pi) dd̄ ln|z|^2`` (conventions §4.2).
 
 * :class:`FSModel`: ``g = G``; no weights.
 * :class:`MultiplicativeModel`: ``g = G + G ⊙ H(nn(x))`` with the hermitian
-  map ``H`` of CONVENTIONS.md 6.1 (cymetric's ``MultFSModel``).
+  map ``H`` of conventions §6.1 (cymetric's ``MultFSModel``).
 * :class:`PhiModel`: ``g = G + J (dd̄ phi) J^H`` with a scalar network phi
   (cymetric's ``PhiFSModel``); Kähler by construction.
 
 Training is plain ``model.compile(optimizer); model.fit(X, y)`` with
 ``y = [w, |Omega|^2]`` (P, 2) (cymetric's ``y_train`` layout). The loss per
 point is ``L = sigma*σ + kaehler*K + transition*T + volk*V + ricci*R``
-(CONVENTIONS.md 7), each weight a named, non-negative constructor argument;
+(conventions §7), each weight a named, non-negative constructor argument;
 terms with weight 0 are not computed. The batch loss is the (sample-weighted)
 mean of ``L`` over the batch; each term is logged under ``<term>_loss`` with
 exact per-sample averaging over the epoch.
@@ -427,7 +427,7 @@ class MetricModel(keras.Model):
         return out
 
     def loss_terms(self, x, y=None, training=False, terms=None):
-        """Per-point loss terms (CONVENTIONS.md 7).
+        """Per-point loss terms (conventions §7).
 
         Args:
             x: (B, 2N) real points.
@@ -785,7 +785,7 @@ class MetricModel(keras.Model):
         return out
 
     def measures(self, x, y, batch_size=1000, which=MEASURES):
-        """Validation measures over a whole point set (CONVENTIONS.md 8).
+        """Validation measures over a whole point set (conventions §8).
 
         Per-point quantities are computed in batches and combined over all
         points in float64 (no per-batch averaging bias):
@@ -937,7 +937,7 @@ class MultiplicativeModel(MetricModel):
     """``g = G + G ⊙ H(nn(x))``, cymetric's ``MultFSModel``.
 
     ``H`` is the hermitian matrix built from the network's n^2 real outputs
-    by CONVENTIONS.md 6.1 (:func:`~cyntk.models.hermitian.hermitian_from_components_tf`);
+    by conventions §6.1 (:func:`~cyntk.models.hermitian.hermitian_from_components_tf`);
     ``⊙`` is the elementwise product, so every entry is ``G_ab (1 + H_ab)``
     and g stays hermitian. The network sees the patch-normalised point
     ``[Re z, Im z]``, ``z = z/z_k`` (identical to cymetric's input for
