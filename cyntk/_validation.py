@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any, TypeVar, cast, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = [
     "as_points",
@@ -34,8 +36,10 @@ __all__ = [
     "check_memory",
 ]
 
+_S = TypeVar("_S", bound=str)
 
-def positive_int(value, name: str, what: str | None = None) -> int:
+
+def positive_int(value: Any, name: str, what: str | None = None) -> int:
     """An integer > 0: Python/NumPy integers or integral floats (``1e5``); bools rejected.
 
     ``what`` (optional) says what the number counts, for the message.
@@ -49,7 +53,7 @@ def positive_int(value, name: str, what: str | None = None) -> int:
     return int(value)
 
 
-def as_points(z, name: str = "z", ncoords: int | None = None, allow_real: bool = True) -> np.ndarray:
+def as_points(z: ArrayLike, name: str = "z", ncoords: int | None = None, allow_real: bool = True) -> np.ndarray:
     """Validate homogeneous points and return them as complex128 (P, N).
 
     Accepts complex (P, N) arrays, or, when ``allow_real`` is true, real arrays
@@ -87,7 +91,7 @@ def as_points(z, name: str = "z", ncoords: int | None = None, allow_real: bool =
     return arr
 
 
-def as_real_points(x, name: str, *, dtype=np.float64, allow_vector: bool = False) -> np.ndarray:
+def as_real_points(x: ArrayLike, name: str, *, dtype: DTypeLike = np.float64, allow_vector: bool = False) -> np.ndarray:
     """Validate real network inputs and return them as a C-contiguous array.
 
     Args:
@@ -143,7 +147,7 @@ def matching_widths(x1: np.ndarray, x2: np.ndarray, name1: str = "x1", name2: st
         )
 
 
-def optional_chunk_size(chunk_size, name: str = "chunk_size") -> int | None:
+def optional_chunk_size(chunk_size: Any, name: str = "chunk_size") -> int | None:
     """``None`` or a positive integer (number of points per chunk)."""
     if chunk_size is None:
         return None
@@ -154,7 +158,7 @@ def optional_chunk_size(chunk_size, name: str = "chunk_size") -> int | None:
     return int(chunk_size)
 
 
-def positive_float(value, name: str) -> float:
+def positive_float(value: Any, name: str) -> float:
     """A finite float > 0."""
     try:
         out = float(value)
@@ -165,7 +169,7 @@ def positive_float(value, name: str) -> float:
     return out
 
 
-def nonnegative_float(value, name: str) -> float:
+def nonnegative_float(value: Any, name: str) -> float:
     """A finite float >= 0."""
     try:
         out = float(value)
@@ -176,14 +180,14 @@ def nonnegative_float(value, name: str) -> float:
     return out
 
 
-def one_of(value, name: str, choices) -> str:
+def one_of(value: Any, name: str, choices: Collection[_S]) -> _S:
     """A string among ``choices``."""
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}; received {value!r}.")
-    return value
+    return cast(_S, value)  # checked: a str among ``choices``
 
 
-def real_points(x, name: str, min_points: int = 2) -> np.ndarray:
+def real_points(x: ArrayLike, name: str, min_points: int = 2) -> np.ndarray:
     """Validate a (P, d) real array of network inputs; returns a float64 copy."""
     if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
         x = x.numpy()
@@ -212,7 +216,13 @@ def real_points(x, name: str, min_points: int = 2) -> np.ndarray:
     return np.array(arr, dtype=np.float64, copy=True)
 
 
-def data_pools(data):
+@overload
+def data_pools(data: None) -> tuple[None, None]: ...
+@overload
+def data_pools(data: object) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def data_pools(data: object) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(train_pool, test_pool)`` arrays from ``data`` (test_pool None for a single pool).
 
     ``data`` may be an object with ``X_train`` and ``X_val`` attributes (a
@@ -245,7 +255,7 @@ def data_pools(data):
     )
 
 
-def writable_dir(path, name: str) -> Path:
+def writable_dir(path: str | os.PathLike[str], name: str) -> Path:
     """Check (without creating anything) that directory ``path`` can be created or written."""
     try:
         p = Path(os.fspath(path)).expanduser()
@@ -286,7 +296,7 @@ def available_memory() -> int | None:
         return None
 
 
-def check_memory(n_bytes: int, name: str, value, what: str) -> None:
+def check_memory(n_bytes: int, name: str, value: float, what: str) -> None:
     """Refuse a request whose estimated memory exceeds the available memory.
 
     Raises:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["kappa_from_geometry"]
 
 
-def kappa_from_geometry(geo: dict, weights=None) -> float:
+def kappa_from_geometry(geo: Mapping[str, np.ndarray], weights: ArrayLike | None = None) -> float:
     """``kappa = mean(w det G / |Omega|^2) / mean(w)`` over the points of ``geo``.
 
     Args:

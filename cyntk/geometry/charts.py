@@ -12,14 +12,22 @@ them in one chart (``KernelModel`` refuses mixed charts unless
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal, overload
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cyntk.geometry.projective import to_complex
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from cyntk.geometry.hypersurface import Hypersurface
 
 __all__ = ["chart_counts", "select_chart"]
 
 
-def _charts(manifold, points):
+def _charts(manifold: Hypersurface, points: ArrayLike) -> np.ndarray:
     x = np.asarray(points)
     if np.iscomplexobj(x):
         z = x
@@ -35,7 +43,7 @@ def _charts(manifold, points):
     return manifold.charts(z)
 
 
-def chart_counts(manifold, points) -> dict:
+def chart_counts(manifold: Hypersurface, points: ArrayLike) -> dict[tuple[int, int], int]:
     """How many points lie in each chart.
 
     Args:
@@ -52,7 +60,19 @@ def chart_counts(manifold, points) -> dict:
     return {(int(keys[i, 0]), int(keys[i, 1])): int(counts[i]) for i in order}
 
 
-def select_chart(manifold, points, chart, *, return_index: bool = False):
+@overload
+def select_chart(
+    manifold: Hypersurface, points: ArrayLike, chart: Sequence[int], *, return_index: Literal[False] = ...
+) -> np.ndarray: ...
+@overload
+def select_chart(
+    manifold: Hypersurface, points: ArrayLike, chart: Sequence[int], *, return_index: Literal[True]
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def select_chart(
+    manifold: Hypersurface, points: ArrayLike, chart: Sequence[int], *, return_index: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The points of one chart, in their original order.
 
     Args:

@@ -22,6 +22,7 @@ with this ``I``.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "hermitian_index_tables",
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-def hermitian_index_tables(n: int):
+def hermitian_index_tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gather tables that build ``H`` from the components.
 
     Args:
@@ -53,7 +54,7 @@ def hermitian_index_tables(n: int):
     return re_index.astype(np.int64), im_index.astype(np.int64), im_sign
 
 
-def hermitian_from_components(o) -> np.ndarray:
+def hermitian_from_components(o: ArrayLike) -> np.ndarray:
     """Build hermitian matrices from their real components (NumPy).
 
     Args:
@@ -71,7 +72,7 @@ def hermitian_from_components(o) -> np.ndarray:
     return o[..., re_i] + 1j * sign * o[..., im_i]
 
 
-def components_from_hermitian(g) -> np.ndarray:
+def components_from_hermitian(g: ArrayLike) -> np.ndarray:
     """Real components of hermitian matrices (NumPy), inverse of
     :func:`hermitian_from_components`.
 

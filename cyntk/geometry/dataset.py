@@ -22,11 +22,15 @@ against ones recomputed from the points.
 
 from __future__ import annotations
 
+import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cyntk._validation import as_points, check_memory, positive_int
 from cyntk.geometry.cicy_io import manifold_from_basis
@@ -54,12 +58,12 @@ STORED_RTOL = 1e-6
 _FIX_DATASET = "re-create the dataset (`cyntk sample ... -o DIR` or `make_dataset(...).save(DIR)`)."
 
 
-def save_basis(basis: dict, path):
+def save_basis(basis: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a cymetric basis dict as a pickle (protocol 5), atomically."""
     atomic_write(path, lambda fh: pickle.dump(basis, fh, protocol=5))
 
 
-def load_basis(path) -> dict:
+def load_basis(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a cymetric ``basis.pickle`` (or a cyntk/cymetric ``basis.npz``)."""
     path = Path(path)
     if not path.is_file():
@@ -103,7 +107,7 @@ class CYDataset:
     pullbacks_val: np.ndarray
     charts_train: np.ndarray
     charts_val: np.ndarray
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------ derived
     @property
@@ -135,7 +139,7 @@ class CYDataset:
         """Monte-Carlo ``Vol_CY = mean(w)`` over all points."""
         return float(np.mean(np.concatenate([self.weights_train, self.weights_val])))
 
-    def split(self, which: str) -> dict:
+    def split(self, which: Literal["train", "val"]) -> dict[str, np.ndarray]:
         """Named fields of one split: ``which`` in {'train', 'val'}."""
         if which not in ("train", "val"):
             raise ValueError(f"`which` must be 'train' or 'val'; received {which!r}.")
@@ -143,7 +147,7 @@ class CYDataset:
             "X": getattr(self, f"X_{which}")
         }
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"CYDataset(manifold={self.manifold.name!r}, n_train={self.n_train}, "
             f"n_val={self.n_val}, kappa={self.kappa:.8g})"
@@ -154,11 +158,11 @@ class CYDataset:
     def from_points(
         cls,
         manifold: Hypersurface,
-        points,
+        points: ArrayLike,
         *,
         val_split: float = 0.1,
         kappa: float | None = None,
-        meta: dict | None = None,
+        meta: dict[str, Any] | None = None,
         check_variety: bool = True,
     ) -> "CYDataset":
         """Split points (generation order, no shuffle) and compute their geometry.
@@ -211,7 +215,7 @@ class CYDataset:
         )
 
     # --------------------------------------------------------------- files
-    def save(self, dirname) -> Path:
+    def save(self, dirname: str | os.PathLike[str]) -> Path:
         """Write ``dataset.npz`` + ``basis.pickle`` (cymetric format) and ``cyntk.json``.
 
         Returns:
@@ -240,13 +244,14 @@ class CYDataset:
             **self.meta,
         }
         begin_file_set(d / "cyntk.json", info)
-        atomic_write(d / "dataset.npz", lambda fh: np.savez_compressed(fh, **arrays))
+        # numpy's stub types **arrays as if a key could be its `allow_pickle: bool`
+        atomic_write(d / "dataset.npz", lambda fh: np.savez_compressed(fh, **arrays))  # type: ignore[arg-type]
         save_basis(self.manifold.basis(self.kappa), d / "basis.pickle")
         finish_file_set(d / "cyntk.json", ["dataset.npz", "basis.pickle"], info)
         return d
 
     @classmethod
-    def load(cls, dirname, *, check_points: bool = True) -> "CYDataset":
+    def load(cls, dirname: str | os.PathLike[str], *, check_points: bool = True) -> "CYDataset":
         """Read a cymetric directory (``dataset.npz`` + ``basis.pickle``).
 
         A directory written by cyntk is first checked against its
@@ -378,7 +383,9 @@ class CYDataset:
         )
 
 
-def _check_stored(path, key, stored, fresh, rtol: float = STORED_RTOL):
+def _check_stored(
+    path: str | os.PathLike[str], key: str, stored: np.ndarray, fresh: np.ndarray, rtol: float = STORED_RTOL
+) -> None:
     """Raise unless a stored per-point quantity matches the recomputed one."""
     if stored.size == 0:
         return
@@ -398,7 +405,13 @@ def _check_stored(path, key, stored, fresh, rtol: float = STORED_RTOL):
 
 
 def make_dataset(
-    manifold: Hypersurface, n_points: int, *, val_split: float = 0.1, seed=None, chart=None, progress=None
+    manifold: Hypersurface,
+    n_points: int,
+    *,
+    val_split: float = 0.1,
+    seed: int | np.random.Generator | None = None,
+    chart: Sequence[int] | None = None,
+    progress: bool | None = None,
 ) -> CYDataset:
     """Sample ``n_points`` points and build a :class:`CYDataset` (cymetric's prepare_dataset).
 

@@ -29,7 +29,9 @@ import tempfile
 import time
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -73,7 +75,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(directory) -> list[Path]:
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
     """Delete temporary files left in ``directory`` by killed :func:`atomic_write` calls.
 
     Only files named like cyntk's temporaries whose writing process no longer
@@ -83,7 +85,7 @@ def remove_stale_temporaries(directory) -> list[Path]:
         the removed paths.
     """
     directory = Path(directory)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -104,7 +106,7 @@ def remove_stale_temporaries(directory) -> list[Path]:
     return removed
 
 
-def atomic_write(path, writer, mode: str = "wb"):
+def atomic_write(path: str | os.PathLike[str], writer: Callable[[IO[Any]], object], mode: str = "wb") -> None:
     """Write ``path`` atomically: ``writer(fileobj)`` fills a temporary sibling that is renamed.
 
     An interrupted write (exception, Ctrl-C) removes its temporary file; one
@@ -137,12 +139,12 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_manifest(path: Path, content: dict) -> None:
+def _write_manifest(path: Path, content: dict[str, Any]) -> None:
     text = json.dumps(content, indent=2, default=str)
     atomic_write(path, lambda fh: fh.write(text), "w")
 
 
-def begin_file_set(manifest, info: dict | None = None) -> Path:
+def begin_file_set(manifest: str | os.PathLike[str], info: dict[str, Any] | None = None) -> Path:
     """Mark a file set as being written: call before replacing any of its files.
 
     Args:
@@ -153,13 +155,19 @@ def begin_file_set(manifest, info: dict | None = None) -> Path:
         the manifest path.
     """
     manifest = Path(manifest)
-    content = {"format": MANIFEST_FORMAT, "complete": False, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    content: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "complete": False,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     content.update(info or {})
     _write_manifest(manifest, content)
     return manifest
 
 
-def finish_file_set(manifest, files, info: dict | None = None) -> Path:
+def finish_file_set(
+    manifest: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]], info: dict[str, Any] | None = None
+) -> Path:
     """Mark a file set complete: write, last, the size and SHA-256 of every member.
 
     Args:
@@ -175,14 +183,20 @@ def finish_file_set(manifest, files, info: dict | None = None) -> Path:
     for name in files:
         p = manifest.parent / name
         members[str(name)] = {"size": p.stat().st_size, "sha256": _digest(p)}
-    content = {"format": MANIFEST_FORMAT, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    content: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "complete": True,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     content.update(info or {})
     content["files"] = members
     _write_manifest(manifest, content)
     return manifest
 
 
-def check_file_set(manifest, *, checksums: bool = True) -> tuple[str, str, dict]:
+def check_file_set(
+    manifest: str | os.PathLike[str], *, checksums: bool = True
+) -> tuple[Literal["complete", "absent", "legacy", "incomplete"], str, dict[str, Any]]:
     """Whether the file set of ``manifest`` is complete and unmodified.
 
     Args:
@@ -237,7 +251,7 @@ def check_file_set(manifest, *, checksums: bool = True) -> tuple[str, str, dict]
 
 
 # ------------------------------------------------------------------ reading
-def _fail(path, what, exc, fix):
+def _fail(path: Path, what: str, exc: BaseException, fix: str) -> CorruptFileError:
     detail = " ".join(str(exc).split()).rstrip(".")
     return CorruptFileError(
         f"{path}: cannot read {what}: {type(exc).__name__}: {detail}. "
@@ -245,7 +259,7 @@ def _fail(path, what, exc, fix):
     )
 
 
-def _require_file(path, what, fix):
+def _require_file(path: str | os.PathLike[str], what: str, fix: str) -> Path:
     path = Path(path)
     if not path.is_file():
         if path.is_dir():
@@ -254,7 +268,9 @@ def _require_file(path, what, fix):
     return path
 
 
-def read_npz(path, *, what: str = "a NumPy .npz archive", fix: str = "re-create it.") -> dict:
+def read_npz(
+    path: str | os.PathLike[str], *, what: str = "a NumPy .npz archive", fix: str = "re-create it."
+) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` file, read completely (``allow_pickle=False``).
 
     Raises:
@@ -280,7 +296,7 @@ def read_npz(path, *, what: str = "a NumPy .npz archive", fix: str = "re-create 
         raise _fail(path, what, exc, fix) from exc
 
 
-def read_json(path, *, what: str = "a JSON file", fix: str = "re-create it."):
+def read_json(path: str | os.PathLike[str], *, what: str = "a JSON file", fix: str = "re-create it.") -> Any:
     """The parsed content of a JSON file.
 
     Raises:
@@ -297,7 +313,7 @@ def read_json(path, *, what: str = "a JSON file", fix: str = "re-create it."):
         raise _fail(path, what, exc, fix) from exc
 
 
-def read_pickle(path, *, what: str = "a pickle file", fix: str = "re-create it."):
+def read_pickle(path: str | os.PathLike[str], *, what: str = "a pickle file", fix: str = "re-create it.") -> Any:
     """The object stored in a pickle file.
 
     Raises:

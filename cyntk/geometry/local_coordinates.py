@@ -11,8 +11,11 @@ inputs ``[Re z, Im z]``) induces the volume ``det(J J^H) d^{2n}u``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cyntk._validation import as_real_points, one_of, positive_float, positive_int
 from cyntk.geometry.hypersurface import Hypersurface
@@ -24,7 +27,7 @@ __all__ = ["chart_coordinates", "points_from_chart", "measure_density", "SPACES"
 SPACES = ("input", "chart")
 
 
-def _complex_pts(x, name="x", ncoords=None):
+def _complex_pts(x: ArrayLike, name: str = "x", ncoords: int | None = None) -> np.ndarray:
     arr = as_real_points(x, name)
     if arr.shape[1] % 2 or (ncoords is not None and arr.shape[1] != 2 * ncoords):
         want = "(P, 2N) with an even width" if ncoords is None else f"(P, 2N) = (P, {2 * ncoords})"
@@ -35,7 +38,7 @@ def _complex_pts(x, name="x", ncoords=None):
     return to_complex(arr)
 
 
-def _check_manifold(manifold):
+def _check_manifold(manifold: object) -> Hypersurface:
     if not isinstance(manifold, Hypersurface):
         raise TypeError(
             f"`manifold` must be a cyntk.geometry.Hypersurface (e.g. "
@@ -44,7 +47,7 @@ def _check_manifold(manifold):
     return manifold
 
 
-def _check_chart(chart, ncoords):
+def _check_chart(chart: ArrayLike, ncoords: int) -> tuple[int, ...]:
     """``(k, j)``: two distinct coordinate indices in [0, N)."""
     try:
         c = tuple(int(v) for v in np.asarray(chart).reshape(-1))
@@ -59,7 +62,7 @@ def _check_chart(chart, ncoords):
     return c
 
 
-def _check_patch(manifold, z, chart, name):
+def _check_patch(manifold: Hypersurface, z: np.ndarray, chart: Sequence[int], name: str) -> None:
     """Raise unless every point has its patch coordinate (the one equal to 1) at chart[0]."""
     k = manifold.patch_index(z)
     if np.any(k != chart[0]):
@@ -70,7 +73,7 @@ def _check_patch(manifold, z, chart, name):
         )
 
 
-def chart_coordinates(x, chart) -> np.ndarray:
+def chart_coordinates(x: ArrayLike, chart: Sequence[int]) -> np.ndarray:
     """Real local coordinates ``u = [Re x^a, Im x^a]`` (P, 2n) of points in a chart.
 
     ``x^a = z_{g_a} / z_k`` for the n coordinates ``g_0 < ... < g_{n-1}`` other
@@ -94,7 +97,15 @@ def chart_coordinates(x, chart) -> np.ndarray:
     return np.concatenate([xa.real, xa.imag], axis=1)
 
 
-def points_from_chart(manifold: Hypersurface, u, chart, z_start, *, newton_steps: int = 30, tol: float = 1e-13):
+def points_from_chart(
+    manifold: Hypersurface,
+    u: ArrayLike,
+    chart: Sequence[int],
+    z_start: ArrayLike,
+    *,
+    newton_steps: int = 30,
+    tol: float = 1e-13,
+) -> tuple[np.ndarray, np.ndarray]:
     """Points of X with given local coordinates u in a chart (Newton on the eliminated coordinate).
 
     Args:
@@ -152,7 +163,14 @@ def points_from_chart(manifold: Hypersurface, u, chart, z_start, *, newton_steps
     return to_real(z), ok
 
 
-def measure_density(manifold: Hypersurface, x, chart=None, *, measure="cy", reference="input"):
+def measure_density(
+    manifold: Hypersurface,
+    x: ArrayLike,
+    chart: Sequence[int] | None = None,
+    *,
+    measure: Literal["cy"] = "cy",
+    reference: Literal["input", "chart"] = "input",
+) -> np.ndarray:
     """Density of a measure with respect to a reference measure, at points x.
 
     Args:

@@ -19,6 +19,7 @@ Conventions (cymetric, conventions §2.6 and 4.2):
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from cyntk._validation import as_points, positive_int
 
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-def to_real(z) -> np.ndarray:
+def to_real(z: ArrayLike) -> np.ndarray:
     """Complex points (P, N) -> real network inputs (P, 2N) = [Re z, Im z] (float64)."""
     z = np.asarray(z)
     if not np.iscomplexobj(z) or z.ndim != 2:
@@ -42,7 +43,7 @@ def to_real(z) -> np.ndarray:
     return np.concatenate([z.real, z.imag], axis=1)
 
 
-def to_complex(x) -> np.ndarray:
+def to_complex(x: ArrayLike) -> np.ndarray:
     """Real network inputs (P, 2N) = [Re z, Im z] -> complex points (P, N) (complex128)."""
     x = np.asarray(x)
     if np.iscomplexobj(x) or x.ndim != 2 or x.shape[1] % 2:
@@ -51,7 +52,7 @@ def to_complex(x) -> np.ndarray:
     return x[:, :n].astype(np.float64) + 1j * x[:, n:].astype(np.float64)
 
 
-def patch_normalise(z) -> np.ndarray:
+def patch_normalise(z: ArrayLike) -> np.ndarray:
     """Divide each point by its coordinate of largest modulus (cymetric's patch choice).
 
     Args:
@@ -66,7 +67,7 @@ def patch_normalise(z) -> np.ndarray:
     return z / z[np.arange(len(z)), k][:, None]
 
 
-def fubini_study_metric(z, t: float = 1.0) -> np.ndarray:
+def fubini_study_metric(z: ArrayLike, t: float = 1.0) -> np.ndarray:
     """Ambient Fubini-Study metric of P^{N-1} at homogeneous points.
 
     ``g_ij = (t/pi) (delta_ij/|z|^2 - conj(z_i) z_j/|z|^4)`` (1/pi convention).
@@ -88,7 +89,7 @@ def fubini_study_metric(z, t: float = 1.0) -> np.ndarray:
     return (t / np.pi) * g
 
 
-def default_distance_threshold(dtype=np.float64) -> float:
+def default_distance_threshold(dtype: DTypeLike = np.float64) -> float:
     """Threshold on ``1 - cos^2 d`` below which the FS distance is set to 0.
 
     ``arccos`` near 1 turns a rounding error eps of the cosine into a distance
@@ -101,11 +102,11 @@ def default_distance_threshold(dtype=np.float64) -> float:
     return float(64 * np.finfo(dtype).eps)
 
 
-def _unit(z):
+def _unit(z: np.ndarray) -> np.ndarray:
     return z / np.linalg.norm(z, axis=1, keepdims=True)
 
 
-def _overlap2(a, b):
+def _overlap2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a_p^dagger b_q|^2 for all pairs, with two real GEMMs (no complex temporaries)."""
     ar, ai, br, bi = a.real, a.imag, b.real, b.imag
     A = np.concatenate([ar, ai], axis=1)
@@ -117,14 +118,14 @@ def _overlap2(a, b):
     return re
 
 
-def _distance_from_overlap(c2, threshold):
+def _distance_from_overlap(c2: np.ndarray, threshold: float) -> np.ndarray:
     c2 = np.clip(c2, 0.0, 1.0)
     d = np.arccos(np.sqrt(c2))
     d[(1.0 - c2) < threshold] = 0.0
     return d
 
 
-def fs_distance(z1, z2, *, threshold: float | None = None) -> np.ndarray:
+def fs_distance(z1: ArrayLike, z2: ArrayLike, *, threshold: float | None = None) -> np.ndarray:
     """FS geodesic distance between corresponding points of two batches (paper eq. 3.2).
 
     Args:
@@ -149,14 +150,19 @@ def fs_distance(z1, z2, *, threshold: float | None = None) -> np.ndarray:
 CHUNK_BYTES = 128 * 2**20
 
 
-def _rows_per_chunk(chunk_size, n_cols):
+def _rows_per_chunk(chunk_size: int | None, n_cols: int) -> int:
     if chunk_size is None:
         return max(1, int(CHUNK_BYTES // (16 * max(n_cols, 1))))
     return positive_int(chunk_size, "chunk_size")
 
 
 def fs_distance_matrix(
-    z1, z2=None, *, chunk_size: int | None = None, threshold: float | None = None, dtype=np.float64
+    z1: ArrayLike,
+    z2: ArrayLike | None = None,
+    *,
+    chunk_size: int | None = None,
+    threshold: float | None = None,
+    dtype: DTypeLike = np.float64,
 ) -> np.ndarray:
     """All-pairs FS geodesic distances, computed in row chunks.
 
@@ -175,7 +181,7 @@ def fs_distance_matrix(
     """
     z1 = as_points(z1, "z1")
     same = z2 is None
-    z2 = z1 if same else as_points(z2, "z2")
+    z2 = z1 if z2 is None else as_points(z2, "z2")
     if z1.shape[1] != z2.shape[1]:
         raise ValueError(
             f"`z1` and `z2` must have the same number of coordinates; received {z1.shape[1]} and {z2.shape[1]}."
@@ -194,14 +200,14 @@ def fs_distance_matrix(
 
 
 def fs_nearest(
-    z_query,
-    z_ref=None,
+    z_query: ArrayLike,
+    z_ref: ArrayLike | None = None,
     *,
     k: int = 1,
     exclude_self: bool | None = None,
     chunk_size: int | None = None,
     threshold: float | None = None,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest reference points of each query point in FS distance.
 
     Never forms the full distance matrix: memory is O(chunk_size * P_ref).
@@ -220,7 +226,7 @@ def fs_nearest(
     """
     zq = as_points(z_query, "z_query")
     same = z_ref is None
-    zr = zq if same else as_points(z_ref, "z_ref")
+    zr = zq if z_ref is None else as_points(z_ref, "z_ref")
     if exclude_self is None:
         exclude_self = same
     if exclude_self and not same:

@@ -14,7 +14,14 @@ of order 0.1-1 for points that are not on the variety.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from cyntk.geometry.cicy import CompleteIntersection
+    from cyntk.geometry.hypersurface import Hypersurface
 
 __all__ = ["VARIETY_TOL", "FILE_VARIETY_TOL", "relative_residual", "check_on_variety"]
 
@@ -24,7 +31,7 @@ VARIETY_TOL = 1e-4
 FILE_VARIETY_TOL = 1e-8
 
 
-def relative_residual(manifold, z) -> np.ndarray:
+def relative_residual(manifold: Hypersurface | CompleteIntersection, z: ArrayLike) -> np.ndarray:
     """``|Q(z)| / sum_m |c_m z^m|`` (P,) float64 (the largest over the equations, if several).
 
     Args:
@@ -57,7 +64,9 @@ def relative_residual(manifold, z) -> np.ndarray:
     return r.astype(np.float64)
 
 
-def check_on_variety(manifold, z, name: str = "z", tol: float | None = None) -> np.ndarray:
+def check_on_variety(
+    manifold: Hypersurface | CompleteIntersection, z: np.ndarray, name: str = "z", tol: float | None = None
+) -> np.ndarray:
     """Raise unless every point of ``z`` lies on ``manifold``.
 
     Args:
@@ -92,7 +101,7 @@ def check_on_variety(manifold, z, name: str = "z", tol: float | None = None) -> 
     return r
 
 
-def _terms(z, mono):
+def _terms(z: np.ndarray, mono: np.ndarray) -> np.ndarray:
     """``prod_l z_l**mono[m, l]`` (P, M) from a table of powers (cheaper than complex ``np.power``)."""
     P, N = z.shape
     d = int(mono.max()) if mono.size else 0
