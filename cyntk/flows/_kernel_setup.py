@@ -199,37 +199,55 @@ class _FlowSetup:
 
 
 def _serialize_kernel(kernel) -> dict:
+    """The kernel's Keras serialisation (``keras.saving.serialize_keras_object``).
+
+    The empirical NTK is saved without its model (``"model": "base_metric"``):
+    the loaded KernelModel rebuilds it from its base metric (:class:`_LazyEmpiricalNTK`).
+    """
     if isinstance(kernel, EmpiricalNTKKernel):
         return {
-            "class_name": "EmpiricalNTKKernel",
             "module": EmpiricalNTKKernel.__module__,
+            "class_name": "EmpiricalNTKKernel",
             "config": {
                 "snapshot": kernel.snapshot,
                 "chunk_size": kernel.chunk_size,
                 "implementation": kernel.implementation,
                 "output": kernel.output,
             },
+            "registered_name": "cyntk>EmpiricalNTKKernel",
             "model": "base_metric",
         }
     if not hasattr(kernel, "get_config"):
         raise TypeError(f"kernel {type(kernel).__name__} has no get_config(); it cannot be saved.")
-    return {"class_name": type(kernel).__qualname__, "module": type(kernel).__module__, "config": kernel.get_config()}
+    if keras.saving.get_registered_object(keras.saving.get_registered_name(type(kernel))) is not type(kernel):
+        raise TypeError(
+            f"kernel {type(kernel).__name__} is not registered with Keras; decorate its class with "
+            "keras.saving.register_keras_serializable(package='cyntk') so that it can be saved and loaded."
+        )
+    return keras.saving.serialize_keras_object(kernel)
 
 
 def _deserialize_kernel(config: dict):
-    module, name = config["module"], config["class_name"]
-    cls = keras.saving.get_registered_object(f"cyntk>{name}")
-    if cls is None:
-        if not module.startswith("cyntk."):
-            raise ValueError(
-                f"cannot rebuild kernel {module}.{name}: only cyntk kernels or kernels "
-                "registered with keras.saving.register_keras_serializable(package="
-                "'cyntk') can be loaded."
-            )
-        cls = getattr(importlib.import_module(module), name)
-    if not (isinstance(cls, type) and issubclass(cls, Kernel)):
-        raise TypeError(f"{module}.{name} is not a cyntk Kernel.")
-    return cls(**config["config"])
+    """Inverse of :func:`_serialize_kernel` (also configs saved before Keras registration)."""
+    if "registered_name" in config:
+        kernel = keras.saving.deserialize_keras_object(config)
+    else:  # older files: {"module", "class_name", "config"} of a cyntk kernel
+        module, name = config["module"], config["class_name"]
+        cls = keras.saving.get_registered_object(f"cyntk>{name}")
+        if cls is None:
+            if not module.startswith("cyntk."):
+                raise ValueError(
+                    f"cannot rebuild kernel {module}.{name}: only cyntk kernels or kernels "
+                    "registered with keras.saving.register_keras_serializable(package="
+                    "'cyntk') can be loaded."
+                )
+            cls = getattr(importlib.import_module(module), name)
+        if not (isinstance(cls, type) and issubclass(cls, Kernel)):
+            raise TypeError(f"{module}.{name} is not a cyntk Kernel.")
+        kernel = cls.from_config(config["config"])
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"the saved kernel {config.get('class_name')!r} is not a cyntk Kernel.")
+    return kernel
 
 
 class _LazyEmpiricalNTK(EmpiricalNTKKernel):

@@ -8,10 +8,10 @@ components, cyntk's component order) acts on per-point vectors ``v`` (P2, m)::
 :class:`KernelProduct` evaluates this product without ever holding the whole
 (P1, P2) (or (P1, P2, m, m)) block. How it does so depends on the kernel:
 
-* kernels with their own ``matvec`` (matrix-free empirical NTK ``J (J^T v)``,
+* kernels with their own ``matvec`` (``Kernel.matrix_free``: matrix-free empirical NTK ``J (J^T v)``,
   the Delta kernel's nearest-neighbour copy) are called through it; the Delta
   kernel of a point set with itself is the identity (``DeltaKernel()(x, None)``);
-* *pairwise* kernels, whose entry ``Theta(x1[a], x2[b])`` depends on the two
+* *pairwise* kernels (declared by ``Kernel.pairwise``), whose entry ``Theta(x1[a], x2[b])`` depends on the two
   points only (Gaussian-FS, infinite-width NTK, cosine NTK, empirical NTK), are
   evaluated in square tiles of ``tile_size x tile_size`` points, and the
   product of a point set with itself evaluates only the tiles on and above the
@@ -19,8 +19,9 @@ components, cyntk's component order) acts on per-point vectors ``v`` (P2, m)::
   Row strips of tiles are handed out (longest first) to ``n_threads`` worker
   threads, each accumulating into its own output (NumPy releases the GIL in
   its ufuncs and BLAS; BLAS itself runs single-threaded per tile). Kernels may
-  offer a faster tile interface, used when their class defines it together
-  with its ``_block`` (:func:`uses_tile_api`):
+  offer a faster tile interface, used when they declare it
+  (:attr:`Kernel.supports_tiles <cyntk.kernels.base.Kernel.supports_tiles>`,
+  :func:`uses_tile_api`):
 
   - ``tile_state(x)``: per-point state (a tuple of arrays with the points on
     the first axis: unit vectors, layer variances, ...), computed once per
@@ -56,17 +57,15 @@ import threading
 import numpy as np
 
 from cyntk.geometry.components import hermitian_from_components
-from cyntk.kernels.analytic import InfiniteWidthKernel
 from cyntk.kernels.base import Kernel
-from cyntk.kernels.cosine import CosineNTKKernel
-from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
-from cyntk.kernels.ntk import EmpiricalNTKKernel
 
 __all__ = [
     "KernelProduct",
     "is_pairwise",
     "has_own_matvec",
     "uses_tile_api",
+    "uses_fused_matvec",
+    "is_identity_on_same_points",
     "min_eigenvalues",
     "RowIndex",
     "default_threads",
@@ -74,9 +73,6 @@ __all__ = [
 
 #: kernel entries per row chunk of non-pairwise kernels (about 32 MiB per float64 temporary)
 _ROW_CHUNK_ENTRIES = 1 << 22
-
-#: kernel classes known to be pairwise (entry (a, b) depends on x1[a], x2[b] only)
-_PAIRWISE = (GaussianFSKernel, InfiniteWidthKernel, CosineNTKKernel, EmpiricalNTKKernel)
 
 
 def default_threads() -> int:
@@ -90,37 +86,51 @@ def default_threads() -> int:
 def is_pairwise(kernel) -> bool:
     """Whether ``kernel(x1, x2)[a, b]`` depends only on ``x1[a]`` and ``x2[b]``.
 
-    A kernel may say so with a boolean attribute ``pairwise``; otherwise the
-    known pairwise classes of :mod:`cyntk.kernels` are recognised and every
-    other kernel is treated as non-pairwise (always correct, only slower).
+    The kernel's declaration :attr:`Kernel.pairwise <cyntk.kernels.base.Kernel.pairwise>`
+    (a duck-typed kernel without the attribute is treated as non-pairwise:
+    always correct, only slower).
     """
-    flag = getattr(kernel, "pairwise", None)
-    if flag is not None:
-        return bool(flag)
-    return isinstance(kernel, _PAIRWISE)
+    return bool(getattr(kernel, "pairwise", False))
 
 
 def has_own_matvec(kernel) -> bool:
-    """Whether the kernel overrides :meth:`Kernel.matvec` (matrix-free products)."""
-    if not isinstance(kernel, Kernel):
-        return hasattr(kernel, "matvec")
-    return type(kernel).matvec is not Kernel.matvec
+    """Whether the product calls the kernel's own matrix-free ``matvec``.
+
+    :attr:`Kernel.matrix_free <cyntk.kernels.base.Kernel.matrix_free>` for
+    cyntk kernels; any ``matvec`` of a duck-typed kernel.
+    """
+    if isinstance(kernel, Kernel):
+        return kernel.matrix_free
+    return callable(getattr(kernel, "matvec", None))
 
 
 def uses_tile_api(kernel) -> bool:
     """Whether the tiled product may use the kernel's ``tile_state`` / ``tile_block``.
 
-    True for kernels whose class defines both methods together with the
-    ``_block`` in use (a subclass that overrides ``_block`` alone keeps the
-    generic per-tile call, which honours its override).
+    :attr:`Kernel.supports_tiles <cyntk.kernels.base.Kernel.supports_tiles>`
+    for cyntk kernels (a subclass that overrides ``_block`` alone loses it, so
+    the generic per-tile call honours its override); a duck-typed kernel
+    needs both methods.
     """
-    cls = type(kernel)
-    if not (callable(getattr(cls, "tile_state", None)) and callable(getattr(cls, "tile_block", None))):
-        return False
-    if not isinstance(kernel, Kernel):
-        return True
-    owner = next(c for c in cls.__mro__ if "tile_block" in vars(c))
-    return "_block" in vars(owner) and cls._block is vars(owner)["_block"]
+    if isinstance(kernel, Kernel):
+        return kernel.supports_tiles
+    return callable(getattr(kernel, "tile_state", None)) and callable(getattr(kernel, "tile_block", None))
+
+
+def uses_fused_matvec(kernel) -> bool:
+    """Whether the tiled product may contract tiles with the kernel's fused ``tile_matvec``."""
+    if isinstance(kernel, Kernel):
+        return kernel.supports_fused_matvec
+    return (
+        uses_tile_api(kernel)
+        and bool(getattr(kernel, "component_diagonal", False))
+        and callable(getattr(kernel, "tile_matvec", None))
+    )
+
+
+def is_identity_on_same_points(kernel) -> bool:
+    """Whether the block of a point set with itself is the identity (the Delta kernel)."""
+    return bool(getattr(kernel, "identity_on_same_points", False))
 
 
 def kernel_name(kernel) -> str:
@@ -151,6 +161,7 @@ class KernelProduct:
         self.component_diagonal = bool(getattr(kernel, "component_diagonal", False))
         self.pairwise = is_pairwise(kernel)
         self.own_matvec = has_own_matvec(kernel)
+        self.identity_on_same = is_identity_on_same_points(kernel)
 
     # ------------------------------------------------------------------ checks
     def check_block(self, block, p1: int, p2: int) -> np.ndarray:
@@ -225,8 +236,8 @@ class KernelProduct:
             return np.zeros((0, self.m))
         if len(x2) == 0:
             return np.zeros((len(x1), self.m))
-        if same and isinstance(self.kernel, DeltaKernel) and len(x1) == len(x2):
-            # the Delta kernel of a point set with itself is the identity (DeltaKernel(x, None))
+        if same and self.identity_on_same and len(x1) == len(x2):
+            # e.g. the Delta kernel of a point set with itself is the identity (DeltaKernel(x, None))
             return v.copy()
         if self.own_matvec:
             return self._check_result(self.kernel.matvec(x1, x2, v), len(x1))
@@ -312,7 +323,7 @@ class KernelProduct:
         if uses_tile_api(k):
             s1 = k.tile_state(x1)
             s2 = s1 if x2 is None else k.tile_state(x2)
-            if self.component_diagonal and callable(getattr(type(k), "tile_matvec", None)):
+            if self.component_diagonal and uses_fused_matvec(k):
 
                 def tile(a, b, diag, v2, v1):
                     st1 = tuple(s[a] for s in s1)

@@ -53,6 +53,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import keras
 import numpy as np
 
 from cyntk._validation import as_real_points, matching_widths, nonnegative_float, one_of, positive_int
@@ -477,6 +478,7 @@ def infinite_width_kernel(
     return _iw_block(st1, st2, arch, kind)
 
 
+@keras.saving.register_keras_serializable(package="cyntk")
 class InfiniteWidthKernel(Kernel):
     """Infinite-width NTK (or NNGP) of a fully connected network, as a kernel.
 
@@ -499,6 +501,13 @@ class InfiniteWidthKernel(Kernel):
     """
 
     component_diagonal = True
+    pairwise = True
+    symmetric = True
+    positive_semidefinite = True  # NNGP and NTK covariances
+    identity_on_same_points = False
+    has_tile_api = True  # _block is tile_block(tile_state(x1), tile_state(x2))
+    has_fused_tile_matvec = True
+    has_matrix_free_matvec = False
 
     def __init__(
         self,

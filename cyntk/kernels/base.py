@@ -18,6 +18,38 @@ comes in one of two forms:
 :meth:`Kernel.full` always returns the (P1, P2, m, m) form and
 :meth:`Kernel.matvec` applies the kernel to per-point vectors without storing
 more than one row chunk of the block.
+
+The contract
+------------
+Every capability a product engine (:class:`cyntk.flows.product.KernelProduct`,
+the TensorFlow engine of :class:`~cyntk.flows.kernel_model.KernelModel`) may
+use is *declared* on the class; engines read the declarations and never probe
+the class hierarchy or test for concrete classes. Each concrete kernel of
+cyntk states every flag explicitly:
+
+=========================== ===== ===== ==== ==== ===== ===== ===== =====
+kernel                      diag  pair  sym  psd  tiles fused free  ident
+=========================== ===== ===== ==== ==== ===== ===== ===== =====
+GaussianFSKernel            yes   yes   yes  no   yes   no    no    no
+DeltaKernel                 yes   no    no   yes  no    no    yes   yes
+InfiniteWidthKernel         yes   yes   yes  yes  yes   yes   no    no
+CosineNTKKernel             yes   yes   yes  yes  no    no    no    no
+EmpiricalNTKKernel          no    yes   yes  yes  no    no    yes   no
+InfiniteWidthMetricKernel   no    yes   yes  yes  no    no    no    no
+ManifoldGaussianKernel      yes   yes   yes  yes  no    no    no    no
+=========================== ===== ===== ==== ==== ===== ===== ===== =====
+
+(diag: :attr:`~Kernel.component_diagonal`; pair: :attr:`~Kernel.pairwise`;
+sym: :attr:`~Kernel.symmetric`; psd: :attr:`~Kernel.positive_semidefinite`;
+tiles / fused: :attr:`~Kernel.has_tile_api` / :attr:`~Kernel.has_fused_tile_matvec`;
+free: :attr:`~Kernel.has_matrix_free_matvec`; ident:
+:attr:`~Kernel.identity_on_same_points`.)
+
+Kernels are registered with ``keras.saving.register_keras_serializable(package="cyntk")``
+and round-trip through ``keras.saving.serialize_keras_object`` /
+``keras.saving.deserialize_keras_object`` (:meth:`Kernel.get_config` /
+:meth:`Kernel.from_config`). ``tests/test_kernel_contract.py`` checks every
+kernel exported from :mod:`cyntk.kernels` against this contract.
 """
 
 from __future__ import annotations
@@ -39,17 +71,124 @@ class Kernel(abc.ABC):
     point of shape (d,) is accepted and the corresponding axis is dropped from
     the result.
 
-    Subclasses set the class attribute ``component_diagonal`` and implement
-    ``_block(x1, x2)``: ``x1`` float64 (P1, d), ``x2`` float64 (P2, d) or
-    ``None`` for ``x2 = x1`` (so symmetry can be exploited); it returns a NumPy
-    array of shape (P1, P2) (component-diagonal) or (P1, P2, m, m) (full).
+    Subclasses implement ``_block(x1, x2)``: ``x1`` float64 (P1, d), ``x2``
+    float64 (P2, d) or ``None`` for ``x2 = x1`` (so symmetry can be exploited);
+    it returns a NumPy array of shape (P1, P2) (component-diagonal) or
+    (P1, P2, m, m) (full). They declare their capabilities with the class
+    attributes below (the defaults are the safe ones: an engine that trusts
+    them is always correct, only possibly slower), and optionally implement
+    the tile interface (:meth:`tile_state`, :meth:`tile_block`,
+    :meth:`tile_matvec`) and a matrix-free :meth:`matvec`.
+
+    A subclass that overrides ``_block`` without re-declaring
+    ``has_tile_api`` / ``has_fused_tile_matvec`` loses them (the inherited tile
+    methods compute its parent's block, not its own), and one that overrides
+    ``_block`` but not ``matvec`` without re-declaring ``has_matrix_free_matvec``
+    loses that too; engines then use the generic calls, which honour the override.
     """
 
     #: True when Theta_IJ(x, x') = delta_IJ k(x, x') and blocks are (P1, P2).
     component_diagonal: bool = True
 
-    #: Number of metric components m of a full kernel (None when not fixed).
+    #: Number of metric components m of a full kernel (None when not fixed or
+    #: not yet known; component-diagonal kernels work for any m).
     n_components: int | None = None
+
+    #: True when entry (a, b) of ``kernel(x1, x2)`` depends only on ``x1[a]``
+    #: and ``x2[b]`` (not on the rest of either set), so the block may be
+    #: evaluated tile by tile. A pairwise kernel must also be :attr:`symmetric`
+    #: (engines evaluate only the tiles on and above the diagonal of a set with
+    #: itself). False for kernels such as the nearest-neighbour
+    #: :class:`~cyntk.kernels.fs.DeltaKernel` whose entries depend on all of ``x2``.
+    pairwise: bool = False
+
+    #: True when ``kernel(x1, x2) = kernel(x2, x1)^T`` for any two point sets
+    #: (``Theta_IJ(x, x') = Theta_JI(x', x)``).
+    symmetric: bool = False
+
+    #: True when the block ``kernel(x, None)`` of any point set with itself,
+    #: read as a (P m) x (P m) matrix, is positive semidefinite (up to rounding).
+    #: Promised by the infinite-width NNGP/NTK (:class:`InfiniteWidthKernel`,
+    #: :class:`InfiniteWidthMetricKernel`), the cosine-network NTK and the
+    #: (rescaled) Gaussians of :class:`CosineNTKKernel` and
+    #: :class:`ManifoldGaussianKernel` (Gaussians of a Euclidean distance), the
+    #: empirical NTK (a Gram matrix ``J J^T``) and the Delta kernel (the
+    #: identity); *not* by :class:`GaussianFSKernel`, the exponential of the
+    #: Fubini-Study geodesic distance, for which no proof is at hand.
+    positive_semidefinite: bool = False
+
+    #: True when the block of a point set with itself is the identity
+    #: (``kernel(x, None) = 1``) whatever the points (the Delta kernel), so
+    #: engines may return ``v`` for the product of a set with itself.
+    identity_on_same_points: bool = False
+
+    #: True when the class implements :meth:`tile_state` and :meth:`tile_block`
+    #: and they give exactly its ``_block`` (read through :attr:`supports_tiles`).
+    has_tile_api: bool = False
+
+    #: True when the class also implements the fused :meth:`tile_matvec`
+    #: (component-diagonal kernels only; read through :attr:`supports_fused_matvec`).
+    has_fused_tile_matvec: bool = False
+
+    #: True when :meth:`matvec` is the kernel's own matrix-free product (it does
+    #: not form the block: the empirical NTK's ``J (J^T v)``, the Delta
+    #: kernel's copy of the nearest neighbour's vector); read through
+    #: :attr:`matrix_free`. Engines then call ``matvec`` instead of the block.
+    has_matrix_free_matvec: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "_block" in own:
+            # the inherited tile methods / matvec compute the parent's block, not this one
+            if "has_tile_api" not in own and "tile_block" not in own:
+                cls.has_tile_api = False
+            if "has_fused_tile_matvec" not in own and "tile_matvec" not in own:
+                cls.has_fused_tile_matvec = False
+            if "has_matrix_free_matvec" not in own and "matvec" not in own:
+                cls.has_matrix_free_matvec = False
+
+    # ------------------------------------------------------------ capabilities
+    @property
+    def supports_tiles(self) -> bool:
+        """Whether engines may evaluate tiles with :meth:`tile_state` / :meth:`tile_block`."""
+        return bool(self.has_tile_api)
+
+    @property
+    def supports_fused_matvec(self) -> bool:
+        """Whether engines may contract tiles with the fused :meth:`tile_matvec`."""
+        return bool(self.has_tile_api and self.has_fused_tile_matvec and self.component_diagonal)
+
+    @property
+    def matrix_free(self) -> bool:
+        """Whether :meth:`matvec` is the kernel's own product that never forms the block."""
+        return bool(self.has_matrix_free_matvec)
+
+    # ---------------------------------------------------------- tile interface
+    def tile_state(self, x) -> tuple:
+        """Per-point state of validated float64 points (P, d), computed once per point set.
+
+        A tuple of arrays with the points on their first axis (unit vectors,
+        layer variances, ...), so a tile's state is ``tuple(a[rows] for a in state)``.
+        Only for kernels with :attr:`supports_tiles`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no tile interface (has_tile_api is False).")
+
+    def tile_block(self, state1, state2=None) -> np.ndarray:
+        """The block between two (sliced) states of :meth:`tile_state` (``state2=None``: a set with itself).
+
+        Equal to ``_block`` of the corresponding points (to rounding).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no tile interface (has_tile_api is False).")
+
+    def tile_matvec(self, state1, state2, v2, v1=None):
+        """Fused ``(Theta v2, Theta^T v1)`` of one tile (``v1=None``: second item None).
+
+        ``state2=None``: the set ``state1`` with itself (then ``v1`` is None).
+        ``v2`` is (P2, m), ``v1`` (P1, m). Only for kernels with
+        :attr:`supports_fused_matvec`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no fused tile_matvec (has_fused_tile_matvec is False).")
 
     # ------------------------------------------------------------------ public
     def __call__(self, x1, x2=None) -> np.ndarray:
@@ -149,11 +288,20 @@ class Kernel(abc.ABC):
         return np.concatenate(out, axis=0)
 
     def get_config(self) -> dict:
-        """Constructor arguments (override in subclasses)."""
+        """Constructor arguments, JSON-able after ``keras.saving.serialize_keras_object``.
+
+        Nested Keras-serialisable objects (kernels, models) may appear as
+        values; :meth:`from_config` deserialises them again. Override in subclasses.
+        """
         return {}
 
+    @classmethod
+    def from_config(cls, config: dict) -> "Kernel":
+        """The kernel of a :meth:`get_config` (nested serialised objects are deserialised)."""
+        return cls(**{key: _deserialize_value(value) for key, value in dict(config).items()})
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
     # ----------------------------------------------------------------- private
@@ -179,3 +327,27 @@ class Kernel(abc.ABC):
                 f"{type(self).__name__}._block returned shape {out.shape}; expected "
                 f"{expected}. This is a bug in the kernel class."
             )
+
+
+def _short_repr(value) -> str:
+    """``repr`` of a config value, with models and arrays abbreviated."""
+    if hasattr(value, "variables") and hasattr(value, "name"):  # a Keras layer / model
+        return f"<{type(value).__name__} {value.name!r}>"
+    if isinstance(value, np.ndarray):
+        return f"<array {value.shape}>"
+    if isinstance(value, dict) and "monomials" in value and "name" in value:  # a manifold's spec
+        return f"<manifold {value['name']!r}>"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
+        return f"<{len(value)} arrays>"
+    return repr(value)
+
+
+def _deserialize_value(value):
+    """A value of a kernel config: serialised Keras objects (dicts with ``class_name``) are rebuilt."""
+    if isinstance(value, dict) and "class_name" in value and "config" in value:
+        import keras
+
+        return keras.saving.deserialize_keras_object(value)
+    if isinstance(value, list):
+        return [_deserialize_value(v) for v in value]
+    return value

@@ -120,6 +120,7 @@ def cosine_ntk(x1, x2=None, *, sigma_w: float, amplitude: float | None = None) -
     return 0.5 * a**2 * np.exp(-0.5 * sigma_w**2 * sq / d)
 
 
+@keras.saving.register_keras_serializable(package="cyntk")
 class CosineNTKKernel(Kernel):
     """Infinite-width NTK of the cosine network as a component-diagonal kernel.
 
@@ -133,6 +134,13 @@ class CosineNTKKernel(Kernel):
     """
 
     component_diagonal = True
+    pairwise = True
+    symmetric = True
+    positive_semidefinite = True  # a Gaussian of the Euclidean distance
+    identity_on_same_points = False
+    has_tile_api = False
+    has_fused_tile_matvec = False
+    has_matrix_free_matvec = False
 
     def __init__(self, sigma_w: float, *, amplitude: float | None = None):
         self.sigma_w = positive_float(sigma_w, "sigma_w")

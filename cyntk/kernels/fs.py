@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import keras
 import numpy as np
 
 from cyntk._validation import matching_widths, nonnegative_float, optional_chunk_size, positive_float
@@ -44,8 +45,13 @@ def _complex_points(x: np.ndarray, name: str) -> np.ndarray:
     return to_complex(x)
 
 
+@keras.saving.register_keras_serializable(package="cyntk")
 class GaussianFSKernel(Kernel):
     """Exponential kernel in the Fubini-Study geodesic distance (paper eq. 3.6).
+
+    Named "Gaussian" after the paper, but it computes ``exp(-d / (2 sigma))``:
+    an *exponential* (Laplace-type) kernel of the FS distance ``d``, not
+    ``exp(-d^2 / (2 sigma^2))``.
 
     ``Theta_IJ(x, x') = delta_IJ exp(-d(x, x') / (2 sigma))``, with
     ``d(z, z') = arccos sqrt(|z^dagger z'|^2 / (|z|^2 |z'|^2))`` the FS distance
@@ -66,6 +72,15 @@ class GaussianFSKernel(Kernel):
     """
 
     component_diagonal = True
+    pairwise = True
+    symmetric = True
+    # exp(-lambda d) of a geodesic distance is positive definite only where d is
+    # conditionally negative definite; not established here for CP^n.
+    positive_semidefinite = False
+    identity_on_same_points = False
+    has_tile_api = True  # tile_state / tile_block give exactly _block
+    has_fused_tile_matvec = False
+    has_matrix_free_matvec = False
 
     def __init__(self, sigma: float = 30.0, *, threshold: float | None = None, chunk_size: int | None = None):
         self.sigma = positive_float(sigma, "sigma")
@@ -162,6 +177,7 @@ class GaussianFSKernel(Kernel):
         return c2
 
 
+@keras.saving.register_keras_serializable(package="cyntk")
 class DeltaKernel(Kernel):
     """Nearest-neighbour ("Delta") kernel in the Fubini-Study distance.
 
@@ -178,6 +194,13 @@ class DeltaKernel(Kernel):
     """
 
     component_diagonal = True
+    pairwise = False  # a row's entry depends on all of x2 (its nearest point)
+    symmetric = False  # nearest neighbours are not mutual
+    positive_semidefinite = True  # kernel(x, None) is the identity
+    identity_on_same_points = True
+    has_tile_api = False
+    has_fused_tile_matvec = False
+    has_matrix_free_matvec = True  # matvec copies the nearest neighbour's vector
 
     def __init__(self, *, threshold: float | None = None, chunk_size: int | None = None):
         self.threshold = None if threshold is None else nonnegative_float(threshold, "threshold")

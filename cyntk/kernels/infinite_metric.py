@@ -25,6 +25,7 @@ reads the infinite-width kernel of a network built from
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -110,6 +111,7 @@ def network_infinite_width_kernel(network, kind: str = "ntk") -> InfiniteWidthKe
     )
 
 
+@keras.saving.register_keras_serializable(package="cyntk")
 class InfiniteWidthMetricKernel(Kernel):
     """``Theta_inf_g(x, x') = Theta_inf(u(x), u(x')) M(x) M(x')^T`` of a multiplicative model.
 
@@ -127,6 +129,13 @@ class InfiniteWidthMetricKernel(Kernel):
     """
 
     component_diagonal = False
+    pairwise = True
+    symmetric = True
+    positive_semidefinite = True  # sum_K k(x, x') M_K(x) M_K(x')^T with k PSD
+    identity_on_same_points = False
+    has_tile_api = False
+    has_fused_tile_matvec = False
+    has_matrix_free_matvec = False
 
     def __init__(self, model, network_kernel: Kernel | None = None, *, patch_normalised: bool = True):
         if getattr(model, "network", None) is None or not callable(getattr(model, "fs_metric", None)):
@@ -148,7 +157,7 @@ class InfiniteWidthMetricKernel(Kernel):
 
     def get_config(self) -> dict:
         return {
-            "model": type(self.model).__name__,
+            "model": self.model,  # serialised by keras.saving (the metric maps need its manifold only)
             "network_kernel": self.network_kernel,
             "patch_normalised": self.patch_normalised,
         }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 
 from cyntk._validation import as_real_points, one_of, positive_float, positive_int
@@ -18,6 +19,34 @@ __all__ = ["ManifoldGaussianKernel", "manifold_cosine_amplitude", "RESCALINGS"]
 
 #: Rescaling of the kernel: none, or the Riemannian one h = (d lambda/d mu)^(1/2).
 RESCALINGS = ("none", "riemannian")
+
+
+def _manifold_config(manifold: Hypersurface) -> dict:
+    """The hypersurface as a JSON-able spec (monomials, coefficients, Kaehler parameter, name)."""
+    return {
+        "monomials": np.asarray(manifold.monomials).tolist(),
+        "coefficients_real": np.real(manifold.coefficients).tolist(),
+        "coefficients_imag": np.imag(manifold.coefficients).tolist(),
+        "kmoduli": np.asarray(manifold.kmoduli).tolist(),
+        "name": manifold.name,
+    }
+
+
+def _manifold_from_config(value) -> Hypersurface:
+    """Inverse of :func:`_manifold_config`; also a manifold name (:func:`cyntk.geometry.get_manifold`)."""
+    if isinstance(value, Hypersurface):
+        return value
+    if isinstance(value, str):
+        from cyntk.geometry import get_manifold
+
+        return get_manifold(value)
+    coef = np.asarray(value["coefficients_real"]) + 1j * np.asarray(value.get("coefficients_imag", 0.0))
+    return Hypersurface(
+        np.asarray(value["monomials"], np.int64),
+        coef,
+        np.asarray(value.get("kmoduli", 1.0), np.float64),
+        name=value.get("name", "hypersurface"),
+    )
 
 
 def manifold_cosine_amplitude(sigma_w: float, d: int, m: int) -> float:
@@ -38,6 +67,7 @@ def manifold_cosine_amplitude(sigma_w: float, d: int, m: int) -> float:
     return math.sqrt(2.0) * (sigma_w**2 / (2.0 * math.pi * d)) ** (m / 4.0)
 
 
+@keras.saving.register_keras_serializable(package="cyntk")
 class ManifoldGaussianKernel(Kernel):
     """Normalised Gaussian on the manifold, optionally rescaled (paper 2.27-2.28).
 
@@ -61,6 +91,12 @@ class ManifoldGaussianKernel(Kernel):
 
     component_diagonal = True
     pairwise = True
+    symmetric = True
+    positive_semidefinite = True  # h(x) h(x') times a Gaussian of a Euclidean distance
+    identity_on_same_points = False
+    has_tile_api = False
+    has_fused_tile_matvec = False
+    has_matrix_free_matvec = False
 
     def __init__(self, sigma: float, manifold: Hypersurface, chart, *, space="input", rescaling="none"):
         self.sigma = positive_float(sigma, "sigma")
@@ -76,8 +112,15 @@ class ManifoldGaussianKernel(Kernel):
             "chart": list(self.chart),
             "space": self.space,
             "rescaling": self.rescaling,
-            "manifold": self.manifold.name,
+            "manifold": _manifold_config(self.manifold),
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ManifoldGaussianKernel":
+        """Rebuild from :meth:`get_config`; ``manifold`` may be a spec dict or a name of ``get_manifold``."""
+        config = dict(config)
+        config["manifold"] = _manifold_from_config(config["manifold"])
+        return cls(**config)
 
     def coordinates(self, x):
         """The coordinates the Gaussian uses: x itself (z_k = 1) or the chart coordinates."""

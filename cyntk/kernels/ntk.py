@@ -47,6 +47,7 @@ import threading
 import warnings
 import weakref
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -591,6 +592,7 @@ def _vector(v, n_src):
 
 
 # ----------------------------------------------------------------------------- kernel object
+@keras.saving.register_keras_serializable(package="cyntk")
 class EmpiricalNTKKernel(Kernel):
     """The empirical metric-NTK of a model as a (full) kernel.
 
@@ -621,6 +623,13 @@ class EmpiricalNTKKernel(Kernel):
     """
 
     component_diagonal = False
+    pairwise = True
+    symmetric = True
+    positive_semidefinite = True  # a Gram matrix J J^T
+    identity_on_same_points = False
+    has_tile_api = False
+    has_fused_tile_matvec = False
+    has_matrix_free_matvec = True  # J (J^T v) without the block
 
     def __init__(
         self,
@@ -642,13 +651,51 @@ class EmpiricalNTKKernel(Kernel):
         self._lock = threading.RLock()
 
     def get_config(self) -> dict:
+        """The model (serialised by ``keras.saving``), its weights and the options.
+
+        ``weights`` is the snapshot (``snapshot=True``) or the current weights,
+        in ``model.variables`` order; :meth:`from_config` loads them into the
+        rebuilt model. (A :class:`~cyntk.flows.kernel_model.KernelModel` saves
+        its kernel without the model: it rebuilds it from its base metric.)
+        """
+        weights = self._weights if self._weights is not None else [np.array(v.numpy()) for v in self.model.variables]
         return {
-            "model": getattr(self.model, "name", type(self.model).__name__),
+            "model": self.model,
+            "weights": list(weights),
             "snapshot": self.snapshot,
             "chunk_size": self.chunk_size,
             "implementation": self.implementation,
             "output": self.output,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "EmpiricalNTKKernel":
+        """Rebuild the model (Keras config), load the saved weights, and snapshot them."""
+        config = dict(config)
+        model = config.pop("model")
+        if isinstance(model, dict):
+            model = keras.saving.deserialize_keras_object(model)
+        weights = config.pop("weights", None)
+        if weights is not None:
+            weights = [
+                np.asarray(keras.saving.deserialize_keras_object(w) if isinstance(w, dict) else w) for w in weights
+            ]
+            variables = list(model.variables)
+            if len(variables) != len(weights):
+                raise ValueError(
+                    f"cannot load the EmpiricalNTKKernel's {len(weights)} saved weights into the rebuilt "
+                    f"model {getattr(model, 'name', '')!r} with {len(variables)} variables (is it built?)."
+                )
+            for var, w in zip(variables, weights):
+                var.assign(w)
+        return cls(model, **config)
+
+    def __repr__(self) -> str:
+        return (
+            f"EmpiricalNTKKernel(model={getattr(self.model, 'name', type(self.model).__name__)!r}, "
+            f"snapshot={self.snapshot}, chunk_size={self.chunk_size!r}, "
+            f"implementation={self.implementation!r}, output={self.output!r})"
+        )
 
     @property
     def n_components(self):
