@@ -17,7 +17,8 @@ MIXED_CHART_POLICIES = ("raise", "separate")
 REDUCTIONS = ("sum", "mean")
 #: Named per-point losses (pointwise functions of g; Kähler, transition and
 #: Ricci losses need derivatives of g or g at other points and cannot be flowed).
-LOSS_NAMES = ("sigma", "volk")
+#: "sigma" is |1 - eta|, "sigma_squared" is (1 - eta)^2, eta = det g / (kappa |Omega|^2).
+LOSS_NAMES = ("sigma", "sigma_squared", "volk")
 
 _NOT_POINTWISE = ("kaehler", "transition", "ricci")
 _MARKER = "cyntk-kernel-flow-error"

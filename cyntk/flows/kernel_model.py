@@ -31,8 +31,8 @@ representation of the kernel (functional) gradient. Any other Keras optimizer
 
 **Loss and its reduction.** ``l`` is a per-point loss of the metric: the sigma
 loss ``|1 - det g / (kappa |Omega|^2)|`` of :mod:`cyntk.models.losses` by
-default; ``"volk"``, a weighted sum ``{"sigma": 1, "volk": 0.5}`` or any
-callable ``fn(g, y) -> (B,)``. The objective differentiated is
+default; its square ``"sigma_squared"`` (smooth at the minimum); ``"volk"``,
+a weighted sum ``{"sigma": 1, "volk": 0.5}`` or any callable ``fn(g, y) -> (B,)``. The objective differentiated is
 ``L = sum_{x' in B} s(x') l(x')`` (``reduction="sum"``, default, eq. 3.5
 literally; ``s`` = Keras sample weights, 1 by default) or
 ``L = sum s l / sum s`` (``reduction="mean"``, i.e. dt divided by the batch
@@ -192,8 +192,8 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             Fubini--Study otherwise.
         kappa: ``Vol_K / Vol_CY`` of the sigma loss; default: the manifold's
             (CYDataset / basis), else computed from the train points.
-        loss: ``"sigma"`` (default), ``"volk"``, a dict ``{name: weight}`` of
-            those, or a callable ``fn(g, y) -> (B,)`` of the metric g (B, n, n)
+        loss: ``"sigma"`` (default), ``"sigma_squared"``, ``"volk"``, a dict
+            ``{name: weight}`` of those, or a callable ``fn(g, y) -> (B,)`` of the metric g (B, n, n)
             complex and ``y`` (B, 2) ``[w, |Omega|^2]`` (per-point values).
         reduction: ``"sum"`` (eq. 3.5) or ``"mean"`` over the batch.
         form: ``"dual"`` or ``"primal"`` (``EmpiricalNTKKernel`` only).
@@ -564,6 +564,8 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
                 # kappa as a float64 tensor: tf.cast(<python float>, float64) inside sigma_loss
                 # would first round it to float32
                 term = L.sigma_loss(g, y[:, 1], tf.constant(self.kappa, tf.float64))
+            elif k == "sigma_squared":  # (1 - eta)^2: smooth at eta = 1, so a constant dt converges
+                term = tf.square(L.sigma_loss(g, y[:, 1], tf.constant(self.kappa, tf.float64)))
             else:  # volk
                 fs_unit = tf.py_function(self._np_fs_unit, [x], tf.complex128)
                 fs_unit = tf.ensure_shape(fs_unit, [None, self.n, self.n])
