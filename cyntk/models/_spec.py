@@ -22,21 +22,40 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from cyntk.geometry.files import IncompleteFileSetError, check_file_set, read_pickle
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import TypeAlias
+
+    from cyntk.geometry.cicy import CompleteIntersection
+    from cyntk.geometry.dataset import CYDataset
+    from cyntk.geometry.hypersurface import Hypersurface
     from cyntk.models._cicy_spec import CICYSpec
+
+    #: every form of the ``manifold`` argument of the models (see :func:`manifold_spec`)
+    ManifoldLike: TypeAlias = Union[
+        "ManifoldSpec",
+        CICYSpec,
+        Hypersurface,
+        CompleteIntersection,
+        CYDataset,
+        Mapping[str, Any],
+        str,
+        os.PathLike[str],
+    ]
 
 __all__ = ["ManifoldSpec", "manifold_spec"]
 
 _CONFIG_MARKER = "cyntk_manifold_spec"
 
 
-def _real_array(value, name: str, dtype) -> np.ndarray:
+def _real_array(value: object, name: str, dtype: DTypeLike) -> np.ndarray:
     """Real part of ``value`` as an array, refusing a genuinely complex value."""
     arr = np.asarray(getattr(value, "numpy", lambda: value)())
     if np.iscomplexobj(arr):
@@ -69,9 +88,9 @@ class ManifoldSpec:
     kmoduli: np.ndarray
     kappa: Optional[float] = None
     name: str = "hypersurface"
-    _derivative_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _derivative_cache: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         mon = np.asarray(self.monomials)
         if mon.ndim != 2 or mon.shape[0] < 1 or mon.shape[1] < 2:
             raise ValueError(
@@ -151,7 +170,7 @@ class ManifoldSpec:
         return np.array([self.degree * self.kmoduli[0] ** (self.nfold - 1)], dtype=np.float64)
 
     # --------------------------------------------------------- polynomial data
-    def derivative_basis(self):
+    def derivative_basis(self) -> tuple[np.ndarray, np.ndarray]:
         """dQ/dz_i as padded monomial lists.
 
         Returns:
@@ -183,12 +202,12 @@ class ManifoldSpec:
         E, F = self._derivative_cache["basis"]
         return E.copy(), F.copy()
 
-    def Q(self, z) -> np.ndarray:
+    def Q(self, z: ArrayLike) -> np.ndarray:
         """Q(z) for complex z of shape (B, N) (NumPy, complex128)."""
         z = np.asarray(z, dtype=np.complex128)
         return (self.coefficients * np.prod(z[:, None, :] ** self.monomials[None], axis=-1)).sum(-1)
 
-    def residual(self, z) -> np.ndarray:
+    def residual(self, z: ArrayLike) -> np.ndarray:
         """Scale-free residual ``|Q(z)| / sum_m |c_m z^m|`` (B,) float64."""
         z = np.asarray(z, dtype=np.complex128)
         terms = self.coefficients * np.prod(z[:, None, :] ** self.monomials[None], axis=-1)
@@ -202,7 +221,7 @@ class ManifoldSpec:
         if other.ncoords != self.ncoords or other.monomials.shape != self.monomials.shape:
             return False
 
-        def canon(spec):
+        def canon(spec: ManifoldSpec) -> tuple[np.ndarray, np.ndarray]:
             order = np.lexsort(spec.monomials.T[::-1])
             c = spec.coefficients[order]
             c = c / c[np.argmax(np.abs(c))]
@@ -226,11 +245,11 @@ class ManifoldSpec:
         more = " + ..." if len(self.monomials) > 6 else ""
         return f"{self.name}: {terms}{more} = 0 in P^{self.ncoords - 1}, t = {self.kmoduli[0]:g}"
 
-    def with_kappa(self, kappa) -> "ManifoldSpec":
+    def with_kappa(self, kappa: float | None) -> ManifoldSpec:
         return ManifoldSpec(self.monomials, self.coefficients, self.kmoduli, kappa, self.name)
 
     # ----------------------------------------------------------- serialisation
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {
             _CONFIG_MARKER: 1,
             "monomials": self.monomials.tolist(),
@@ -242,7 +261,7 @@ class ManifoldSpec:
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> "ManifoldSpec":
+    def from_config(cls, config: Mapping[str, Any]) -> ManifoldSpec:
         return cls(
             np.asarray(config["monomials"], np.int64),
             np.asarray(config["coefficients_real"]) + 1j * np.asarray(config["coefficients_imag"]),
@@ -253,7 +272,7 @@ class ManifoldSpec:
 
     # ----------------------------------------------------------- constructors
     @classmethod
-    def from_basis(cls, basis: dict, kappa=None) -> "ManifoldSpec":
+    def from_basis(cls, basis: Mapping[str, Any], kappa: float | None = None) -> ManifoldSpec:
         """From a cymetric ``basis.pickle`` dict (conventions §5.2/5.3)."""
         missing = [k for k in ("QB0", "QF0", "KMODULI") if k not in basis]
         if missing:
@@ -293,7 +312,7 @@ class ManifoldSpec:
         return spec
 
     @classmethod
-    def from_hypersurface(cls, manifold, kappa=None) -> "ManifoldSpec":
+    def from_hypersurface(cls, manifold: Hypersurface, kappa: float | None = None) -> ManifoldSpec:
         ambient = np.asarray(getattr(manifold, "ambient", [np.asarray(manifold.monomials).shape[1] - 1]))
         if ambient.reshape(-1).shape[0] != 1:
             raise ValueError(
@@ -308,7 +327,7 @@ class ManifoldSpec:
         )
 
 
-def _load_basis_path(path) -> dict:
+def _load_basis_path(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "basis.pickle"
@@ -333,7 +352,7 @@ def _load_basis_path(path) -> dict:
     return basis
 
 
-def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec | CICYSpec:
+def manifold_spec(manifold: ManifoldLike, kappa: float | None = None) -> ManifoldSpec | CICYSpec:
     """Normalise any accepted ``manifold`` argument to a :class:`ManifoldSpec`.
 
     Args:
@@ -366,10 +385,10 @@ def manifold_spec(manifold: Any, kappa=None) -> ManifoldSpec | CICYSpec:
     if isinstance(manifold, dict):
         return ManifoldSpec.from_basis(manifold, kappa)
     if hasattr(manifold, "manifold") and hasattr(manifold, "kappa"):  # CYDataset
-        k = kappa if kappa is not None else manifold.kappa
+        k = kappa if kappa is not None else cast("CYDataset", manifold).kappa
         return manifold_spec(manifold.manifold, k)
     if hasattr(manifold, "monomials") and hasattr(manifold, "coefficients"):  # Hypersurface
-        return ManifoldSpec.from_hypersurface(manifold, kappa)
+        return ManifoldSpec.from_hypersurface(cast("Hypersurface", manifold), kappa)
     raise TypeError(
         f"`manifold` must be a cyntk Hypersurface, a CYDataset, a cymetric basis dict "
         f"(or a path to basis.pickle); received {type(manifold).__name__}."

@@ -12,11 +12,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 __all__ = ["encode_float64", "decode_float64", "encode_args", "to_numpy", "copy_model", "mark", "marked_message"]
+
+_C = TypeVar("_C")
 
 
 def mark(marker: str, message: str) -> str:
@@ -32,7 +37,7 @@ def marked_message(err: BaseException, marker: str) -> str | None:
     return text.split(marker, 1)[1].lstrip(": ").split("\n")[0]
 
 
-def encode_float64(a):
+def encode_float64(a: Any) -> Any:
     """A float array as the int64 bit patterns of its float64 values (anything else unchanged).
 
     Keras' array data adapters cast float inputs of fit/evaluate/predict to
@@ -47,7 +52,7 @@ def encode_float64(a):
     return np.ascontiguousarray(arr, dtype=np.float64).view(np.int64)
 
 
-def decode_float64(t):
+def decode_float64(t: Any) -> tf.Tensor | None:
     """Inverse of :func:`encode_float64` inside the steps: int64 bit patterns -> float64; floats cast."""
     if t is None:
         return None
@@ -57,7 +62,9 @@ def decode_float64(t):
     return tf.cast(t, tf.float64) if t.dtype.is_floating else t
 
 
-def encode_args(args, kwargs, positions):
+def encode_args(
+    args: Sequence[Any], kwargs: dict[str, Any], positions: Mapping[str, int | None]
+) -> tuple[list[Any], dict[str, Any]]:
     """Encode the named array arguments of a Keras entry point (given by keyword or position)."""
     args = list(args)
     for name, pos in positions.items():
@@ -68,13 +75,13 @@ def encode_args(args, kwargs, positions):
     return args, kwargs
 
 
-def _encode_data(vd):
+def _encode_data(vd: Any) -> Any:
     if isinstance(vd, tuple) and 2 <= len(vd) <= 3:
         return tuple(encode_float64(v) for v in vd)
     return vd
 
 
-def to_numpy(a):
+def to_numpy(a: object) -> np.ndarray | None:
     if a is None or isinstance(a, (tf.data.Dataset,)) or callable(getattr(a, "__next__", None)):
         return None
     if isinstance(a, (dict, list, tuple)):
@@ -87,7 +94,7 @@ def to_numpy(a):
         return None
 
 
-def _force_trainable(config):
+def _force_trainable(config: _C) -> _C:
     """Set every ``"trainable"`` flag of a serialised Keras object to True (in place)."""
     if isinstance(config, dict):
         for k, v in config.items():
@@ -101,7 +108,13 @@ def _force_trainable(config):
     return config
 
 
-def copy_model(model, x_probe, weights=None, *, trainable=False):
+def copy_model(
+    model: keras.Model,
+    x_probe: np.ndarray | tf.Tensor,
+    weights: Sequence[np.ndarray] | None = None,
+    *,
+    trainable: bool = False,
+) -> keras.Model:
     """A copy of a Keras metric model with the given (or its current) weights.
 
     With ``trainable=True`` every layer of the copy is trainable, whatever the
@@ -120,7 +133,7 @@ def copy_model(model, x_probe, weights=None, *, trainable=False):
         ) from err
     clone(x_probe, training=False)
     src = list(model.variables) if weights is None else None
-    values = [np.asarray(v.numpy()) for v in src] if weights is None else list(weights)
+    values = [np.asarray(v.numpy()) for v in src or ()] if weights is None else list(weights)
     dst = list(clone.variables)
     if len(dst) != len(values) or any(tuple(d.shape) != tuple(np.shape(w)) for d, w in zip(dst, values)):
         raise ValueError(

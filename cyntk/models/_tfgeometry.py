@@ -34,32 +34,37 @@ reverse over reverse), which XLA compiles well.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
 from cyntk.models._spec import ManifoldSpec
 
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
 __all__ = ["TFGeometry", "jvp", "holomorphic_derivatives", "local_ddbar", "real_to_complex", "complex_to_real"]
 
 
-def real_to_complex(x, ncoords: int):
+def real_to_complex(x: TensorLike, ncoords: int) -> tf.Tensor:
     """(B, 2N) real ``[Re z, Im z]`` -> (B, N) complex."""
     return tf.complex(x[:, :ncoords], x[:, ncoords:])
 
 
-def complex_to_real(z):
+def complex_to_real(z: TensorLike) -> tf.Tensor:
     """(B, N) complex -> (B, 2N) real ``[Re z, Im z]``."""
     return tf.concat([tf.math.real(z), tf.math.imag(z)], axis=-1)
 
 
-def _second_derivative_basis(spec):
+def _second_derivative_basis(spec: ManifoldSpec) -> tuple[np.ndarray, np.ndarray]:
     """d^2Q/dz_i dz_l as padded monomial lists: (N*N, T2, N) int64, (N*N, T2) complex128."""
     N = spec.ncoords
     rows = []
     for i in range(N):
         for l in range(N):
-            terms = {}
+            terms: dict[tuple[int, ...], complex] = {}
             for mono, c in zip(spec.monomials, spec.coefficients):
                 e = mono.copy()
                 f = c * e[i]
@@ -81,7 +86,7 @@ def _second_derivative_basis(spec):
     return E, F
 
 
-def _complex_dtype(dtype):
+def _complex_dtype(dtype: str | tf.DType) -> tf.DType:
     dtype = tf.as_dtype(dtype)
     if dtype == tf.float64:
         return tf.complex128
@@ -99,7 +104,7 @@ class TFGeometry:
             complex results are complex64 / complex128 accordingly.
     """
 
-    def __init__(self, spec: ManifoldSpec, dtype="float32"):
+    def __init__(self, spec: ManifoldSpec, dtype: str | tf.DType = "float32") -> None:
         self.spec = spec
         self.dtype = tf.as_dtype(dtype)
         self.cdtype = _complex_dtype(self.dtype)
@@ -126,16 +131,16 @@ class TFGeometry:
         self.t = float(spec.kmoduli[0])
 
     # --------------------------------------------------------------- basics
-    def to_complex(self, x):
+    def to_complex(self, x: TensorLike) -> tf.Tensor:
         """(B, 2N) real -> (B, N) complex (``self.cdtype``)."""
         return real_to_complex(tf.cast(x, self.dtype), self.ncoords)
 
-    def _table(self, E, F):
+    def _table(self, E: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, int, int, np.ndarray]:
         P = self._maxpow + 1
         index = (np.arange(self.ncoords)[None, None, :] * P + E).reshape(-1)
         return index.astype(np.int32), E.shape[0], E.shape[1], F
 
-    def _eval_table(self, z, table):
+    def _eval_table(self, z: tf.Tensor, table: tuple[np.ndarray, int, int, np.ndarray]) -> tf.Tensor:
         """sum_t F[r, t] prod_l z_l**E[r, t, l] for every row r -> (B, R)."""
         index, R, T, F = table
         N, P = self.ncoords, self._maxpow + 1
@@ -149,34 +154,34 @@ class TFGeometry:
             mons = mons * factors[..., l]
         return tf.reduce_sum(mons * tf.constant(F, self.cdtype), axis=-1)
 
-    def dQdz(self, z):
+    def dQdz(self, z: tf.Tensor) -> tf.Tensor:
         """dQ/dz_i at complex points z (B, N) -> (B, N)."""
         return self._eval_table(z, self._tables["dq"])
 
-    def d2Qdz2(self, z):
+    def d2Qdz2(self, z: tf.Tensor) -> tf.Tensor:
         """Hessian d^2Q/dz_i dz_l at complex points z (B, N) -> (B, N, N)."""
         return tf.reshape(self._eval_table(z, self._tables["d2q"]), [-1, self.ncoords, self.ncoords])
 
-    def patch_index(self, z):
+    def patch_index(self, z: tf.Tensor) -> tf.Tensor:
         """int32 (B,): coordinate of largest modulus (== 1 for normalised points)."""
         return tf.argmax(tf.math.real(z) ** 2 + tf.math.imag(z) ** 2, axis=-1, output_type=tf.int32)
 
-    def elimination_index(self, dq, patch):
+    def elimination_index(self, dq: tf.Tensor, patch: tf.Tensor) -> tf.Tensor:
         """int32 (B,): ``argmax_{i != patch} |dQ/dz_i|``."""
         a = tf.math.real(dq) ** 2 + tf.math.imag(dq) ** 2
         a = tf.where(tf.equal(tf.range(self.ncoords)[None, :], patch[:, None]), -tf.ones_like(a), a)
         return tf.argmax(a, axis=-1, output_type=tf.int32)
 
-    def normalise(self, z, patch):
+    def normalise(self, z: tf.Tensor, patch: tf.Tensor) -> tf.Tensor:
         """Divide every point by its patch coordinate: z / z_k."""
         zk = tf.gather(z, patch, axis=1, batch_dims=1)
         return z / zk[:, None]
 
-    def selection(self, patch, j):
+    def selection(self, patch: tf.Tensor, j: tf.Tensor) -> tf.Tensor:
         """(B, n, N) complex 0/1 matrices picking the good coordinates."""
         return tf.gather(tf.constant(self._sel, self.cdtype), patch * self.ncoords + j)
 
-    def pullbacks_from(self, dq, patch, j):
+    def pullbacks_from(self, dq: tf.Tensor, patch: tf.Tensor, j: tf.Tensor) -> tf.Tensor:
         """J (B, n, N) from dQ/dz (B, N) and the chart (patch, j) (each (B,) int32)."""
         S = self.selection(patch, j)
         qj = tf.gather(dq, j, axis=1, batch_dims=1)  # (B,)
@@ -184,12 +189,12 @@ class TFGeometry:
         ej = tf.one_hot(j, self.ncoords, dtype=self.cdtype)  # (B, N)
         return S + col[:, :, None] * ej[:, None, :]
 
-    def omega_sq_from(self, dq, j):
+    def omega_sq_from(self, dq: tf.Tensor, j: tf.Tensor) -> tf.Tensor:
         """|Omega|^2 = 1/|Q_j|^2 (B,) real."""
         qj = tf.gather(dq, j, axis=1, batch_dims=1)
         return 1.0 / (tf.math.real(qj) ** 2 + tf.math.imag(qj) ** 2)
 
-    def fs_from(self, z, J, t=None):
+    def fs_from(self, z: tf.Tensor, J: tf.Tensor, t: float | None = None) -> tf.Tensor:
         """Pulled-back FS metric ``G = J g_FS(t) J^H`` (B, n, n) complex."""
         t = self.t if t is None else t
         zz = tf.reduce_sum(tf.math.real(z) ** 2 + tf.math.imag(z) ** 2, axis=-1)  # (B,)
@@ -200,7 +205,7 @@ class TFGeometry:
         return tf.constant(t / np.pi, self.cdtype) * (JJ / zz - vv / (zz * zz))
 
     # -------------------------------------------------------------- charts
-    def charts(self, x, j_elim=None):
+    def charts(self, x: TensorLike, j_elim: TensorLike | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Patch and elimination indices of real points x (B, 2N).
 
         Args:
@@ -219,7 +224,7 @@ class TFGeometry:
             j = tf.reshape(tf.cast(j_elim, tf.int32), [-1])
         return tf.stop_gradient(patch), tf.stop_gradient(j)
 
-    def local_frame(self, x, patch, j):
+    def local_frame(self, x: TensorLike, patch: tf.Tensor, j: tf.Tensor) -> dict[str, tf.Tensor]:
         """Normalised point and chart data at real points x in a given chart.
 
         Returns:
@@ -233,7 +238,7 @@ class TFGeometry:
         return {"z": z, "x": complex_to_real(z), "dq": dq, "J": J, "G": self.fs_from(z, J), "patch": patch, "j": j}
 
     # ----------------------------------------------------------- transitions
-    def transition_points(self, z, patch, j):
+    def transition_points(self, z: tf.Tensor, patch: tf.Tensor, j: tf.Tensor) -> dict[str, Any]:
         """Points rescaled to the other patches, and the chart-change matrices.
 
         For each point (patch k, elimination j) and each k' not in {k, j}
@@ -289,7 +294,9 @@ class TFGeometry:
             },
         }
 
-    def fs_holomorphic_derivative(self, frame, j, t=None):
+    def fs_holomorphic_derivative(
+        self, frame: Mapping[str, tf.Tensor], j: tf.Tensor, t: float | None = None
+    ) -> tf.Tensor:
         """Analytic ``dG[:, c, a, b] = d G_{a bbar} / d x^c`` (B, n, n, n).
 
         With ``s = |z|^2``, ``v = J conj(z)``, ``P = J J^H`` and
@@ -330,14 +337,14 @@ class TFGeometry:
         return tf.constant(t / np.pi, self.cdtype) * (term1 + term2 + term3 + term4)
 
 
-def _tangents_for(J, ncoords):
+def _tangents_for(J: tf.Tensor, ncoords: int) -> tf.Tensor:
     """Real tangents (2n*B, 2N) for the directions [J_0..J_{n-1}, iJ_0..iJ_{n-1}]."""
     dirs = tf.concat([J, tf.constant(1j, J.dtype) * J], axis=1)  # (B, 2n, N)
     dirs = tf.reshape(tf.transpose(dirs, [1, 0, 2]), [-1, ncoords])  # direction-major
     return complex_to_real(dirs)
 
 
-def jvp(fn, x, tangent):
+def jvp(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor, tangent: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Forward-mode product ``(F, D_t F)`` of a real-input function, row by row.
 
     Uses the transpose ("double vjp") trick: ``v(u) = u^T dF/dx`` is linear
@@ -370,7 +377,9 @@ def jvp(fn, x, tangent):
     return F, dFr
 
 
-def holomorphic_derivatives(fn, x, J, aux=()):
+def holomorphic_derivatives(
+    fn: Callable[..., tf.Tensor], x: tf.Tensor, J: tf.Tensor, aux: Sequence[tf.Tensor] = ()
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Holomorphic derivatives along the local coordinates.
 
     ``d_c F = sum_i J[c, i] dF/dz_i = (D_{J_c} F - i D_{i J_c} F) / 2`` for
@@ -405,7 +414,9 @@ def holomorphic_derivatives(fn, x, J, aux=()):
     return Ft[0], tf.transpose(dF, perm)
 
 
-def local_ddbar(fn, x, J, aux=()):
+def local_ddbar(
+    fn: Callable[..., tf.Tensor], x: tf.Tensor, J: tf.Tensor, aux: Sequence[tf.Tensor] = ()
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Complex Hessian of a real function along the local coordinates.
 
     ``M[a, b] = sum_{i,j} J[a, i] conj(J[b, j]) d^2 f / dz_i dzbar_j``,

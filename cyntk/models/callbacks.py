@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cyntk.models._spec import manifold_spec
 from cyntk.models.models import MEASURES, MetricModel
 
+if TYPE_CHECKING:
+    from cyntk.geometry.dataset import CYDataset
+
 __all__ = ["MeasuresCallback", "LossWeightScheduler"]
 
 
-def _validation_arrays(data, y):
+def _validation_arrays(data: Any, y: ArrayLike | None) -> tuple[np.ndarray, np.ndarray, Any]:
     """(X, y, manifold-or-None) from the accepted ``data`` forms."""
     if y is not None:
         return np.asarray(data), np.asarray(y), None
@@ -56,7 +62,16 @@ class MeasuresCallback(keras.callbacks.Callback):
             0-based epochs they belong to.
     """
 
-    def __init__(self, data, y=None, *, measures=MEASURES, batch_size=1000, every=1, initial=False):
+    def __init__(
+        self,
+        data: CYDataset | Mapping[str, ArrayLike] | tuple[ArrayLike, ArrayLike] | ArrayLike,
+        y: ArrayLike | None = None,
+        *,
+        measures: Iterable[str] = MEASURES,
+        batch_size: int = 1000,
+        every: int = 1,
+        initial: bool = False,
+    ) -> None:
         super().__init__()
         self.x, self.y, self._dataset = _validation_arrays(data, y)
         measures = tuple(measures)
@@ -70,11 +85,11 @@ class MeasuresCallback(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.every = int(every)
         self.initial_requested = bool(initial)
-        self.initial = None
-        self.history = {"epochs": []}
-        self._checked_for = None
+        self.initial: dict[str, float] | None = None
+        self.history: dict[str, list[Any]] = {"epochs": []}
+        self._checked_for: MetricModel | None = None
 
-    def _check(self):
+    def _check(self) -> None:
         model = self.model
         if not isinstance(model, MetricModel):
             raise TypeError(f"MeasuresCallback needs a cyntk MetricModel; received {type(model).__name__}.")
@@ -82,7 +97,8 @@ class MeasuresCallback(keras.callbacks.Callback):
             return
         if self._dataset is not None and hasattr(self._dataset, "manifold"):
             spec = manifold_spec(self._dataset)
-            if not spec.same_manifold(model.spec):
+            # TODO(issue 15): ManifoldSpec.same_manifold cannot compare with a model's CICYSpec
+            if not spec.same_manifold(model.spec):  # type: ignore[arg-type]
                 raise ValueError(
                     f"`data` belongs to {spec.describe()}, but the model was built for "
                     f"{model.spec.describe()}; pass validation data of the model's manifold."
@@ -90,19 +106,19 @@ class MeasuresCallback(keras.callbacks.Callback):
         model.check_data(self.x, self.y, name="data")
         self._checked_for = model
 
-    def compute(self):
+    def compute(self) -> dict[str, float]:
         """The requested measures now, as a dict ``"<name>_val"`` -> float."""
         self._check()
         vals = self.model.measures(self.x, self.y, batch_size=self.batch_size, which=self.measures)
         return {f"{k}_val": v for k, v in vals.items()}
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._check()
         self._epochs = (self.params or {}).get("epochs")
         if self.initial_requested:
             self.initial = self.compute()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         last = self._epochs is not None and epoch + 1 == self._epochs
         if (epoch + 1) % self.every and not last:
             return
@@ -125,7 +141,7 @@ class LossWeightScheduler(keras.callbacks.Callback):
             that epoch (the step functions are rebuilt).
     """
 
-    def __init__(self, schedule):
+    def __init__(self, schedule: Callable[[int, dict[str, float]], Mapping[str, float] | None]) -> None:
         super().__init__()
         if not callable(schedule):
             raise TypeError(
@@ -133,7 +149,7 @@ class LossWeightScheduler(keras.callbacks.Callback):
             )
         self.schedule = schedule
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if not isinstance(self.model, MetricModel):
             raise TypeError(f"LossWeightScheduler needs a cyntk MetricModel; received {type(self.model).__name__}.")
         new = self.schedule(epoch, self.model.loss_weights)

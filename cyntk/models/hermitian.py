@@ -6,15 +6,20 @@ components; the tables are shared so both implementations agree by construction.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
 from cyntk.geometry.components import hermitian_index_tables
 
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
 __all__ = ["hermitian_from_components_tf", "components_from_hermitian_tf"]
 
 
-def hermitian_from_components_tf(o):
+def hermitian_from_components_tf(o: TensorLike) -> tf.Tensor:
     """(B, n*n) real tensor -> (B, n, n) complex hermitian tensor (conventions §6.1).
 
     The complex dtype follows the real dtype (float32 -> complex64,
@@ -32,7 +37,7 @@ def hermitian_from_components_tf(o):
     return tf.reshape(h, tf.concat([tf.shape(o)[:-1], [n, n]], axis=0))
 
 
-def components_from_hermitian_tf(g):
+def components_from_hermitian_tf(g: TensorLike) -> tf.Tensor:
     """(B, n, n) complex tensor -> (B, n*n) real components (inverse map)."""
     g = tf.convert_to_tensor(g)
     n = g.shape[-1]

@@ -10,11 +10,19 @@ in :mod:`cyntk.flows.kahler`, with no chart, pullback or Omega.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import tensorflow as tf
 
 from cyntk.models._spec import manifold_spec
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
+    from cyntk.models._spec import ManifoldLike
+    from cyntk.models.models import PhiModel
 
 __all__ = ["KahlerPotentialGeometry", "QUANTITIES"]
 
@@ -59,8 +67,15 @@ class KahlerPotentialGeometry:
     ``tf.function``.
     """
 
-    def __init__(self, manifold, potential=None, *, kappa=None, dtype=None):
-        model = manifold if hasattr(manifold, "potential") and hasattr(manifold, "spec") else None
+    def __init__(
+        self,
+        manifold: ManifoldLike | PhiModel,
+        potential: Callable[..., TensorLike] | None = None,
+        *,
+        kappa: float | None = None,
+        dtype: str | tf.DType | None = None,
+    ) -> None:
+        model = cast("PhiModel", manifold) if hasattr(manifold, "potential") and hasattr(manifold, "spec") else None
         if model is not None:
             spec = model.spec if kappa is None else model.spec.with_kappa(float(kappa))
             if potential is None:
@@ -88,7 +103,8 @@ class KahlerPotentialGeometry:
         self.dtype = tf.as_dtype(dtype)
         self.cdtype = tf.complex128 if self.dtype == tf.float64 else tf.complex64
         self.potential = potential
-        E, F = spec.derivative_basis()
+        # hypersurfaces only: a CICYSpec has no derivative_basis (AttributeError, as before typing)
+        E, F = spec.derivative_basis()  # type: ignore[union-attr]
         self._dq_terms = [
             [(complex(F[i, s]), [int(e) for e in E[i, s]]) for s in range(E.shape[1]) if F[i, s] != 0]
             for i in range(self.ncoords)
@@ -97,20 +113,20 @@ class KahlerPotentialGeometry:
         self._eye = np.eye(2 * self.ncoords)
 
     # ------------------------------------------------------------------ basics
-    def _phi(self, x, params):
+    def _phi(self, x: TensorLike, params: Any) -> tf.Tensor:
         if self.potential is None:
             return tf.zeros_like(x[:, 0])
         out = self.potential(x) if params is None else self.potential(x, params)
         out = tf.cast(out, self.dtype)
         return tf.reshape(out, [-1])
 
-    def kahler_potential(self, x, params=None, scale=1.0):
+    def kahler_potential(self, x: TensorLike, params: Any = None, scale: float | tf.Tensor = 1.0) -> tf.Tensor:
         """``K = (t/pi) ln|z|^2 + scale * phi(x)`` (B,) (the affine-chart potential at z_k = 1)."""
         x = tf.cast(x, self.dtype)
         zz = tf.reduce_sum(x * x, axis=1)
         return tf.constant(self.t / math.pi, self.dtype) * tf.math.log(zz) + scale * self._phi(x, params)
 
-    def dQdz(self, z):
+    def dQdz(self, z: tf.Tensor) -> tf.Tensor:
         """``q_i = dQ/dz_i`` (B, N) complex, by repeated multiplication (differentiable, exact)."""
         pw = [tf.ones_like(z), z]
         for _ in range(2, self._maxpow + 1):
@@ -127,11 +143,11 @@ class KahlerPotentialGeometry:
             cols.append(acc)
         return tf.stack(cols, axis=1)
 
-    def _complex(self, x):
+    def _complex(self, x: tf.Tensor) -> tf.Tensor:
         N = self.ncoords
         return tf.complex(x[:, :N], x[:, N:])
 
-    def patch_mask(self, x):
+    def patch_mask(self, x: TensorLike) -> tf.Tensor:
         """One-hot (B, N) of the patch coordinate (largest modulus); no gradient."""
         x = tf.stop_gradient(tf.cast(x, self.dtype))
         N = self.ncoords
@@ -139,7 +155,7 @@ class KahlerPotentialGeometry:
         return tf.one_hot(k, N, dtype=self.dtype)
 
     # ------------------------------------------------------------- derivatives
-    def complex_hessian(self, fn, x):
+    def complex_hessian(self, fn: Callable[[tf.Tensor], tf.Tensor], x: TensorLike) -> tuple[tf.Tensor, tf.Tensor]:
         """``A_ij = d^2 f / dz_i dzbar_j`` (B, N, N) complex and f (B,).
 
         ``fn`` maps real points (B', 2N) to (B',) real, row by row. Reverse
@@ -162,7 +178,7 @@ class KahlerPotentialGeometry:
         A = tf.complex(hxx + hyy, hxy - hyx) * tf.constant(0.25, self.cdtype)
         return tf.reshape(f, [-1, D])[:, 0], A
 
-    def complex_gradient(self, fn, x):
+    def complex_gradient(self, fn: Callable[[tf.Tensor], tf.Tensor], x: TensorLike) -> tuple[tf.Tensor, tf.Tensor]:
         """``d f / dz_i = (f_{x_i} - i f_{y_i}) / 2`` (B, N) complex and f (B,)."""
         x = tf.cast(x, self.dtype)
         N = self.ncoords
@@ -173,7 +189,9 @@ class KahlerPotentialGeometry:
         return f, tf.complex(g[:, :N], -g[:, N:]) * tf.constant(0.5, self.cdtype)
 
     # ------------------------------------------------------------ bordered form
-    def bordered(self, x, params=None, scale=1.0):
+    def bordered(
+        self, x: TensorLike, params: Any = None, scale: float | tf.Tensor = 1.0
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """The bordered Hessian ``B = [[H, q], [q^H, 0]]`` (B, N+1, N+1) and the patch mask.
 
         The patch coordinate's row and column of H are replaced by the unit
@@ -184,7 +202,7 @@ class KahlerPotentialGeometry:
         _, H = self.complex_hessian(lambda xx: self.kahler_potential(xx, params, scale), x)
         return self._border(x, H)
 
-    def _border(self, x, H):
+    def _border(self, x: tf.Tensor, H: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         m = self.patch_mask(x)
         e = tf.complex(m, tf.zeros_like(m))
         keep = 1.0 - e
@@ -194,30 +212,30 @@ class KahlerPotentialGeometry:
         bottom = tf.concat([tf.math.conj(q)[:, None, :], tf.zeros_like(q[:, :1])[:, :, None]], axis=2)
         return tf.concat([top, bottom], axis=1), e
 
-    def eta(self, x, params=None, scale=1.0):
+    def eta(self, x: TensorLike, params: Any = None, scale: float | tf.Tensor = 1.0) -> tf.Tensor:
         """``eta = det g/(kappa |Omega|^2) = -det B / kappa`` (B,) real."""
         B, _ = self.bordered(x, params, scale)
         return -tf.math.real(tf.linalg.det(B)) / tf.constant(self.kappa, self.dtype)
 
-    def inverse_metric(self, x, params=None):
+    def inverse_metric(self, x: TensorLike, params: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
         """``P = J^H g^{-1} J`` (B, N, N) (top-left block of B^{-1}, patch row/column zeroed) and eta."""
         B, e = self.bordered(x, params)
         return self._projector(B, e), -tf.math.real(tf.linalg.det(B)) / tf.constant(self.kappa, self.dtype)
 
-    def _projector(self, B, e):
+    def _projector(self, B: tf.Tensor, e: tf.Tensor) -> tf.Tensor:
         N = self.ncoords
         keep = 1.0 - e
         P = tf.linalg.inv(B)[:, :N, :N]
         return P * keep[:, :, None] * keep[:, None, :]
 
-    def metric(self, x, J, params=None):
+    def metric(self, x: TensorLike, J: TensorLike, params: Any = None) -> tf.Tensor:
         """The metric ``g = J H J^H`` (B, n, n) in a chart with pullbacks J (B, n, N)."""
         _, H = self.complex_hessian(lambda xx: self.kahler_potential(xx, params), x)
         J = tf.cast(J, self.cdtype)
         return tf.matmul(tf.matmul(J, H), J, adjoint_b=True)
 
     # --------------------------------------------------------------- quantities
-    def quantities(self, x, names, params=None):
+    def quantities(self, x: TensorLike, names: Iterable[str], params: Any = None) -> dict[str, tf.Tensor]:
         """Pointwise quantities at x (B, 2N), computed only as needed.
 
         Args:
@@ -239,7 +257,7 @@ class KahlerPotentialGeometry:
             raise ValueError(f"`names` must be among {QUANTITIES}; received {bad}.")
         x = tf.cast(x, self.dtype)
         kap = tf.constant(self.kappa, self.dtype)
-        out = {}
+        out: dict[str, tf.Tensor] = {}
         need3 = any(k in names for k in ("grad_eta_sq", "grad_log_eta_sq"))
         need4 = any(k in names for k in ("laplacian_log_eta", "ricci_scalar"))
         B, e = self.bordered(x, params)
@@ -256,7 +274,7 @@ class KahlerPotentialGeometry:
         if need3 or need4:
             P = self._projector(B, e)
 
-            def log_eta_fn(xx):
+            def log_eta_fn(xx: tf.Tensor) -> tf.Tensor:
                 return tf.math.log(self.eta(xx, params))
 
             if need3:
@@ -276,11 +294,11 @@ class KahlerPotentialGeometry:
         return out
 
     @staticmethod
-    def _norm_sq(P, d):
+    def _norm_sq(P: tf.Tensor, d: tf.Tensor) -> tf.Tensor:
         """``|df|^2 = (df)^H P (df)`` (B,) real."""
         return tf.math.real(tf.einsum("bi,bij,bj->b", tf.math.conj(d), P, d))
 
-    def _ma_energy(self, x, phi, params):
+    def _ma_energy(self, x: tf.Tensor, phi: tf.Tensor, params: Any) -> tf.Tensor:
         """``int_0^1 eta[s phi] ds`` times phi, per point (Gauss-Legendre, exact for deg n)."""
         nodes, weights = np.polynomial.legendre.leggauss(self.nfold + 1)
         s_nodes = 0.5 * (nodes + 1.0)

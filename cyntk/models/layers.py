@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from cyntk.models._spec import manifold_spec
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
+    from cyntk.models._spec import ManifoldLike
+    from cyntk.models.models import PhiModel
 
 __all__ = ["ProjectiveFeatures", "HermitianMonomials", "LinearPotential", "linear_phi_model"]
 
@@ -30,7 +38,7 @@ class ProjectiveFeatures(keras.layers.Layer):
     Input shape: (B, 2N) real. Output shape: (B, N^2) real.
     """
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[int | None]) -> None:
         width = input_shape[-1]
         if width is None or width % 2:
             raise ValueError(
@@ -50,7 +58,7 @@ class ProjectiveFeatures(keras.layers.Layer):
         self._place_im = place[N + M :]
         self.built = True
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         N = self._N
         dt = x.dtype
         re, im = x[:, :N], x[:, N:]
@@ -69,8 +77,8 @@ class ProjectiveFeatures(keras.layers.Layer):
             )
         return out
 
-    def compute_output_shape(self, input_shape):
-        N = input_shape[-1] // 2
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        N = input_shape[-1] // 2  # type: ignore[operator]  # the width 2N is known once built
         return tuple(input_shape[:-1]) + (N * N,)
 
 
@@ -95,13 +103,15 @@ class HermitianMonomials(keras.layers.Layer):
     Input shape: (B, 2N). Output shape: (B, M^2).
     """
 
-    def __init__(self, degree=2, **kwargs):
+    degree: int
+
+    def __init__(self, degree: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 1:
             raise ValueError(f"`degree` must be an integer >= 1; received {degree!r}.")
         self.degree = int(degree)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[int | None]) -> None:
         width = input_shape[-1]
         if width is None or width % 2:
             raise ValueError(
@@ -116,7 +126,7 @@ class HermitianMonomials(keras.layers.Layer):
         self.n_features = M * M
         self.built = True
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         N, k = self._N, self.degree
         x = tf.cast(x, self.compute_dtype)
         z = tf.complex(x[:, :N], x[:, N:])
@@ -138,7 +148,7 @@ class HermitianMonomials(keras.layers.Layer):
         off = si * tf.math.conj(sj) / norm
         return tf.concat([diag, tf.math.real(off), tf.math.imag(off)], axis=1)
 
-    def complex_hessians(self, x) -> np.ndarray:
+    def complex_hessians(self, x: TensorLike) -> np.ndarray:
         """Closed-form complex Hessians ``d_i dbar_j f_K`` of all features, (B, K, N, N) complex128.
 
         With ``rho = |z|^2``, ``a_{alpha i} = d_i s_alpha`` and
@@ -187,19 +197,19 @@ class HermitianMonomials(keras.layers.Layer):
             [0.5 * (diag + np.conj(np.swapaxes(diag, -1, -2))), 0.5 * (off + offH), (off - offH) / 2j], axis=1
         )
 
-    def compute_output_shape(self, input_shape):
-        N = input_shape[-1] // 2
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        N = input_shape[-1] // 2  # type: ignore[operator]  # the width 2N is known once built
         M = math.comb(N + self.degree - 1, self.degree)
         return tuple(input_shape[:-1]) + (M * M,)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "degree": self.degree}
 
 
-def _monomial_exponents(N, k):
-    out = []
+def _monomial_exponents(N: int, k: int) -> list[tuple[int, ...]]:
+    out: list[list[int]] = []
 
-    def rec(prefix, left, i):
+    def rec(prefix: list[int], left: int, i: int) -> None:
         if i == N - 1:
             out.append(prefix + [left])
             return
@@ -225,12 +235,14 @@ class LinearPotential(keras.Model):
     Call: x (B, 2N) real -> phi (B, 1).
     """
 
-    def __init__(self, degree=2, dtype="float64", **kwargs):
+    degree: int
+
+    def __init__(self, degree: int = 2, dtype: str = "float64", **kwargs: Any) -> None:
         super().__init__(dtype=dtype, **kwargs)
         self.degree = int(degree)
         self.features = HermitianMonomials(degree, dtype=dtype, name="hermitian_monomials")
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[int | None]) -> None:
         self.features.build(input_shape)
         self.coefficients = self.add_weight(
             shape=(self.features.n_features, 1),
@@ -246,18 +258,25 @@ class LinearPotential(keras.Model):
         """K, the number of basis functions."""
         return int(self.features.n_features)
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         x = tf.cast(x, self.compute_dtype)
         return tf.matmul(self.features(x), tf.cast(self.coefficients, self.compute_dtype))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
         return tuple(input_shape[:-1]) + (1,)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "degree": self.degree, "dtype": self.dtype}
 
 
-def linear_phi_model(manifold, degree, *, kappa=None, dtype="float64", name="linear_phi"):
+def linear_phi_model(
+    manifold: ManifoldLike,
+    degree: int,
+    *,
+    kappa: float | None = None,
+    dtype: Literal["float64", "float32"] = "float64",
+    name: str = "linear_phi",
+) -> PhiModel:
     """A :class:`~cyntk.models.PhiModel` whose potential is a :class:`LinearPotential`.
 
     ``phi(x) = c . HermitianMonomials(degree)(x)`` with c = 0 initially (the

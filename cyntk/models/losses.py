@@ -31,9 +31,14 @@ The functions are registered with ``keras.saving.register_keras_serializable``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
 
 __all__ = [
     "determinant",
@@ -54,14 +59,14 @@ __all__ = [
 _register = keras.saving.register_keras_serializable(package="cyntk")
 
 
-def _cast(value, dtype):
+def _cast(value: TensorLike, dtype: tf.DType | str) -> tf.Tensor:
     """Cast to ``dtype`` without passing Python floats through float32."""
     if tf.is_tensor(value):
         return tf.cast(value, dtype)
     return tf.constant(np.asarray(value, dtype=tf.as_dtype(dtype).as_numpy_dtype), dtype)
 
 
-def _as_matrix(g, name="g"):
+def _as_matrix(g: TensorLike, name: str = "g") -> tf.Tensor:
     g = tf.convert_to_tensor(g)
     if g.shape.rank is None or g.shape.rank < 2 or g.shape[-1] != g.shape[-2] or g.shape[-1] is None:
         raise ValueError(f"`{name}` must have shape (..., n, n); received shape {g.shape}.")
@@ -69,7 +74,7 @@ def _as_matrix(g, name="g"):
 
 
 @_register
-def determinant(g):
+def determinant(g: TensorLike) -> tf.Tensor:
     """Determinant of (..., n, n) matrices (explicit formulas for n <= 3).
 
     Args:
@@ -94,7 +99,7 @@ def determinant(g):
 
 
 @_register
-def adjugate(g):
+def adjugate(g: TensorLike) -> tf.Tensor:
     """Adjugate ``adj(g)`` (so that ``adj(g) g = det(g) 1``) of (..., n, n) matrices."""
     g = _as_matrix(g)
     n = g.shape[-1]
@@ -104,7 +109,7 @@ def adjugate(g):
         return tf.stack([tf.stack([g[..., 1, 1], -g[..., 0, 1]], -1), tf.stack([-g[..., 1, 0], g[..., 0, 0]], -1)], -2)
     if n == 3:
 
-        def c(r0, r1, c0, c1):
+        def c(r0: int, r1: int, c0: int, c1: int) -> tf.Tensor:
             return g[..., r0, c0] * g[..., r1, c1] - g[..., r0, c1] * g[..., r1, c0]
 
         rows = [
@@ -117,7 +122,7 @@ def adjugate(g):
     return det[..., None, None] * tf.linalg.inv(g)
 
 
-def _real_det(g_or_det, name="g"):
+def _real_det(g_or_det: TensorLike, name: str = "g") -> tf.Tensor:
     t = tf.convert_to_tensor(g_or_det)
     if t.shape.rank is not None and t.shape.rank >= 3:
         t = determinant(_as_matrix(t, name))
@@ -127,7 +132,7 @@ def _real_det(g_or_det, name="g"):
 
 
 @_register
-def mixed_determinant(g, F):
+def mixed_determinant(g: TensorLike, F: TensorLike) -> tf.Tensor:
     """``m = tr(adj(g) F) / n`` (real part), the mixed determinant D(g,...,g,F).
 
     For hermitian ``g``, ``F`` this equals cymetric's
@@ -146,7 +151,7 @@ def mixed_determinant(g, F):
 
 
 @_register
-def sigma_loss(g, omega_sq, kappa):
+def sigma_loss(g: TensorLike, omega_sq: TensorLike, kappa: float | tf.Tensor) -> tf.Tensor:
     """Monge--Ampère loss ``|1 - Re det g / (kappa |Omega|^2)|`` per point.
 
     Args:
@@ -163,7 +168,7 @@ def sigma_loss(g, omega_sq, kappa):
 
 
 @_register
-def kaehler_loss(dg):
+def kaehler_loss(dg: TensorLike) -> tf.Tensor:
     """Kähler loss ``sum_{a,b,c} |d_c g_{a bbar} - d_a g_{c bbar}|^2`` per point.
 
     Args:
@@ -181,7 +186,7 @@ def kaehler_loss(dg):
 
 
 @_register
-def transition_loss(g_new, g_old, T, n_transitions=None):
+def transition_loss(g_new: TensorLike, g_old: TensorLike, T: TensorLike, n_transitions: int | None = None) -> tf.Tensor:
     """Transition loss per point.
 
     ``sum_{k'} sum_{a,b} |g'_{k'} - T_{k'} g T_{k'}^H|^2 / (n_T n^2)``.
@@ -213,7 +218,9 @@ def transition_loss(g_new, g_old, T, n_transitions=None):
 
 
 @_register
-def volk_loss(g, fs_unit, weights, omega_sq, target):
+def volk_loss(
+    g: TensorLike, fs_unit: TensorLike, weights: TensorLike, omega_sq: TensorLike, target: TensorLike
+) -> tf.Tensor:
     """Kähler-class (volume) loss, a batch Monte-Carlo estimate.
 
     ``V = mean_r |mean_batch(w m_r / |Omega|^2) - mu_r|`` with
@@ -245,7 +252,7 @@ def volk_loss(g, fs_unit, weights, omega_sq, target):
 
 
 @_register
-def ricci_scalar(g, ddbar_logdet):
+def ricci_scalar(g: TensorLike, ddbar_logdet: TensorLike) -> tf.Tensor:
     """cymetric's Ricci scalar ``R = Re tr(g^{-1} M)``, M = d dbar ln det g.
 
     With ``Ric = -d dbar ln det g`` this is minus the trace of Ricci
@@ -264,12 +271,12 @@ def ricci_scalar(g, ddbar_logdet):
 
 
 @_register
-def ricci_loss(R):
+def ricci_loss(R: TensorLike) -> tf.Tensor:
     """``|1 - exp(-R)|`` per point (cymetric's Ricci loss)."""
     return tf.abs(1.0 - tf.exp(-tf.convert_to_tensor(R)))
 
 
-def _eta(g_or_det, weights, omega_sq):
+def _eta(g_or_det: TensorLike, weights: TensorLike, omega_sq: TensorLike) -> tuple[tf.Tensor, tf.Tensor]:
     det = _real_det(g_or_det)
     w = _cast(weights, det.dtype)
     om = _cast(omega_sq, det.dtype)
@@ -277,7 +284,7 @@ def _eta(g_or_det, weights, omega_sq):
 
 
 @_register
-def sigma_measure(g_or_det, weights, omega_sq):
+def sigma_measure(g_or_det: TensorLike, weights: TensorLike, omega_sq: TensorLike) -> tf.Tensor:
     """Sigma measure over a validation set (scalar).
 
     ``sigma = mean(w |1 - eta Vol_CY / Vol_K|) / Vol_CY`` with
@@ -296,7 +303,9 @@ def sigma_measure(g_or_det, weights, omega_sq):
 
 
 @_register
-def ricci_measure(R, g_or_det, weights, omega_sq, nfold):
+def ricci_measure(
+    R: TensorLike, g_or_det: TensorLike, weights: TensorLike, omega_sq: TensorLike, nfold: int
+) -> tf.Tensor:
     """Ricci measure ``Vol_K^(1/n) / Vol_CY * mean(w eta |R|)`` (scalar).
 
     Args:
@@ -313,7 +322,7 @@ def ricci_measure(R, g_or_det, weights, omega_sq, nfold):
 
 
 @_register
-def volk_measure(g_or_det, weights, omega_sq):
+def volk_measure(g_or_det: TensorLike, weights: TensorLike, omega_sq: TensorLike) -> tf.Tensor:
     """``Vol_K = mean(w det g / |Omega|^2)`` (scalar; 5 for the quintic at t=1)."""
     eta, w = _eta(g_or_det, weights, omega_sq)
     return tf.reduce_mean(w * eta)

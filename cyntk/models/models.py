@@ -31,10 +31,13 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import keras
 import numpy as np
 import tensorflow as tf
+from numpy.typing import ArrayLike
 
 from cyntk.models import losses as L
 from cyntk.models._spec import manifold_spec
@@ -42,6 +45,12 @@ from cyntk.models._tf import marked_message
 from cyntk.models._tfcicy import make_tf_geometry
 from cyntk.models._tfgeometry import _tangents_for, holomorphic_derivatives, jvp, local_ddbar
 from cyntk.models.hermitian import hermitian_from_components_tf
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+    from typing_extensions import Self
+
+    from cyntk.models._spec import ManifoldLike
 
 __all__ = ["MetricModel", "FSModel", "MultiplicativeModel", "PhiModel", "LOSS_TERMS", "NONFINITE_POLICIES", "MEASURES"]
 
@@ -57,7 +66,7 @@ _NONFINITE_MARKER = "cyntk-nonfinite-loss"
 _RESIDUAL_TOL = 1e-4
 
 
-def _check_weight(name, value):
+def _check_weight(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"loss weight `{name}` must be a real number >= 0; received {value!r} ({type(value).__name__})."
@@ -68,7 +77,7 @@ def _check_weight(name, value):
     return value
 
 
-def _resolve_dtype(dtype):
+def _resolve_dtype(dtype: str | tf.DType | None) -> str:
     if dtype is None:
         dtype = keras.config.floatx()
     name = getattr(dtype, "name", dtype)
@@ -77,7 +86,7 @@ def _resolve_dtype(dtype):
     raise ValueError(f"`dtype` must be 'float32' or 'float64' (or None for keras.config.floatx()); received {dtype!r}.")
 
 
-def _to_numpy(a):
+def _to_numpy(a: object) -> np.ndarray | None:
     if a is None:
         return None
     if isinstance(a, (np.ndarray, list, tuple)) or tf.is_tensor(a):
@@ -121,19 +130,19 @@ class MetricModel(keras.Model):
 
     def __init__(
         self,
-        manifold,
+        manifold: ManifoldLike,
         *,
-        kappa=None,
-        sigma=None,
-        kaehler=None,
-        transition=None,
-        volk=None,
-        ricci=None,
-        nonfinite="raise",
-        dtype=None,
-        name=None,
-        **kwargs,
-    ):
+        kappa: float | None = None,
+        sigma: float | None = None,
+        kaehler: float | None = None,
+        transition: float | None = None,
+        volk: float | None = None,
+        ricci: float | None = None,
+        nonfinite: Literal["raise", "skip_step", "ignore"] = "raise",
+        dtype: str | tf.DType | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         spec = manifold_spec(manifold, kappa)
         dtype = _resolve_dtype(dtype)
         if nonfinite not in NONFINITE_POLICIES:
@@ -165,7 +174,7 @@ class MetricModel(keras.Model):
         self._total_tracker = keras.metrics.Mean(name="loss")
         self._skipped_tracker = keras.metrics.Sum(name="skipped_steps")
         self._xla = False
-        self._core_fns = None
+        self._core_fns: dict[str, Callable[..., Any]] | None = None
         self.built = True  # no lazily created state: the geometry is constant
 
     # ------------------------------------------------------------ properties
@@ -180,22 +189,22 @@ class MetricModel(keras.Model):
         return self.spec.nfold
 
     @property
-    def kappa(self):
+    def kappa(self) -> float | None:
         """kappa used by the sigma loss (None when unknown)."""
         return self.spec.kappa
 
     @property
-    def loss_weights(self) -> dict:
+    def loss_weights(self) -> dict[str, float]:
         """Current loss weights, ``{"sigma": ..., "kaehler": ..., ...}``."""
         return {k: float(v.numpy()) for k, v in self._loss_weight_vars.items()}
 
     @property
-    def active_terms(self) -> tuple:
+    def active_terms(self) -> tuple[str, ...]:
         """Names of the loss terms with non-zero weight (those computed)."""
         return self._active
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         trackers = getattr(self, "_term_trackers", None)
         if trackers is None:
             return []
@@ -205,14 +214,14 @@ class MetricModel(keras.Model):
         return out
 
     # ----------------------------------------------------------------- build
-    def build(self, input_shape=None):
+    def build(self, input_shape: Sequence[int | None] | None = None) -> None:
         if input_shape is not None:
             width = tuple(input_shape)[-1]
             if width is not None and width != 2 * self.ncoords:
                 raise ValueError(self._width_message(width))
         self.built = True
 
-    def _width_message(self, width):
+    def _width_message(self, width: int | None) -> str:
         return (
             f"`x` must have shape (B, 2N) = (B, {2 * self.ncoords}) for {self.spec.describe()} "
             f"(real parts then imaginary parts); received last axis {width}. The data may belong "
@@ -220,7 +229,7 @@ class MetricModel(keras.Model):
         )
 
     # ------------------------------------------------------------ geometry
-    def _prepare_x(self, x):
+    def _prepare_x(self, x: TensorLike) -> tf.Tensor:
         if tf.executing_eagerly() and not isinstance(x, keras.KerasTensor):
             arr = np.asarray(x)
             if arr.ndim != 2 or arr.shape[-1] != 2 * self.ncoords:
@@ -236,7 +245,7 @@ class MetricModel(keras.Model):
             raise ValueError(self._width_message(x.shape[-1]) + f" (full shape {x.shape})")
         return x
 
-    def _check_on_manifold(self, arr):
+    def _check_on_manifold(self, arr: np.ndarray) -> None:
         N = self.ncoords
         z = arr[:, :N].astype(np.float64) + 1j * arr[:, N:].astype(np.float64)
         zk = z[np.arange(len(z)), np.argmax(np.abs(z), axis=1)]
@@ -251,33 +260,35 @@ class MetricModel(keras.Model):
                 f"meaningless. Set `model.check_variety = False` to skip this eager-mode check."
             )
 
-    def charts(self, x, j_elim=None):
+    def charts(self, x: TensorLike, j_elim: TensorLike | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Patch and elimination index per point: two int32 (B,) tensors."""
         return self.geometry.charts(self._prepare_x(x), j_elim)
 
-    def pullbacks(self, x, j_elim=None):
+    def pullbacks(self, x: TensorLike, j_elim: TensorLike | None = None) -> tf.Tensor:
         """Pullback matrices ``J[a, i] = dz_i/dx^a`` (B, n, N) complex."""
         x = self._prepare_x(x)
         patch, j = self.geometry.charts(x, j_elim)
         return self.geometry.local_frame(x, patch, j)["J"]
 
-    def fs_metric(self, x, j_elim=None):
+    def fs_metric(self, x: TensorLike, j_elim: TensorLike | None = None) -> tf.Tensor:
         """Pulled-back Fubini--Study metric G at kmoduli (B, n, n) complex."""
         x = self._prepare_x(x)
         patch, j = self.geometry.charts(x, j_elim)
         return self.geometry.local_frame(x, patch, j)["G"]
 
-    def omega_sq(self, x, j_elim=None):
+    def omega_sq(self, x: TensorLike, j_elim: TensorLike | None = None) -> tf.Tensor:
         """``|Omega|^2 = 1/|dQ/dz_j|^2`` (B,) in the model's chart."""
         x = self._prepare_x(x)
         patch, j = self.geometry.charts(x, j_elim)
         return self.geometry.omega_sq_from(self.geometry.local_frame(x, patch, j)["dq"], j)
 
     # ---------------------------------------------------------------- metric
-    def _metric_from_frame(self, frame, training):
+    def _metric_from_frame(self, frame: Mapping[str, tf.Tensor], training: bool | None) -> tf.Tensor:
         raise NotImplementedError
 
-    def metric_in_chart(self, x, patch, j, training=False):
+    def metric_in_chart(
+        self, x: TensorLike, patch: tf.Tensor, j: tf.Tensor, training: bool | None = False
+    ) -> tf.Tensor:
         """The metric at real points x (B, 2N) in a given chart.
 
         Args:
@@ -291,7 +302,7 @@ class MetricModel(keras.Model):
         frame = self.geometry.local_frame(x, patch, j)
         return self._metric_from_frame(frame, training)
 
-    def call(self, x, training=None, j_elim=None):
+    def call(self, x: TensorLike, training: bool | None = None, j_elim: TensorLike | None = None) -> tf.Tensor:
         """Metric g (B, n, n) complex at real points x (B, 2N).
 
         Called eagerly on arrays (``model(x)``), the points are checked to lie
@@ -309,15 +320,19 @@ class MetricModel(keras.Model):
         patch, j = self.geometry.charts(x, j_elim)
         return self.metric_in_chart(x, patch, j, training)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
         return tuple(input_shape[:-1]) + (self.nfold, self.nfold)
 
-    def compute_output_spec(self, x, training=None, j_elim=None):
+    def compute_output_spec(
+        self, x: keras.KerasTensor, training: bool | None = None, j_elim: object = None
+    ) -> keras.KerasTensor:
         cd = "complex128" if self.compute_dtype == "float64" else "complex64"
         return keras.KerasTensor(tuple(x.shape[:-1]) + (self.nfold, self.nfold), dtype=cd)
 
     # ------------------------------------------------------ derived quantities
-    def holomorphic_derivative(self, x, training=False, j_elim=None):
+    def holomorphic_derivative(
+        self, x: TensorLike, training: bool | None = False, j_elim: TensorLike | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """``dg[:, c, a, b] = d g_{a bbar} / d x^c`` (B, n, n, n) and g.
 
         Derivatives along the local holomorphic coordinates x^c of each
@@ -332,21 +347,38 @@ class MetricModel(keras.Model):
         ev = self._evaluate(x, patch, j, frame, None, True, training)
         return ev["g"], ev["dg"]
 
-    def ricci_scalar(self, x, training=False, j_elim=None):
+    def ricci_scalar(self, x: TensorLike, training: bool | None = False, j_elim: TensorLike | None = None) -> tf.Tensor:
         """cymetric's Ricci scalar ``R = tr(g^{-1} d dbar ln det g)`` (B,) real."""
         x = self._prepare_x(x)
         patch, j = self.geometry.charts(x, j_elim)
         frame = self.geometry.local_frame(x, patch, j)
         return self._ricci(x, patch, j, frame, self._metric_from_frame(frame, training), training)
 
-    def _ricci(self, x, patch, j, frame, g, training):
-        def logdet(xx, pp, jj):
+    def _ricci(
+        self,
+        x: tf.Tensor,
+        patch: tf.Tensor,
+        j: tf.Tensor,
+        frame: Mapping[str, tf.Tensor],
+        g: tf.Tensor,
+        training: bool | None,
+    ) -> tf.Tensor:
+        def logdet(xx: tf.Tensor, pp: tf.Tensor, jj: tf.Tensor) -> tf.Tensor:
             return tf.math.log(tf.math.real(L.determinant(self.metric_in_chart(xx, pp, jj, training))))
 
         _, M = local_ddbar(logdet, x, frame["J"], aux=(patch, j))
         return L.ricci_scalar(g, M)
 
-    def _evaluate(self, x, patch, j, frame, trans, need_dg, training):
+    def _evaluate(
+        self,
+        x: tf.Tensor,
+        patch: tf.Tensor,
+        j: tf.Tensor,
+        frame: Mapping[str, tf.Tensor],
+        trans: Mapping[str, Any] | None,
+        need_dg: bool,
+        training: bool | None,
+    ) -> dict[str, tf.Tensor]:
         """Metric at the batch, optionally its holomorphic derivatives and the
         metric at the transition points.
 
@@ -369,7 +401,13 @@ class MetricModel(keras.Model):
             out["g_new"] = self._metric_from_frame(trans["frame"], training)
         return out
 
-    def _transition_from(self, ev, trans, frame, training):
+    def _transition_from(
+        self,
+        ev: Mapping[str, tf.Tensor],
+        trans: Mapping[str, Any],
+        frame: Mapping[str, tf.Tensor],
+        training: bool | None,
+    ) -> tf.Tensor:
         n = self.nfold
         m = trans["m"]
         g_new = tf.reshape(ev["g_new"], [m, -1, n, n])
@@ -377,7 +415,7 @@ class MetricModel(keras.Model):
         return L.transition_loss(g_new, ev["g"], T, n_transitions=self.geometry.n_transitions)
 
     # ------------------------------------------------------------ loss terms
-    def _split_y(self, y, need):
+    def _split_y(self, y: TensorLike | None, need: Sequence[str]) -> tuple[tf.Tensor | None, tf.Tensor | None]:
         if y is None:
             if need:
                 raise ValueError(
@@ -390,10 +428,17 @@ class MetricModel(keras.Model):
             raise ValueError(f"`y` must have shape (B, 2) with columns [w, |Omega|^2]; received shape {y.shape}.")
         return y[:, 0], y[:, 1]
 
-    def _needs_g_new(self):
+    def _needs_g_new(self) -> bool:
         return True
 
-    def _terms(self, x, y, training, terms, ricci_scalar=False):
+    def _terms(
+        self,
+        x: TensorLike,
+        y: TensorLike | None,
+        training: bool | None,
+        terms: Sequence[str],
+        ricci_scalar: bool = False,
+    ) -> dict[str, tf.Tensor]:
         x = self._prepare_x(x)
         w, om = self._split_y(y, [t for t in terms if t in ("sigma", "volk")])
         patch, j = self.geometry.charts(x)
@@ -415,7 +460,7 @@ class MetricModel(keras.Model):
                 )
             out["sigma"] = L.sigma_loss(g, om, self.kappa)
         if "transition" in terms:
-            out["transition"] = self._transition_from(ev, trans, frame, training)
+            out["transition"] = self._transition_from(ev, cast("Mapping[str, Any]", trans), frame, training)
         if "volk" in terms:
             fs_unit = (
                 frame["G_unit"] if "G_unit" in frame else frame["G"] / tf.constant(self.geometry.t, frame["G"].dtype)
@@ -426,7 +471,13 @@ class MetricModel(keras.Model):
             out["ricci"] = R if ricci_scalar else L.ricci_loss(R)
         return out
 
-    def loss_terms(self, x, y=None, training=False, terms=None):
+    def loss_terms(
+        self,
+        x: TensorLike,
+        y: TensorLike | None = None,
+        training: bool | None = False,
+        terms: Iterable[str] | None = None,
+    ) -> dict[str, tf.Tensor]:
         """Per-point loss terms (conventions §7).
 
         Args:
@@ -444,7 +495,14 @@ class MetricModel(keras.Model):
             raise ValueError(f"`terms` must be among {LOSS_TERMS}; received {unknown}.")
         return self._terms(x, y, training, terms)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def compute_loss(
+        self,
+        x: TensorLike | None = None,
+        y: TensorLike | None = None,
+        y_pred: object = None,
+        sample_weight: TensorLike | None = None,
+        training: bool = True,
+    ) -> tf.Tensor:
         """Total loss of a batch; updates the ``loss`` and ``<term>_loss`` trackers.
 
         ``loss = sum_i s_i L_i / sum_i s_i`` (``s`` = sample weights, 1 when
@@ -490,17 +548,17 @@ class MetricModel(keras.Model):
     # -------------------------------------------------------------- training
     def compile(
         self,
-        optimizer="adam",
-        loss=None,
-        metrics=None,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        loss: None = None,
+        metrics: None = None,
         *,
-        jit_compile=False,
-        steps_per_execution=1,
-        run_eagerly=False,
-        loss_weights=None,
-        weighted_metrics=None,
-        **kwargs,
-    ):
+        jit_compile: bool | Literal["auto"] = False,
+        steps_per_execution: int = 1,
+        run_eagerly: bool = False,
+        loss_weights: None = None,
+        weighted_metrics: None = None,
+        **kwargs: Any,
+    ) -> None:
         """Configure training.
 
         Args:
@@ -546,7 +604,7 @@ class MetricModel(keras.Model):
         self._xla = bool(jit_compile)
         self._core_fns = None
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict[str, Any] | None:
         config = super().get_compile_config()
         if not config:  # not compiled: nothing to restore
             return None
@@ -554,7 +612,7 @@ class MetricModel(keras.Model):
         config["jit_compile"] = self._xla
         return config
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict[str, Any]) -> None:
         """Re-compile from :meth:`get_compile_config` (used by ``load_model``)."""
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
@@ -566,10 +624,10 @@ class MetricModel(keras.Model):
         """Whether steps are compiled with XLA (``compile(jit_compile=True)``)."""
         return self._xla
 
-    def _core(self):
+    def _core(self) -> dict[str, Callable[..., Any]]:
         if self._core_fns is None:
 
-            def wrap(f):
+            def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
                 if getattr(self, "run_eagerly", False):
                     return f
                 return tf.function(f, jit_compile=self._xla, reduce_retracing=True)
@@ -581,7 +639,7 @@ class MetricModel(keras.Model):
             }
         return self._core_fns
 
-    def _train_core(self, x, y, sw):
+    def _train_core(self, x: tf.Tensor, y: tf.Tensor | None, sw: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
         """Loss, tracker updates, gradients and the guarded optimizer update
         (XLA-compiled under ``jit_compile=True``); returns the finiteness flags."""
         variables = self.trainable_variables
@@ -591,7 +649,7 @@ class MetricModel(keras.Model):
         grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return self._apply_update(loss, grads)
 
-    def _apply_update(self, loss, grads):
+    def _apply_update(self, loss: tf.Tensor, grads: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         """Apply the optimizer update according to the ``nonfinite`` policy.
 
         Returns:
@@ -607,7 +665,7 @@ class MetricModel(keras.Model):
             return finite_loss, finite_grads
         ok = tf.logical_and(finite_loss, finite_grads)
 
-        def apply():
+        def apply() -> tf.Tensor:
             self.optimizer.apply(grads, variables)
             return tf.constant(True)
 
@@ -616,13 +674,13 @@ class MetricModel(keras.Model):
             self._skipped_tracker.update_state(1.0 - tf.cast(ok, self.compute_dtype))
         return finite_loss, finite_grads
 
-    def _test_core(self, x, y, sw):
+    def _test_core(self, x: tf.Tensor, y: tf.Tensor | None, sw: tf.Tensor | None) -> tf.Tensor:
         terms = self.loss_terms(x, y, training=False)
         self.compute_loss(x=x, y=y, y_pred=terms, sample_weight=sw, training=False)
         return tf.constant(True)
 
     @staticmethod
-    def _dynamic_batch(t):
+    def _dynamic_batch(t: TensorLike | None) -> tf.Tensor | None:
         """Forget the static batch size, so that the step functions are traced
         once for every batch size (a partial last batch would otherwise retrace
         them, and recompile them under XLA)."""
@@ -631,7 +689,7 @@ class MetricModel(keras.Model):
         t = tf.convert_to_tensor(t)
         return tf.raw_ops.PlaceholderWithDefault(input=t, shape=[None] + t.shape.as_list()[1:])
 
-    def train_step(self, data):
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, y, sw = map(self._dynamic_batch, keras.utils.unpack_x_y_sample_weight(data))
         finite_loss, finite_grads = self._core()["train"](x, y, sw)
         if self.nonfinite == "raise":
@@ -641,12 +699,12 @@ class MetricModel(keras.Model):
             )
         return {m.name: m.result() for m in self.metrics}
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         x, y, sw = map(self._dynamic_batch, keras.utils.unpack_x_y_sample_weight(data))
         self._core()["test"](x, y, sw)
         return {m.name: m.result() for m in self.metrics}
 
-    def set_loss_weights(self, **weights):
+    def set_loss_weights(self, **weights: float) -> None:
         """Change loss weights, e.g. ``model.set_loss_weights(kaehler=0, volk=1)``.
 
         Changing a weight between non-zero values takes effect at the next
@@ -679,7 +737,7 @@ class MetricModel(keras.Model):
                 self.make_test_function(force=True)
 
     # ------------------------------------------------------------ data checks
-    def check_data(self, x, y=None, name="x"):
+    def check_data(self, x: object, y: object = None, name: str = "x") -> None:
         """Validate arrays before training/evaluation.
 
         Checks that ``x`` is (P, 2N), finite and lies on this model's
@@ -739,7 +797,7 @@ class MetricModel(keras.Model):
                 f"{ya[:, 1].min():.3g}."
             )
 
-    def fit(self, x=None, y=None, *args, **kwargs):
+    def fit(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> keras.callbacks.History:
         """``keras.Model.fit`` with input checks (:meth:`check_data`).
 
         ``y`` is (P, 2) ``[w, |Omega|^2]``. A non-finite loss or gradient
@@ -767,24 +825,28 @@ class MetricModel(keras.Model):
                 ) from err
             raise
 
-    def evaluate(self, x=None, y=None, *args, **kwargs):
+    def evaluate(
+        self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any
+    ) -> float | list[float] | dict[str, float]:
         """``keras.Model.evaluate`` with input checks (:meth:`check_data`)."""
         self.check_data(x, y)
         return super().evaluate(x, y, *args, **kwargs)
 
-    def predict(self, x, *args, **kwargs):
+    def predict(self, x: Any, *args: Any, **kwargs: Any) -> np.ndarray:
         """``keras.Model.predict`` with input checks; returns g (P, n, n)."""
         self.check_data(x)
         return super().predict(x, *args, **kwargs)
 
     # --------------------------------------------------------------- measures
-    def _measure_core(self, x, y, which):
+    def _measure_core(self, x: tf.Tensor, y: None, which: Sequence[str]) -> dict[str, tf.Tensor]:
         terms = tuple(t for t in ("kaehler", "transition", "ricci") if t in which)
         out = self._terms(x, None, False, terms, ricci_scalar=True)
         out["det"] = tf.math.real(L.determinant(out.pop("g")))
         return out
 
-    def measures(self, x, y, batch_size=1000, which=MEASURES):
+    def measures(
+        self, x: ArrayLike, y: ArrayLike, batch_size: int = 1000, which: Iterable[str] = MEASURES
+    ) -> dict[str, float]:
         """Validation measures over a whole point set (conventions §8).
 
         Per-point quantities are computed in batches and combined over all
@@ -837,7 +899,7 @@ class MetricModel(keras.Model):
         return out
 
     # ---------------------------------------------------------- serialisation
-    def _base_config(self):
+    def _base_config(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "manifold": self.spec.get_config(),
@@ -847,11 +909,11 @@ class MetricModel(keras.Model):
             "dtype": self.compute_dtype,
         }
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return self._base_config()
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: Mapping[str, Any], custom_objects: Mapping[str, Any] | None = None) -> Self:
         config = dict(config)
         if "network" in config:  # multiplicative and phi models
             config["network"] = keras.saving.deserialize_keras_object(config["network"], custom_objects=custom_objects)
@@ -859,7 +921,7 @@ class MetricModel(keras.Model):
         return cls(**config)
 
 
-def _check_network(network, n_in, n_out, dtype, what):
+def _check_network(network: keras.layers.Layer, n_in: int, n_out: int, dtype: str, what: str) -> None:
     if not isinstance(network, keras.layers.Layer):
         raise TypeError(
             f"`network` must be a Keras model or layer mapping (B, {n_in}) -> (B, {n_out}); "
@@ -919,10 +981,19 @@ class FSModel(MetricModel):
         (B, n, n) complex64/complex128.
     """
 
-    def _metric_from_frame(self, frame, training):
+    def _metric_from_frame(self, frame: Mapping[str, tf.Tensor], training: bool | None) -> tf.Tensor:
         return frame["G"]
 
-    def _evaluate(self, x, patch, j, frame, trans, need_dg, training):
+    def _evaluate(
+        self,
+        x: tf.Tensor,
+        patch: tf.Tensor,
+        j: tf.Tensor,
+        frame: Mapping[str, tf.Tensor],
+        trans: Mapping[str, Any] | None,
+        need_dg: bool,
+        training: bool | None,
+    ) -> dict[str, tf.Tensor]:
         # dG in closed form (TFGeometry.fs_holomorphic_derivative)
         out = {"g": frame["G"]}
         if need_dg:
@@ -963,7 +1034,18 @@ class MultiplicativeModel(MetricModel):
         :class:`~cyntk.models.LossWeightScheduler`.
     """
 
-    def __init__(self, network, manifold, *, sigma=1.0, kaehler=1.0, transition=1.0, volk=1.0, ricci=0.0, **kwargs):
+    def __init__(
+        self,
+        network: keras.layers.Layer,
+        manifold: ManifoldLike,
+        *,
+        sigma: float = 1.0,
+        kaehler: float = 1.0,
+        transition: float = 1.0,
+        volk: float = 1.0,
+        ricci: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             manifold, sigma=sigma, kaehler=kaehler, transition=transition, volk=volk, ricci=ricci, **kwargs
         )
@@ -977,13 +1059,22 @@ class MultiplicativeModel(MetricModel):
         )
         self.network = network
 
-    def _metric_from_frame(self, frame, training):
+    def _metric_from_frame(self, frame: Mapping[str, tf.Tensor], training: bool | None) -> tf.Tensor:
         o = tf.cast(self.network(frame["x"], training=training), self.compute_dtype)
         H = hermitian_from_components_tf(o)
         G = frame["G"]
         return G + G * H
 
-    def _evaluate(self, x, patch, j, frame, trans, need_dg, training):
+    def _evaluate(
+        self,
+        x: tf.Tensor,
+        patch: tf.Tensor,
+        j: tf.Tensor,
+        frame: Mapping[str, tf.Tensor],
+        trans: Mapping[str, Any] | None,
+        need_dg: bool,
+        training: bool | None,
+    ) -> dict[str, tf.Tensor]:
         """One network call for the batch, its tangents and the transition points.
 
         ``d_c g = d_c G ⊙ (1 + H) + G ⊙ H(d_c o)`` with ``d_c G`` in closed form
@@ -1030,7 +1121,7 @@ class MultiplicativeModel(MetricModel):
             out["g_new"] = Gn + Gn * hermitian_from_components_tf(o_all[start:])
         return out
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**self._base_config(), "network": keras.saving.serialize_keras_object(self.network)}
 
 
@@ -1062,17 +1153,17 @@ class PhiModel(MetricModel):
 
     def __init__(
         self,
-        network,
-        manifold,
+        network: keras.layers.Layer,
+        manifold: ManifoldLike,
         *,
-        transition_mode="phi",
-        sigma=1.0,
-        kaehler=0.0,
-        transition=1.0,
-        volk=1.0,
-        ricci=0.0,
-        **kwargs,
-    ):
+        transition_mode: Literal["phi", "metric"] = "phi",
+        sigma: float = 1.0,
+        kaehler: float = 0.0,
+        transition: float = 1.0,
+        volk: float = 1.0,
+        ricci: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         if transition_mode not in ("phi", "metric"):
             raise ValueError(f"`transition_mode` must be 'phi' or 'metric'; received {transition_mode!r}.")
         super().__init__(
@@ -1082,18 +1173,24 @@ class PhiModel(MetricModel):
         self.network = network
         self.transition_mode = transition_mode
 
-    def potential(self, x, training=False):
+    def potential(self, x: TensorLike, training: bool | None = False) -> tf.Tensor:
         """phi at real points x (B, 2N) (as given, not normalised) -> (B,) real."""
         return tf.cast(self.network(x, training=training), self.compute_dtype)[:, 0]
 
-    def _metric_from_frame(self, frame, training):
+    def _metric_from_frame(self, frame: Mapping[str, tf.Tensor], training: bool | None) -> tf.Tensor:
         _, M = local_ddbar(lambda xx: self.potential(xx, training), frame["x"], frame["J"])
         return frame["G"] + M
 
-    def _needs_g_new(self):
+    def _needs_g_new(self) -> bool:
         return self.transition_mode == "metric"
 
-    def _transition_from(self, ev, trans, frame, training):
+    def _transition_from(
+        self,
+        ev: Mapping[str, tf.Tensor],
+        trans: Mapping[str, Any],
+        frame: Mapping[str, tf.Tensor],
+        training: bool | None,
+    ) -> tf.Tensor:
         if self.transition_mode == "metric":
             return super()._transition_from(ev, trans, frame, training)
         m = trans["m"]
@@ -1103,7 +1200,7 @@ class PhiModel(MetricModel):
         d = tf.reduce_sum((phin - phi0[None]) ** 2, axis=0)
         return d / tf.cast(self.geometry.n_transitions * self.nfold**2, d.dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **self._base_config(),
             "transition_mode": self.transition_mode,
