@@ -14,12 +14,13 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
 
 __all__ = ["main", "build_parser"]
 
 
-def _chart(text):
+def _chart(text: str) -> tuple[int, int]:
     try:
         k, j = (int(v) for v in text.split(","))
     except ValueError:
@@ -27,8 +28,8 @@ def _chart(text):
     return k, j
 
 
-def _int_at_least(flag, low):
-    def parse(text):
+def _int_at_least(flag: str, low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
@@ -40,8 +41,10 @@ def _int_at_least(flag, low):
     return parse
 
 
-def _float_in(flag, low, high, *, low_open=False, high_open=True):
-    def parse(text):
+def _float_in(
+    flag: str, low: float, high: float | None, *, low_open: bool = False, high_open: bool = True
+) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
@@ -60,7 +63,7 @@ def _float_in(flag, low, high, *, low_open=False, high_open=True):
     return parse
 
 
-def _complex(text):
+def _complex(text: str) -> complex:
     try:
         value = complex(text.replace(" ", ""))
     except ValueError:
@@ -72,7 +75,7 @@ def _complex(text):
     return value
 
 
-def _check_output(path, flag="--output"):
+def _check_output(path: str | os.PathLike[str], flag: str = "--output") -> None:
     """Refuse an output directory that cannot be created or written, before any work is done."""
     path = os.path.abspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -94,7 +97,7 @@ def _check_output(path, flag="--output"):
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (no usage block)."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_sample(args) -> int:
+def _cmd_sample(args: argparse.Namespace) -> int:
     from cyntk.geometry import get_manifold, make_dataset
 
     _check_output(args.output)
@@ -197,7 +200,7 @@ def _cmd_sample(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from cyntk.experiments.demo import run_demo
 
     out = os.path.abspath(args.output)
@@ -208,7 +211,7 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_reproduce(args) -> int:
+def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.experiments != ["list"]:
         _check_output(args.output)
     from cyntk.experiments.runner import EXPERIMENTS, _load_registry, reproduce
@@ -276,7 +279,7 @@ def _import_tensorflow_quietly() -> None:
 _NUMPY_COMMANDS = ("sample",)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow start-up chatter out
     parser = build_parser()
     try:
@@ -286,7 +289,14 @@ def main(argv=None) -> int:
     if args.command not in _NUMPY_COMMANDS and not args.debug:
         _import_tensorflow_quietly()
 
-    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+    def one_line_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         print(f"cyntk {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
     show = warnings.showwarning

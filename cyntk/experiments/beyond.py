@@ -29,10 +29,18 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cyntk.geometry import fermat_cubic, fermat_quintic, fs_nearest, make_dataset, to_complex, to_real
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from cyntk.experiments.runner import ResultStore
 
 __all__ = [
     "TORUS_KERNELS",
@@ -149,7 +157,9 @@ def _flow(
     }
 
 
-def kernel_row_mass(kernel, x, n_rows=256, seed=0) -> float:
+def kernel_row_mass(
+    kernel: Callable[[np.ndarray, np.ndarray], ArrayLike], x: np.ndarray, n_rows: int = 256, seed: int = 0
+) -> float:
     """Mean row sum ``mean_a sum_b Theta(x_a, x_b)`` over ``n_rows`` random rows.
 
     For a positive kernel the row sum bounds its largest eigenvalue (Gershgorin),
@@ -213,20 +223,20 @@ def run_torus(
     *,
     n_points: int = 20_000,
     epochs: int = 20,
-    hidden=(64, 64, 64),
+    hidden: Sequence[int] = (64, 64, 64),
     activation: str = "gelu",
     learning_rate: float = 1e-2,
     n_flow: int = 1000,
     n_test: int = 500,
     steps: int = 50,
     decay_rate: float = 0.9,
-    lr_grid=None,
-    kernels=("gaussian", "delta", "relu"),
-    chart=(0, 1),
+    lr_grid: Sequence[float] | None = None,
+    kernels: Iterable[str] = ("gaussian", "delta", "relu"),
+    chart: Sequence[int] = (0, 1),
     seed: int = 0,
     verbose: int = 0,
-    log=print,
-) -> dict:
+    log: Callable[[str], object] | None = print,
+) -> dict[str, Any]:
     """Network and kernel flows on the cubic torus against the exact metric ``kappa |Omega|^2``.
 
     Args:
@@ -328,7 +338,7 @@ def run_torus(
     return out
 
 
-def plot_torus(result: dict):
+def plot_torus(result: dict[str, Any]) -> Figure:
     """Relative error to the exact torus metric: network per epoch, kernel flows per step."""
     import matplotlib.pyplot as plt
 
@@ -368,20 +378,20 @@ _NOCL_FIELDS = ("train_gain", "test_gain", "seconds_per_step", "failed_at_step",
 
 def run_noclustering(
     *,
-    sizes=(1000, 3000, 10_000),
-    kernels=("gaussian", "delta"),
+    sizes: Sequence[int] = (1000, 3000, 10_000),
+    kernels: Iterable[str] = ("gaussian", "delta"),
     n_test: int = 500,
     steps: int = 50,
     decay_rate: float = 0.85,
     sigma_over_nn: float = 0.5,
     cluster_size: int = 1000,
     cluster_batch_size: int = 10_000,
-    lr_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    chart=(0, 1),
+    lr_grid: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    chart: Sequence[int] = (0, 1),
     seed: int = 0,
-    store=None,
-    log=print,
-) -> dict:
+    store: ResultStore | None = None,
+    log: Callable[[str], object] | None = print,
+) -> dict[str, Any]:
     """Exact kernel flows on 1e3 ... 1e5 quintic points, with and without the paper's clustering.
 
     Args:
@@ -496,7 +506,7 @@ def run_noclustering(
     return out
 
 
-def plot_noclustering(result: dict):
+def plot_noclustering(result: dict[str, Any]) -> Figure:
     """Train and test gains vs N, exact (no clustering) vs per-cluster flows."""
     import matplotlib.pyplot as plt
 

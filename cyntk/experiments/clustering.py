@@ -6,10 +6,16 @@ of .016 (batched clustering), -.011 (full clustering) and -.032 (Euclidean Birch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from cyntk.geometry import fs_distance_matrix, get_manifold
 from cyntk.geometry.clustering import BatchedFSClustering, birch_clustering, cluster_order, fs_agglomerative, silhouette
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["run_fig2", "plot_fig2"]
 
@@ -20,9 +26,9 @@ def run_fig2(
     n_clusters: int = 10,
     n_batches: int = 5,
     manifold: str = "quintic",
-    chart=None,
+    chart: Sequence[int] | None = None,
     seed: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """Cluster quintic points three ways and score them.
 
     Args:
@@ -66,7 +72,7 @@ def run_fig2(
     }
 
 
-def plot_fig2(result: dict):
+def plot_fig2(result: dict[str, Any]) -> Figure:
     """Three heat maps: unordered, ordered by batched clustering, ordered by full clustering."""
     import matplotlib.pyplot as plt
 

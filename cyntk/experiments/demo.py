@@ -20,16 +20,30 @@ Outputs in the output directory: ``figures/*.png``, ``tensorboard/`` (open with
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal, TypedDict, cast
 
 from cyntk.experiments._io import save_figure, save_json
 from cyntk.geometry import atomic_write, begin_file_set, fermat_quintic, finish_file_set, make_dataset
 
 __all__ = ["DEMO_SCALES", "DEMO_FLOW_HYPERPARAMETERS", "run_demo"]
 
+
+class _DemoScale(TypedDict):
+    n_points: int
+    epochs: int
+    hidden: tuple[int, ...]
+    n_flow: tuple[int, int]
+    flow_steps: int
+    n_cluster: int
+    nn_sizes: tuple[int, ...]
+
+
 #: Sizes of the demo ('default' ~ a few minutes on 2 cores; 'tiny' for tests).
-DEMO_SCALES = {
+DEMO_SCALES: dict[str, _DemoScale] = {
     "default": dict(
         n_points=20_000,
         epochs=5,
@@ -55,7 +69,13 @@ DEMO_FLOW_HYPERPARAMETERS = {
 }
 
 
-def run_demo(output="cyntk-demo", *, scale: str = "default", seed: int = 0, log=print) -> dict:
+def run_demo(
+    output: str | os.PathLike[str] = "cyntk-demo",
+    *,
+    scale: Literal["default", "tiny"] = "default",
+    seed: int = 0,
+    log: Callable[[str], object] = print,
+) -> dict[str, Any]:
     """Run the demo and write its files; returns all numbers as a dict."""
     import keras
 
@@ -72,10 +92,10 @@ def run_demo(output="cyntk-demo", *, scale: str = "default", seed: int = 0, log=
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     begin_file_set(out / "manifest.json", {"demo_scale": scale, "seed": seed})
-    results = {"scale": scale, "seed": seed}
+    results: dict[str, Any] = {"scale": scale, "seed": seed}
     t_start = time.perf_counter()
 
-    def step(msg):
+    def step(msg: str) -> None:
         log(f"[{time.perf_counter() - t_start:6.1f} s] {msg}")
 
     # 1. data
@@ -98,9 +118,9 @@ def run_demo(output="cyntk-demo", *, scale: str = "default", seed: int = 0, log=
     )
     h = ntk_cb.history
     results["network"] = {
-        "sigma_val_initial": meas.initial["sigma_val"],
+        "sigma_val_initial": cast("dict[str, float]", meas.initial)["sigma_val"],
         "sigma_val": list(meas.history["sigma_val"]),
-        "sigma_gain": meas.initial["sigma_val"] / meas.history["sigma_val"][-1],
+        "sigma_gain": cast("dict[str, float]", meas.initial)["sigma_val"] / meas.history["sigma_val"][-1],
         "ntk_epochs": list(h.epochs),
         "ntk_wasserstein": h.scalar("ntk_wasserstein_train_test").tolist(),
         "ntk_frobenius": h.scalar("ntk_frobenius_train_test").tolist(),
@@ -150,7 +170,7 @@ def run_demo(output="cyntk-demo", *, scale: str = "default", seed: int = 0, log=
     return results
 
 
-def _summary(r, table):
+def _summary(r: dict[str, Any], table: str) -> str:
     net = r["network"]
     nn = r["nearest_neighbour"]
     sil = r["clustering"]["silhouette"]

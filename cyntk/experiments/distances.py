@@ -10,14 +10,24 @@ scales like N^(-1/(2n)) = N^(-1/6) on a threefold.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, overload
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cyntk.geometry import fs_nearest, get_manifold
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, SubFigure
+
+    from cyntk.experiments.runner import ResultStore
 
 __all__ = ["fit_power_law", "run_fig3_distances", "plot_fig3_distances"]
 
 
-def fit_power_law(n, y) -> tuple[float, float]:
+def fit_power_law(n: ArrayLike, y: ArrayLike) -> tuple[float, float]:
     """Least-squares fit ``y = a n^b`` in log-log space; returns ``(a, b)``.
 
     Args:
@@ -38,12 +48,12 @@ def fit_power_law(n, y) -> tuple[float, float]:
 
 def run_fig3_distances(
     *,
-    sizes=(100, 300, 1000, 3000, 10_000, 30_000, 100_000),
+    sizes: Iterable[int] = (100, 300, 1000, 3000, 10_000, 30_000, 100_000),
     manifold: str = "quintic",
     seed: int = 0,
     progress: bool = False,
-    store=None,
-) -> dict:
+    store: ResultStore | None = None,
+) -> dict[str, Any]:
     """Nearest-neighbour FS distances for growing point sets.
 
     Args:
@@ -95,7 +105,13 @@ def run_fig3_distances(
     }
 
 
-def plot_fig3_distances(result: dict, ax=None):
+@overload
+def plot_fig3_distances(result: dict[str, Any], ax: None = None) -> Figure: ...
+@overload
+def plot_fig3_distances(result: dict[str, Any], ax: Axes) -> Figure | SubFigure: ...
+
+
+def plot_fig3_distances(result: dict[str, Any], ax: Axes | None = None) -> Figure | SubFigure:
     """Mean (with min-max band) nearest-neighbour distance vs N, with the fitted power law."""
     import matplotlib.pyplot as plt
 

@@ -27,10 +27,17 @@ For each manifold (the Fermat cubic torus, whose Ricci-flat metric is known,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cyntk.geometry import get_manifold, make_dataset
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from cyntk.experiments.runner import ResultStore
 
 __all__ = ["run_kahlerflows", "plot_kahlerflows", "DEFAULT_FLOWS"]
 
@@ -308,22 +315,22 @@ def _run_networks(M, ds, net_cfg, log, store, key):
 
 def run_kahlerflows(
     *,
-    manifolds=("cubic", "quintic"),
-    n_points=None,
-    degrees=None,
-    flows=DEFAULT_FLOWS,
-    times=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
-    calabi_times=None,
-    calabi_points=400,
-    calabi_dt=2e-4,
-    calabi_degrees=None,
-    networks=True,
-    net_cfg=None,
-    seed=2021,
-    method="dopri",
-    store=None,
-    log=print,
-) -> dict:
+    manifolds: Sequence[str] = ("cubic", "quintic"),
+    n_points: Mapping[str, int] | None = None,
+    degrees: Mapping[str, int] | None = None,
+    flows: Sequence[str] = DEFAULT_FLOWS,
+    times: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+    calabi_times: Sequence[float] | dict[str, Sequence[float]] | None = None,
+    calabi_points: int = 400,
+    calabi_dt: float | dict[str, float] = 2e-4,
+    calabi_degrees: Mapping[str, int] | None = None,
+    networks: bool = True,
+    net_cfg: Mapping[str, Any] | None = None,
+    seed: int = 2021,
+    method: str = "dopri",
+    store: ResultStore | None = None,
+    log: Callable[[str], object] = print,
+) -> dict[str, Any]:
     """Run the appendix-B flows and the network flows on each manifold.
 
     Args:
@@ -443,7 +450,7 @@ def run_kahlerflows(
     return result
 
 
-def summary_table(result) -> list:
+def summary_table(result: Mapping[str, Any]) -> list[tuple[str, str, float, float, float, float]]:
     """Rows ``(manifold, flow, t, sigma)`` of the final states (for reports)."""
     rows = []
     for man in result["manifolds"]:
@@ -456,7 +463,7 @@ def summary_table(result) -> list:
     return rows
 
 
-def plot_kahlerflows(result):
+def plot_kahlerflows(result: Mapping[str, Any]) -> Figure:
     """Sigma measure vs flow time, Kähler class and Lyapunov functionals, per manifold."""
     import matplotlib.pyplot as plt
 

@@ -34,10 +34,21 @@ set per trial) for dt and the kernel parameters first.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from cyntk.geometry import fermat_quintic, fs_distance, fs_nearest, to_real
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, SubFigure
+
+    from cyntk.experiments.runner import ResultStore
+    from cyntk.flows.kernel_model import KernelModel
+    from cyntk.geometry import Hypersurface
+    from cyntk.kernels import DeltaKernel, GaussianFSKernel, InfiniteWidthKernel
 
 __all__ = [
     "PAPER_TABLE1",
@@ -47,6 +58,7 @@ __all__ = [
     "run_kernel_gains",
     "plot_kernel_gains",
     "gains_table",
+    "sigma_loss_float32",
     "run_table1",
     "plot_table1",
 ]
@@ -58,17 +70,23 @@ PAPER_TABLE1 = {
     "delta": {"n_points": 1000, "learning_rate": 0.3162},
 }
 
-#: Bayesian-search bounds (log10 of dt and kernel parameters).
+#: Bayesian-search bounds (log10 of dt and kernel parameters) for the per-point mean reading of
+#: eq. 3.5 (``reduction="mean"``, :data:`SEARCH_REDUCTION`), so that dt does not scale with the
+#: number of points. The step at step s is ``dt * decay_rate**s``; decay rates down to 0.3 let the
+#: search find the decaying steps that the non-smooth sigma loss |1 - eta| needs to converge (a
+#: constant dt leaves every eta oscillating around 1 with an amplitude ~ dt x that point's rate).
 SEARCH_SPACES = {
-    "relu": {"log10_learning_rate": (-11.0, -3.0), "log10_W_std": (-0.5, 2.0), "decay_rate": (0.8, 1.0)},
-    "gaussian": {"log10_learning_rate": (-5.0, -1.0), "log10_sigma": (-2.5, 1.5), "decay_rate": (0.8, 1.0)},
-    "delta": {"log10_learning_rate": (-5.0, -1.0), "decay_rate": (0.8, 1.0)},
+    "relu": {"log10_learning_rate": (-9.0, 0.0), "log10_W_std": (-0.5, 2.0), "decay_rate": (0.3, 1.0)},
+    "gaussian": {"log10_learning_rate": (-4.0, 1.5), "log10_sigma": (-2.5, 1.5), "decay_rate": (0.3, 1.0)},
+    "delta": {"log10_learning_rate": (-3.0, 1.5), "decay_rate": (0.3, 1.0)},
 }
+#: The loss reduction of searched flows.
+SEARCH_REDUCTION = "mean"
 
 KERNEL_LABELS = {"relu": "ReLU NTK", "gaussian": "Gaussian", "delta": "Delta"}
 
 
-def make_kernel(name: str, **params):
+def make_kernel(name: str, **params: float) -> InfiniteWidthKernel | GaussianFSKernel | DeltaKernel:
     """The kernel called ``name`` ('relu', 'gaussian', 'delta') with its parameters."""
     from cyntk.kernels import DeltaKernel, GaussianFSKernel, InfiniteWidthKernel
 
@@ -86,7 +104,9 @@ def make_kernel(name: str, **params):
     raise ValueError(f"Unknown kernel {name!r}; expected 'relu', 'gaussian' or 'delta'.")
 
 
-def noised_points(manifold, z, noise, chart, rng):
+def noised_points(
+    manifold: Hypersurface, z: np.ndarray, noise: float, chart: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Perturb points by complex Gaussian noise of std ``noise`` and project them back onto X.
 
     Returns:
@@ -100,11 +120,63 @@ def noised_points(manifold, z, noise, chart, rng):
     return w[keep], np.nonzero(keep)[0]
 
 
-def _loss(model, x, y):
+def _loss(model: KernelModel, x: np.ndarray, y: np.ndarray) -> float:
     return float(model.evaluate(x, y, batch_size=max(1, min(len(x), 4096)), verbose=0, return_dict=True)["loss"])
 
 
-def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, seed, backoff):
+def sigma_loss_float32(g: np.ndarray, omega_sq: np.ndarray, kappa: float) -> float:
+    """Mean sigma loss ``|1 - det g / (kappa |Omega|^2)|`` computed in float32 arithmetic.
+
+    ``g`` is rounded to complex64 and its determinant taken in single precision
+    (LAPACK), ``|Omega|^2`` and ``kappa`` are rounded to float32: the loss that a
+    float32 implementation (TensorFlow's default) reports for the same metric.
+    Even a metric with ``eta = 1`` exactly in float64 scores ~1e-7 here, which
+    bounds every gain measured in float32.
+
+    Parameters
+    ----------
+    g : np.ndarray
+        (P, n, n) complex hermitian metrics.
+    omega_sq : np.ndarray
+        (P,) ``|Omega|^2`` at the same points.
+    kappa : float
+        The sigma loss's normalisation.
+
+    Returns
+    -------
+    float
+        The mean over the points (accumulated in float64).
+    """
+    g32 = np.asarray(g).astype(np.complex64)
+    det = np.real(np.linalg.det(g32)).astype(np.float32)
+    eta = det / (np.float32(kappa) * np.asarray(omega_sq, dtype=np.float32))
+    return float(np.mean(np.abs(np.float32(1.0) - eta), dtype=np.float64))
+
+
+def _float32_floor(model: KernelModel, y: np.ndarray) -> float:
+    """Float32 sigma loss of the base metric rescaled to eta = 1 (in float64) at the train points."""
+    from cyntk.geometry import hermitian_from_components
+
+    g0 = hermitian_from_components(np.asarray(model.g0_train.numpy()))
+    det = np.real(np.linalg.det(g0))
+    exact = g0 * ((model.kappa * y[:, 1] / det) ** (1.0 / g0.shape[-1]))[:, None, None]
+    return sigma_loss_float32(exact, y[:, 1], model.kappa)
+
+
+def _flow_one(
+    name: str,
+    params: Mapping[str, float],
+    *,
+    manifold: Hypersurface,
+    steps: int,
+    chart: Sequence[int],
+    n_test: int,
+    noise_levels: Iterable[float],
+    seed: int,
+    backoff: bool,
+    reduction: str = "sum",
+    loss: str = "sigma",
+) -> dict[str, Any]:
     import keras
 
     from cyntk.flows.kernel_model import KernelModel
@@ -120,6 +192,8 @@ def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, see
         make_kernel(name, **kparams),
         x_tr,
         manifold,
+        loss=loss,
+        reduction=reduction,
         **(dict(on_non_positive="backoff", max_backoffs=80) if backoff else dict(on_non_positive="stop")),
     )
     lr = float(params["learning_rate"])
@@ -146,9 +220,11 @@ def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, see
             # the model keeps its last valid metric; record where the flow broke down
             failed = len(hist.history.get("loss", [])) + 1
     after = {k: _loss(model, x, y) for k, x, y, _ in sets}
+    train_after_f32 = sigma_loss_float32(model.predict(x_tr, batch_size=n, verbose=0), y_tr[:, 1], model.kappa)
     noise_keys = [k for k, *_ in sets if k.startswith("noise")]
     return {
         "params": {k: float(v) for k, v in params.items()},
+        "reduction": reduction,
         "steps_done": len(hist.history.get("loss", [])),
         "failed_at_step": failed,
         "backoffs": float(np.sum(hist.history.get("backoffs", [0.0]))),
@@ -156,6 +232,9 @@ def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, see
         "train_before": before["train"],
         "train_after": after["train"],
         "train_gain": before["train"] / after["train"],
+        "train_after_float32": train_after_f32,
+        "train_gain_float32": before["train"] / train_after_f32,
+        "float32_floor": _float32_floor(model, y_tr),
         "test_before": before["test"],
         "test_after": after["test"],
         "test_gain": before["test"] / after["test"],
@@ -168,17 +247,18 @@ def _flow_one(name, params, *, manifold, steps, chart, n_test, noise_levels, see
 
 def run_kernel_gains(
     *,
-    kernels=("relu", "gaussian", "delta"),
-    hyperparameters="paper",
-    points_scale=1.0,
+    kernels: Iterable[str] = ("relu", "gaussian", "delta"),
+    hyperparameters: Literal["paper", "search"] | Mapping[str, Mapping[str, float]] = "paper",
+    points_scale: float = 1.0,
     steps: int = 50,
-    chart=(0, 1),
+    chart: Sequence[int] = (0, 1),
     n_test: int = 500,
-    noise_levels=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-    search_trials=(4, 8),
+    noise_levels: Iterable[float] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+    search_trials: tuple[int, int] = (4, 8),
     seed: int = 0,
-    store=None,
-) -> dict:
+    store: ResultStore | None = None,
+    reduction: Literal["sum", "mean"] | None = None,
+) -> dict[str, Any]:
     """Gain of the sigma loss vs distance to the train set for frozen-kernel flows.
 
     Args:
@@ -197,14 +277,21 @@ def run_kernel_gains(
             summed update of eq. 3.5 scales with the number of train points).
         seed: base seed.
         store: optional ResultStore (per-kernel results are saved and reused).
+        reduction: the reading of dt in eq. 3.5: ``"sum"`` (the update sums
+            over the train points) or ``"mean"`` (per-point mean, dt / N);
+            default ``"sum"``, and :data:`SEARCH_REDUCTION` for ``"search"``.
 
     Returns:
         dict kernel -> result dict (gains, distances, parameters, history).
     """
     M = fermat_quintic()
+    if reduction is None:
+        reduction = SEARCH_REDUCTION if hyperparameters == "search" else "sum"
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"`reduction` must be 'sum' or 'mean'; received {reduction!r}.")
     out = {}
     for name in kernels:
-        key = f"{name}_{hyperparameters if isinstance(hyperparameters, str) else 'custom'}_{seed}"
+        key = f"{name}_{hyperparameters if isinstance(hyperparameters, str) else 'custom'}_{reduction}_{seed}"
         cached = None if store is None else store.get(key)
         if cached is not None:
             out[name] = _unflatten(cached)
@@ -215,7 +302,7 @@ def run_kernel_gains(
             params = dict(PAPER_TABLE1[name])
         elif hyperparameters == "search":
             n_pts = max(20, int(round(PAPER_TABLE1[name]["n_points"] * points_scale)))
-            params = _searched(name, M, chart, steps, search_trials, (n_pts, n_test), seed)
+            params = _searched(name, M, chart, steps, search_trials, (n_pts, n_test), seed, reduction)
         else:
             raise ValueError(f"`hyperparameters` must be 'paper', 'search' or a dict; received {hyperparameters!r}.")
         if not isinstance(hyperparameters, dict) or "n_points" not in params:
@@ -230,6 +317,7 @@ def run_kernel_gains(
             noise_levels=noise_levels,
             seed=seed,
             backoff=hyperparameters == "paper",
+            reduction=reduction,
         )
         if store is not None:
             store.put(key, _flatten(res))
@@ -245,7 +333,16 @@ def run_kernel_gains(
     }
 
 
-def _searched(name, M, chart, steps, trials, points, seed):
+def _searched(
+    name: str,
+    M: Hypersurface,
+    chart: Sequence[int],
+    steps: int,
+    trials: tuple[int, int],
+    points: tuple[int, int],
+    seed: int,
+    reduction: str = SEARCH_REDUCTION,
+) -> dict[str, float]:
     from cyntk.flows.search import flow_search
 
     res = flow_search(
@@ -259,25 +356,26 @@ def _searched(name, M, chart, steps, trials, points, seed):
         init_points=trials[0],
         n_iter=trials[1],
         seed=seed,
+        model_kwargs={"reduction": reduction},
     )
     params = dict(res.best_params)
     params.setdefault("learning_rate", params.get("learning_rate"))
     return params
 
 
-def _flatten(res):
+def _flatten(res: Mapping[str, Any]) -> dict[str, Any]:
     flat = {k: v for k, v in res.items() if k != "params"}
     flat.update({f"param_{k}": v for k, v in res["params"].items()})
     return flat
 
 
-def _unflatten(flat):
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     res = {k: v for k, v in flat.items() if not k.startswith("param_")}
     res["params"] = {k[6:]: float(v) for k, v in flat.items() if k.startswith("param_")}
     return res
 
 
-def gains_table(result: dict) -> str:
+def gains_table(result: dict[str, Any]) -> str:
     """Markdown table of train/test gains next to the paper's."""
     rows = [
         "| kernel | points | dt | params | steps | train gain (paper) | test gain (paper) |",
@@ -299,7 +397,13 @@ def gains_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def plot_kernel_gains(result: dict, ax=None):
+@overload
+def plot_kernel_gains(result: dict[str, Any], ax: None = None) -> Figure: ...
+@overload
+def plot_kernel_gains(result: dict[str, Any], ax: Axes) -> Figure | SubFigure: ...
+
+
+def plot_kernel_gains(result: dict[str, Any], ax: Axes | None = None) -> Figure | SubFigure:
     """Figure 3 (left): gain factor vs mean FS distance to the train points."""
     import matplotlib.pyplot as plt
 
@@ -324,24 +428,15 @@ def plot_kernel_gains(result: dict, ax=None):
     return fig if fig is not None else ax.figure
 
 
-def run_table1(*, hyperparameter_sets=("paper", "search"), store=None, **kwargs) -> dict:
-    """:func:`run_kernel_gains` for the paper's and for searched hyperparameters.
+def run_table1(**kwargs: Any) -> dict[str, Any]:
+    """Table 1 / Figure 3 (left) as one table; see :func:`cyntk.experiments.table1.run_table1`."""
+    from cyntk.experiments.table1 import run_table1 as run
 
-    Returns:
-        dict with one entry per hyperparameter set ('paper', 'search') and a
-        markdown ``table`` of both.
-    """
-    out = {h: run_kernel_gains(hyperparameters=h, store=store, **kwargs) for h in hyperparameter_sets}
-    out["table"] = "\n\n".join(f"**{h} hyperparameters**\n\n" + gains_table(out[h]) for h in hyperparameter_sets)
-    return out
+    return run(**kwargs)
 
 
-def plot_table1(result: dict):
-    """Figure 3 (left) for each hyperparameter set, side by side."""
-    import matplotlib.pyplot as plt
+def plot_table1(result: dict[str, Any]) -> Figure:
+    """The figure of :func:`run_table1`; see :func:`cyntk.experiments.table1.plot_table1`."""
+    from cyntk.experiments.table1 import plot_table1 as plot
 
-    sets = [k for k in result if isinstance(result[k], dict) and "kernels" in result[k]]
-    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.5), squeeze=False)
-    for ax, h in zip(axes[0], sets):
-        plot_kernel_gains(result[h], ax=ax)
-    return fig
+    return plot(result)

@@ -28,11 +28,18 @@ times (:mod:`cyntk.flows.ode`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cyntk._validation import positive_float, positive_int
 from cyntk.geometry import get_manifold, make_dataset, to_real
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from cyntk.experiments.runner import ResultStore
 
 __all__ = ["run_localflow", "plot_localflow"]
 
@@ -171,22 +178,22 @@ def _stepsize(manifold, n_flow, chart, n_steps, factors, kernel_sigma, seed, log
 
 def run_localflow(
     *,
-    manifold="cubic",
-    chart=(0, 1),
-    n_points=30_000,
-    n_eval=8,
-    sigmas=(0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625),
-    n_nodes=2048,
-    stepsize=True,
-    flow_manifold="quintic",
-    n_flow=100,
-    n_steps=50,
-    dt_factors=(0.25, 0.5, 0.9, 1.1, 1.5, 3.0),
-    kernel_sigma=30.0,
-    seed=0,
-    store=None,
-    log=print,
-) -> dict:
+    manifold: str = "cubic",
+    chart: Sequence[int] = (0, 1),
+    n_points: int = 30_000,
+    n_eval: int = 8,
+    sigmas: Sequence[float] = (0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625),
+    n_nodes: int = 2048,
+    stepsize: bool = True,
+    flow_manifold: str = "quintic",
+    n_flow: int = 100,
+    n_steps: int = 50,
+    dt_factors: Sequence[float] = (0.25, 0.5, 0.9, 1.1, 1.5, 3.0),
+    kernel_sigma: float = 30.0,
+    seed: int = 0,
+    store: ResultStore | None = None,
+    log: Callable[[str], object] = print,
+) -> dict[str, Any]:
     """Run the sigma -> 0 sweep and the step-size experiment.
 
     Args:
@@ -262,7 +269,7 @@ def run_localflow(
     return out
 
 
-def plot_localflow(result):
+def plot_localflow(result: Mapping[str, Any]) -> Figure:
     """Error vs sigma (left); with part 2, final loss (middle) and Euler's deviation (right) vs step.
 
     Args:

@@ -23,10 +23,20 @@ sigma measure (``sigma_val``).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cyntk.geometry import fermat_quintic, make_dataset, to_real
+
+if TYPE_CHECKING:
+    import keras
+    from matplotlib.figure import Figure
+
+    from cyntk.geometry import CYDataset
+    from cyntk.models import MeasuresCallback, MultiplicativeModel
 
 __all__ = [
     "make_network",
@@ -40,7 +50,9 @@ __all__ = [
 ]
 
 
-def make_network(n_in: int, n_out: int, hidden=(64, 64, 64), activation: str = "gelu", seed: int = 0):
+def make_network(
+    n_in: int, n_out: int, hidden: Sequence[int] = (64, 64, 64), activation: str = "gelu", seed: int = 0
+) -> keras.Sequential:
     """The cymetric notebook's network: Dense hidden layers and a bias-free linear output."""
     import keras
 
@@ -51,27 +63,27 @@ def make_network(n_in: int, n_out: int, hidden=(64, 64, 64), activation: str = "
     return keras.Sequential(layers)
 
 
-def sigma_loss_of(g, omega_sq, kappa) -> float:
+def sigma_loss_of(g: ArrayLike, omega_sq: ArrayLike, kappa: float) -> float:
     """Mean per-point sigma loss ``|1 - det g/(kappa |Omega|^2)|`` (NumPy, float64)."""
     det = np.real(np.linalg.det(np.asarray(g, dtype=np.complex128)))
     return float(np.mean(np.abs(1.0 - det / (kappa * np.asarray(omega_sq)))))
 
 
 def train_multiplicative(
-    ds,
+    ds: CYDataset,
     *,
-    hidden=(64, 64, 64),
-    activation="gelu",
-    epochs=5,
-    batch_size=64,
-    learning_rate=1e-3,
-    optimizer="adam",
-    seed=0,
-    callbacks=(),
-    verbose=0,
-    measure_every=1,
-    loss_weights=None,
-):
+    hidden: Sequence[int] = (64, 64, 64),
+    activation: str = "gelu",
+    epochs: int = 5,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    optimizer: Literal["adam", "sgd"] = "adam",
+    seed: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+    measure_every: int = 1,
+    loss_weights: Mapping[str, float] | None = None,
+) -> tuple[MultiplicativeModel, keras.callbacks.History, MeasuresCallback]:
     """Train cyntk's multiplicative model with cymetric's losses on a dataset.
 
     The default loss weights are those of cymetric's ``train_model`` in its
@@ -106,7 +118,7 @@ def train_multiplicative(
     return model, hist, meas
 
 
-def _fs_sigma(ds):
+def _fs_sigma(ds: CYDataset) -> tuple[float, float]:
     from cyntk.models import FSModel
 
     fs = FSModel(ds)
@@ -116,8 +128,15 @@ def _fs_sigma(ds):
 
 
 def run_baseline(
-    *, n_points=100_000, epochs=50, hidden=(64, 64, 64), activation="relu", batch_size=64, seed=0, verbose=0
-) -> dict:
+    *,
+    n_points: int = 100_000,
+    epochs: int = 50,
+    hidden: Sequence[int] = (64, 64, 64),
+    activation: str = "relu",
+    batch_size: int = 64,
+    seed: int = 0,
+    verbose: int = 0,
+) -> dict[str, Any]:
     """Finite-network baseline (paper: gain 10-100 in the validation sigma loss).
 
     Returns:
@@ -133,7 +152,7 @@ def run_baseline(
     sig = np.asarray(meas.history["sigma_val"])
     fs_measure, fs_loss = _fs_sigma(ds)
     loss_after = sigma_loss_of(model.predict(ds.X_val, verbose=0), ds.omega_sq_val, ds.kappa)
-    init = meas.initial["sigma_val"]
+    init = cast("dict[str, float]", meas.initial)["sigma_val"]
     return {
         "n_points": n_points,
         "epochs": epochs,
@@ -152,19 +171,19 @@ def run_baseline(
 
 def run_fig4(
     *,
-    n_points=100_000,
-    epochs=50,
-    hidden=(128, 128, 128),
-    activation="gelu",
-    n_track=10,
-    batch_size=64,
-    lazy=True,
-    lazy_width=2048,
-    lazy_learning_rate=1e-4,
-    seed=0,
-    log_dir=None,
-    verbose=0,
-) -> dict:
+    n_points: int = 100_000,
+    epochs: int = 50,
+    hidden: Sequence[int] = (128, 128, 128),
+    activation: str = "gelu",
+    n_track: int = 10,
+    batch_size: int = 64,
+    lazy: bool = True,
+    lazy_width: int = 2048,
+    lazy_learning_rate: float = 1e-4,
+    seed: int = 0,
+    log_dir: str | None = None,
+    verbose: int = 0,
+) -> dict[str, Any]:
     """Figure 4 with a lazy-regime control.
 
     Returns:
@@ -176,8 +195,10 @@ def run_fig4(
     from cyntk.callbacks import MetricNTKCallback
 
     ds = make_dataset(fermat_quintic(), n_points, seed=seed)
-    out = {"n_points": n_points, "epochs_trained": epochs, "hidden": list(hidden), "n_track": n_track}
-    runs = [("", dict(hidden=hidden, activation=activation, learning_rate=1e-3, optimizer="adam"))]
+    out: dict[str, Any] = {"n_points": n_points, "epochs_trained": epochs, "hidden": list(hidden), "n_track": n_track}
+    runs: list[tuple[str, dict[str, Any]]] = [
+        ("", dict(hidden=hidden, activation=activation, learning_rate=1e-3, optimizer="adam"))
+    ]
     if lazy:
         runs.append(
             (
@@ -198,13 +219,15 @@ def run_fig4(
         out[prefix + "spectrum_first"] = h.spectrum("pooled_train_test", h.epochs[0])
         out[prefix + "spectrum_last"] = h.spectrum("pooled_train_test", h.epochs[-1])
         out[prefix + "sigma_val"] = np.asarray(meas.history["sigma_val"])
-        out[prefix + "sigma_val_initial"] = meas.initial["sigma_val"]
+        out[prefix + "sigma_val_initial"] = cast("dict[str, float]", meas.initial)["sigma_val"]
         out[prefix + "w1_final"] = float(out[prefix + "wasserstein"][-1])
-        out[prefix + "sigma_gain"] = float(meas.initial["sigma_val"] / meas.history["sigma_val"][-1])
+        out[prefix + "sigma_gain"] = float(
+            cast("dict[str, float]", meas.initial)["sigma_val"] / meas.history["sigma_val"][-1]
+        )
     return out
 
 
-def plot_fig4(result: dict):
+def plot_fig4(result: dict[str, Any]) -> Figure:
     """Left: pooled spectrum histograms (log10 |lambda|) at epoch 0 and last; right: W1 vs epoch."""
     import matplotlib.pyplot as plt
 
@@ -240,21 +263,21 @@ def plot_fig4(result: dict):
 
 def run_afterkernel(
     *,
-    n_points=20_000,
-    epochs=50,
-    checkpoints=(0, 5, 50),
-    hidden=(64, 64, 64),
-    activation="gelu",
-    n_flow_train=300,
-    n_flow_test=300,
-    chart=(0, 1),
-    steps=50,
-    learning_rates=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
-    batch_size=64,
-    seed=0,
-    form="primal",
-    verbose=0,
-) -> dict:
+    n_points: int = 20_000,
+    epochs: int = 50,
+    checkpoints: Iterable[int] = (0, 5, 50),
+    hidden: Sequence[int] = (64, 64, 64),
+    activation: str = "gelu",
+    n_flow_train: int = 300,
+    n_flow_test: int = 300,
+    chart: Sequence[int] = (0, 1),
+    steps: int = 50,
+    learning_rates: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+    batch_size: int = 64,
+    seed: int = 0,
+    form: Literal["primal", "dual"] = "primal",
+    verbose: int = 0,
+) -> dict[str, Any]:
     """Empirical NTKs of a training network, frozen at checkpoints, used as flow kernels.
 
     The network (multiplicative model) trains on ``n_points`` points; at each
@@ -289,11 +312,11 @@ def run_afterkernel(
     kernels = {}
 
     class Snapshot(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             if epoch in checkpoints and epoch not in kernels:
                 kernels[epoch] = EmpiricalNTKKernel(self.model)
 
-        def on_train_end(self, logs=None):
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
             last = self.params["epochs"]
             if last in checkpoints and last not in kernels:
                 kernels[last] = EmpiricalNTKKernel(self.model)
@@ -308,7 +331,7 @@ def run_afterkernel(
         callbacks=[Snapshot()],
         verbose=verbose,
     )
-    sig = [meas.initial["sigma_val"]] + list(meas.history["sigma_val"])
+    sig = [cast("dict[str, float]", meas.initial)["sigma_val"]] + list(meas.history["sigma_val"])
     train_gain, test_gain, lrs = [], [], []
     for c in checkpoints:
         best = None
@@ -326,6 +349,7 @@ def run_afterkernel(
             g_tr, g_te = b_tr / ev(x_tr, y_tr), b_te / ev(x_te, y_te)
             if best is None or g_tr > best[0]:
                 best = (g_tr, g_te, lr)
+        best = cast("tuple[float, float, float]", best)  # learning_rates is not empty
         train_gain.append(best[0])
         test_gain.append(best[1])
         lrs.append(best[2])
@@ -338,7 +362,7 @@ def run_afterkernel(
     }
 
 
-def plot_afterkernel(result: dict):
+def plot_afterkernel(result: dict[str, Any]) -> Figure:
     """Train/test gains of flows with after-kernels frozen at each checkpoint."""
     import matplotlib.pyplot as plt
 

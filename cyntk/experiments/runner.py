@@ -17,11 +17,13 @@ interrupted paper-scale run continues where it stopped.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -38,6 +40,9 @@ from cyntk.geometry import (
     remove_stale_temporaries,
 )
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 #: The manifest of an experiment's result set.
 MANIFEST = "manifest.json"
 
@@ -52,17 +57,17 @@ class ResultStore:
     is done. ``ResultStore(None)`` keeps nothing (in-memory only).
     """
 
-    def __init__(self, directory=None):
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = None if directory is None else Path(directory)
-        self._mem = {}
+        self._mem: dict[str, dict[str, Any]] = {}
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, key):
+    def _path(self, key: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(key))
-        return self.directory / f"{safe}.npz"
+        return cast(Path, self.directory) / f"{safe}.npz"  # called only when a directory is set
 
-    def get(self, key):
+    def get(self, key: str) -> dict[str, Any] | None:
         if key in self._mem:
             return self._mem[key]
         if self.directory is not None and self._path(key).is_file():
@@ -76,11 +81,12 @@ class ResultStore:
             return value
         return None
 
-    def put(self, key, value: dict):
+    def put(self, key: str, value: dict[str, Any]) -> None:
         self._mem[key] = value
         if self.directory is not None:
             arrays = {k: np.asarray(v) for k, v in value.items()}
-            atomic_write(self._path(key), lambda fh: np.savez(fh, **arrays))
+            # numpy's stub types **arrays as if a key could be its `allow_pickle: bool`
+            atomic_write(self._path(key), lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -88,13 +94,13 @@ class Experiment:
     """A registered experiment: ``run(**kwargs, store=...)`` -> dict, ``plot(result)`` -> figure."""
 
     name: str
-    run: Callable
-    plot: Callable | None
-    scales: dict
+    run: Callable[..., Mapping[str, Any]]
+    plot: Callable[[dict[str, Any]], Figure] | None
+    scales: dict[str, dict[str, Any]]
     description: str = ""
     uses_store: bool = False
-    summary: Callable | None = None
-    tags: tuple = field(default_factory=tuple)
+    summary: Callable[[dict[str, Any]], str] | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -105,8 +111,9 @@ def register(exp: Experiment) -> Experiment:
     return exp
 
 
-def _split_arrays(result: dict):
-    arrays, scalars = {}, {}
+def _split_arrays(result: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, Any] = {}
     for k, v in result.items():
         if isinstance(v, np.ndarray) and v.size > 64:
             arrays[k] = v
@@ -115,7 +122,7 @@ def _split_arrays(result: dict):
     return arrays, scalars
 
 
-def load_result(directory, name):
+def load_result(directory: str | os.PathLike[str], name: str) -> dict[str, Any]:
     """Load a saved experiment result (JSON numbers merged with the npz arrays).
 
     Raises:
@@ -136,7 +143,7 @@ def load_result(directory, name):
     return res
 
 
-def _members(d: Path, name: str, exp) -> list[str]:
+def _members(d: Path, name: str, exp: Experiment) -> list[str]:
     files = ["result.json"] + (["result.npz"] if (d / "result.npz").is_file() else [])
     if exp.plot is not None:
         files.append(f"{name}.png")
@@ -154,7 +161,7 @@ def _png_complete(path: Path) -> bool:
     return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
 
 
-def _previous_result(out: Path, name: str, exp, log):
+def _previous_result(out: Path, name: str, exp: Experiment, log: Callable[[str], object]) -> dict[str, Any] | None:
     """The verified earlier result of ``name`` or None (saying why it is not used)."""
     d = out / name
     status, reason, _ = check_file_set(d / MANIFEST)
@@ -182,14 +189,14 @@ def _previous_result(out: Path, name: str, exp, log):
 
 
 def reproduce(
-    names,
+    names: str | Sequence[str],
     *,
     scale: str = "quick",
-    output="cyntk-results",
+    output: str | os.PathLike[str] = "cyntk-results",
     force: bool = False,
-    overrides: dict | None = None,
-    log=print,
-) -> dict:
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    log: Callable[[str], object] = print,
+) -> dict[str, dict[str, Any]]:
     """Run experiments by name and write their numbers and figures.
 
     Args:
@@ -220,7 +227,7 @@ def reproduce(
         raise ValueError(f"Unknown experiment(s) {unknown}; expected names from {sorted(EXPERIMENTS)} or 'all'.")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in names:
         exp = EXPERIMENTS[name]
         if scale not in exp.scales:
@@ -246,7 +253,7 @@ def reproduce(
         d.mkdir(parents=True, exist_ok=True)
         begin_file_set(d / MANIFEST, {"experiment": name, "scale": scale})
         if arrays:
-            atomic_write(d / "result.npz", lambda fh: np.savez_compressed(fh, **arrays))
+            atomic_write(d / "result.npz", lambda fh: np.savez_compressed(fh, **arrays))  # type: ignore[arg-type]
         elif (d / "result.npz").is_file():
             (d / "result.npz").unlink()  # arrays of an earlier run do not belong to this one
         save_json(scalars, d / "result.json")
@@ -260,11 +267,11 @@ def reproduce(
     return results
 
 
-def _load_registry():
+def _load_registry() -> None:
     """Import the experiment modules so they register themselves."""
     from cyntk.experiments import registry  # noqa: F401
 
 
-def summarise(results: dict) -> dict:
+def summarise(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """JSON-ready scalars of several results."""
     return {k: to_jsonable(_split_arrays(v)[1]) for k, v in results.items()}

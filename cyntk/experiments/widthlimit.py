@@ -27,12 +27,22 @@ network has no width-independent limit to compare with.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, cast
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from cyntk.models import MultiplicativeModel
+    from cyntk.models._spec import ManifoldLike
 
 __all__ = ["kernel_distances", "run_widthlimit", "plot_widthlimit"]
 
 
-def kernel_distances(theta, reference) -> tuple[float, float]:
+def kernel_distances(theta: ArrayLike, reference: ArrayLike) -> tuple[float, float]:
     """``(||theta - reference||_F / ||reference||_F, <theta, reference>_F / (||theta||_F ||reference||_F))``."""
     theta = np.asarray(theta, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
@@ -45,7 +55,15 @@ def kernel_distances(theta, reference) -> tuple[float, float]:
     return (float(np.linalg.norm(theta - reference) / nr), float(np.sum(theta * reference) / (nt * nr)))
 
 
-def _model(manifold_or_ds, width, depth, W_std, b_std, seed, loss_weights=None):
+def _model(
+    manifold_or_ds: ManifoldLike,
+    width: int,
+    depth: int,
+    W_std: float,
+    b_std: float,
+    seed: int,
+    loss_weights: Mapping[str, float] | None = None,
+) -> MultiplicativeModel:
     from cyntk.kernels import ntk_mlp
     from cyntk.models import MultiplicativeModel
 
@@ -66,29 +84,29 @@ def _model(manifold_or_ds, width, depth, W_std, b_std, seed, loss_weights=None):
     )
 
 
-def _fit_exponent(widths, dist):
+def _fit_exponent(widths: ArrayLike, dist: ArrayLike) -> tuple[float, float]:
     slope, intercept = np.polyfit(np.log(widths), np.log(dist), 1)
     return float(slope), float(intercept)
 
 
 def run_widthlimit(
     *,
-    widths=(64, 128, 256, 512, 1024, 2048, 4096),
-    n_seeds=3,
-    n_track=10,
-    depth=3,
-    W_std=1.5,
-    b_std=0.1,
-    train_widths=(64, 256, 1024),
-    n_points=10_000,
-    epochs=5,
-    batch_size=64,
-    learning_rate=1e-3,
-    optimizer="adam",
-    loss_weights=None,
-    seed=0,
-    verbose=0,
-) -> dict:
+    widths: Iterable[int] = (64, 128, 256, 512, 1024, 2048, 4096),
+    n_seeds: int = 3,
+    n_track: int = 10,
+    depth: int = 3,
+    W_std: float = 1.5,
+    b_std: float = 0.1,
+    train_widths: Iterable[int] = (64, 256, 1024),
+    n_points: int = 10_000,
+    epochs: int = 5,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    optimizer: Literal["adam", "sgd"] = "adam",
+    loss_weights: Mapping[str, float] | None = None,
+    seed: int = 0,
+    verbose: int = 0,
+) -> dict[str, Any]:
     """Distance of the empirical metric-NTK to its infinite-width limit vs width, at init and in training.
 
     Args:
@@ -125,7 +143,7 @@ def run_widthlimit(
     ds = make_dataset(fermat_quintic(), int(n_points), seed=seed)
     x = np.asarray(ds.X_val[:n_track], dtype=np.float64)
     limit = InfiniteWidthMetricKernel(_model(ds, 8, depth, W_std, b_std, seed))(x)
-    out = {
+    out: dict[str, Any] = {
         "widths": np.asarray(widths),
         "n_track": n_track,
         "depth": depth,
@@ -163,9 +181,9 @@ def run_widthlimit(
             else keras.optimizers.SGD(learning_rate)
         )
         theta0 = metric_ntk(model, x)
-        rec = {"frobenius": [], "alignment": [], "moved": []}
+        rec: dict[str, list[float]] = {"frobenius": [], "alignment": [], "moved": []}
 
-        def record(theta, rec=rec, theta0=theta0):
+        def record(theta: np.ndarray, rec: dict[str, list[float]] = rec, theta0: np.ndarray = theta0) -> None:
             f, a = kernel_distances(theta, limit)
             rec["frobenius"].append(f)
             rec["alignment"].append(a)
@@ -174,7 +192,7 @@ def run_widthlimit(
         record(theta0)
 
         class _Track(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
                 record(metric_ntk(self.model, x))
 
         meas = MeasuresCallback(ds, measures=("sigma",), initial=True)
@@ -188,12 +206,16 @@ def run_widthlimit(
         )
         for key, vals in rec.items():
             out[f"train/{w}/{key}"] = np.asarray(vals)
-        out[f"train/{w}/sigma_val"] = np.r_[meas.initial["sigma_val"], meas.history["sigma_val"]]
-        out[f"train/{w}/sigma_gain"] = float(meas.initial["sigma_val"] / meas.history["sigma_val"][-1])
+        out[f"train/{w}/sigma_val"] = np.r_[
+            cast("dict[str, float]", meas.initial)["sigma_val"], meas.history["sigma_val"]
+        ]
+        out[f"train/{w}/sigma_gain"] = float(
+            cast("dict[str, float]", meas.initial)["sigma_val"] / meas.history["sigma_val"][-1]
+        )
     return out
 
 
-def plot_widthlimit(result: dict):
+def plot_widthlimit(result: dict[str, Any]) -> Figure:
     """Left: distance to Theta_inf vs width at init with the fit; right: distance and sigma_val vs epoch."""
     import matplotlib.pyplot as plt
 
