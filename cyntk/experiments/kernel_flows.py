@@ -81,7 +81,7 @@ SEARCH_SPACES = {
     "delta": {"log10_learning_rate": (-3.0, 1.5), "decay_rate": (0.3, 1.0)},
 }
 #: The loss reduction of searched flows.
-SEARCH_REDUCTION = "mean"
+SEARCH_REDUCTION: Literal["sum", "mean"] = "mean"
 
 KERNEL_LABELS = {"relu": "ReLU NTK", "gaussian": "Gaussian", "delta": "Delta"}
 
