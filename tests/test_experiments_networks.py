@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cyntk.experiments.kernel_flows import gains_table, plot_table1, run_table1
+from cyntk.experiments.kernel_flows import plot_table1, run_table1
 from cyntk.experiments.networks import (
     plot_afterkernel,
     plot_fig4,
@@ -34,26 +34,70 @@ def test_sigma_loss_of_matches_a_direct_formula():
     assert sigma_loss_of(g * scale[:, None, None], geo["omega_sq"], kappa) < 1e-12
 
 
-def test_table1_tiny_gains_are_finite_and_tabulated(tmp_path):
+def test_table1_tiny_gains_are_finite_tabulated_and_resumed(tmp_path):
     from cyntk.experiments.runner import ResultStore
 
-    r = run_table1(
-        hyperparameter_sets=("paper",),
-        points_scale=0.012,
-        n_test=20,
-        steps=3,
+    kw = dict(
+        rows=("delta",),
+        runs=("paper_sum", "search_train"),
+        points_scale=0.02,
+        n_test=10,
+        steps=2,
         noise_levels=(1e-2,),
+        search_trials=(1, 0),
         store=ResultStore(tmp_path),
     )
-    ks = r["paper"]["kernels"]
-    assert set(ks) == {"relu", "gaussian", "delta"}
-    for k, v in ks.items():
-        for q in ("train_gain", "test_gain", "train_before", "test_before"):
-            assert np.isfinite(v[q]) and v[q] > 0, (k, q)
-        assert v["params"]["n_points"] == max(20, round({"relu": 2500, "gaussian": 2500, "delta": 1000}[k] * 0.012))
-        assert v["noise_gain"].shape == v["noise_distance"].shape
-    assert "| ReLU NTK |" in gains_table(r["paper"]) and "paper hyperparameters" in r["table"]
+    r = run_table1(**kw)
+    runs = r["rows"]["delta"]
+    assert set(runs) == {"paper_sum", "search_train"}
+    for run, v in runs.items():
+        for q in ("train_gain", "test_gain", "train_gain_float32", "float32_floor"):
+            assert np.isfinite(v[q]) and v[q] > 0, (run, q)
+        assert v["params"]["n_points"] == 20
+    assert runs["paper_sum"]["reduction"] == "sum" and runs["paper_sum"]["params"]["learning_rate"] == 0.3162
+    assert runs["search_train"]["reduction"] == "mean"
+    assert 0.3 <= runs["search_train"]["params"]["decay_rate"] <= 1.0
+    assert r["searches"]["delta"]["train"]["trial_target"].shape == (1,)
+    # a float64-exact metric scores ~1e-7 in float32
+    assert 1e-9 < r["float32_floor"] < 1e-6
+    assert "| Delta | 20 |" in r["table"] and "float32 floor" in r["table"]
+    # the store resumes: the same numbers without recomputation
+    again = run_table1(**kw)
+    assert again["rows"]["delta"]["search_train"]["train_gain"] == runs["search_train"]["train_gain"]
     plot_table1(r)
+
+
+def test_table1_markdown_has_one_row_per_kernel_and_dashes_where_the_paper_gives_no_values():
+    from cyntk.experiments.table1 import TABLE1_ROWS, table1_markdown
+
+    def flow(gain, **params):
+        return {
+            "params": {"n_points": 100.0, "learning_rate": 0.5, **params},
+            "train_gain": gain,
+            "test_gain": 1.5,
+            "train_gain_float32": min(gain, 3e6),
+            "train_before": 0.45,
+            "failed_at_step": 0,
+            "backoffs": 0.0,
+        }
+
+    rows = {k: {"search_train": flow(2e11, decay_rate=0.6), "search_test": flow(3.0)} for k in TABLE1_ROWS}
+    rows["delta"]["paper_sum"] = dict(flow(0.5), failed_at_step=7)
+    table = table1_markdown(
+        {
+            "rows": rows,
+            "steps": 50,
+            "float32_floor": 1e-7,
+            "paper": {"train": dict.fromkeys(TABLE1_ROWS, 1e6), "test": dict.fromkeys(TABLE1_ROWS, 5.0)},
+        }
+    )
+    lines = table.splitlines()
+    assert len([ln for ln in lines if ln.startswith("| ") and "kernel" not in ln]) == 4
+    assert "Δt 0.5·0.60^s" in table and "2e11" in table
+    assert "not positive-definite at step 7" in table
+    gauss = next(ln for ln in lines if ln.startswith("| Gaussian, σ searched"))
+    assert gauss.count("| — |") == 1 and "— | — |" in gauss
+    assert "float32 floor" in table and "4e+06" in table
 
 
 def test_baseline_tiny_reports_consistent_gains():

@@ -74,3 +74,28 @@ def test_search_rejects_bad_bounds():
         flow_search(GaussianFSKernel, M, {"learning_rate": (1e-3, 1e-4)})
     with pytest.raises(ValueError, match="decay_rate"):
         flow_search(GaussianFSKernel, M, {"learning_rate": (1e-4, 1e-3), "decay_rate": (0.5, 1.5)})
+
+
+def test_train_objective_scores_the_train_gain_and_decaying_steps_are_searched():
+    # objective="train_gain" ranks trials by the train gain; decay rates far below 0.8 are searched
+    M = fermat_quintic()
+    res = flow_search(
+        lambda sigma: GaussianFSKernel(sigma),
+        M,
+        {"log10_learning_rate": (-2.0, 0.0), "log10_sigma": (-2.0, -1.5), "decay_rate": (0.3, 0.5)},
+        n_train=40,
+        n_test=20,
+        steps=3,
+        init_points=2,
+        n_iter=0,
+        seed=1,
+        objective="train_gain",
+        model_kwargs={"reduction": "mean"},
+        run_eagerly=True,
+    )
+    assert len(res.trials) == 2
+    for t in res.trials:
+        assert np.isclose(t["target"], np.log10(t["train_gain"]))
+        assert 0.3 <= t["params"]["decay_rate"] <= 0.5
+    assert res.best_target == max(t["target"] for t in res.trials)
+    assert max(t["train_gain"] for t in res.trials) > 1.0

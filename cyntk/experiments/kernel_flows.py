@@ -28,7 +28,14 @@ the neural-tangents reference use W_std = 80.52); Gaussian 2500 points, dt
 not; the number of halvings is reported), because in cymetric's normalisation of
 g these step sizes break positivity at the first step. ``"search"`` runs
 :func:`~cyntk.flows.search.flow_search` (Bayesian optimisation, a fresh point
-set per trial) for dt and the kernel parameters first.
+set per trial) for dt, its geometric decay and the kernel parameters first, with
+dt read as a per-point mean (:data:`SEARCH_REDUCTION`). ``reduction`` chooses
+the reading of dt: summed over the train points (eq. 3.5 as printed) or the
+per-point mean (dt / N).
+
+The full Table 1 (paper, Table 1's dt under both readings, schedules searched
+for the train and for the test gain, float32) is :func:`run_table1`, in
+:mod:`cyntk.experiments.table1`.
 """
 
 from __future__ import annotations

@@ -17,11 +17,18 @@ exponentiated (``log10_sigma: (-3, 0)`` gives ``sigma`` in [1e-3, 1]). Names:
 
 * ``learning_rate`` (required): the flow step dt (initial step with a decay);
 * ``decay_rate`` (optional): the step at step s is
-  ``learning_rate * decay_rate**s`` (``keras.optimizers.schedules.ExponentialDecay``);
+  ``learning_rate * decay_rate**s`` (``keras.optimizers.schedules.ExponentialDecay``
+  on the SGD optimizer), any rate in (0, 1]. Give the search a wide range (say
+  0.3 to 1): the sigma loss ``|1 - eta|`` is not smooth at its minimum, so with a
+  constant step each point's eta ends up oscillating around 1 with an amplitude
+  ~ dt x that point's rate, and only a step that decays geometrically lets
+  the loss fall by many orders of magnitude in 50 steps;
 * anything else is passed to ``kernel_factory``.
 
 Objective (maximised): ``"test_gain"`` = log10(sigma_test before / after),
-``"train_gain"`` likewise on the train points. A flow that would make the
+``"train_gain"`` likewise on the train points. Search each for its own gain: the
+schedule that maximises one is not the one that maximises the other (a train
+gain reported from a test-gain search is a side effect). A flow that would make the
 metric non-positive-definite is stopped (``on_non_positive="stop"``) and
 scored on its last valid metric; a non-finite score counts as ``penalty``.
 """
