@@ -48,60 +48,17 @@ import numpy as np
 from cyntk._validation import as_points
 from cyntk.geometry._kappa import kappa_from_geometry
 from cyntk.geometry.intersection import intersection_number, intersection_tensor, mixed_determinant_counts
+from cyntk.geometry.polynomials import (  # noqa: F401  (_gm: re-exported for cicy_manifolds)
+    _gm,
+    derivative_tables,
+    eval_monomials,
+    free_parameter_assignments,
+    monomial_basis,
+)
 
-__all__ = ["CompleteIntersection", "monomial_basis", "free_parameter_assignments"]
+__all__ = ["CompleteIntersection", "monomial_basis", "free_parameter_assignments", "derivative_tables"]
 
 _ISCLOSE = dict(rtol=1e-5, atol=1e-8)
-# points per evaluation chunk of the monomial sums (bounds memory)
-_EVAL_CHUNK = 4096
-
-
-def monomial_basis(nvars: int, degree: int) -> np.ndarray:
-    """All exponent vectors of ``nvars`` variables of total ``degree``, int64 (M, nvars).
-
-    Lexicographically descending (first variable's exponent varies slowest).
-    """
-    nvars, degree = int(nvars), int(degree)
-    if nvars == 1:
-        return np.array([[degree]], dtype=np.int64)
-    rows = []
-    for e in range(degree, -1, -1):
-        for rest in monomial_basis(nvars - 1, degree - e):
-            rows.append([e, *rest])
-    return np.array(rows, dtype=np.int64)
-
-
-def free_parameter_assignments(ambient, configuration) -> np.ndarray:
-    """cymetric's ``all_ts``: ways to spread K free parameters over the factors.
-
-    Vectors t (m,) of non-negative integers with ``sum t = K``, ``t_F <= n_F``,
-    and every equation of non-zero degree in at least one factor with ``t_F > 0``
-    (CICYPointGenerator._generate_all_freets; same order: cymetric's
-    ``generate_monomials``). int64 (M, m).
-    """
-    ambient = np.asarray(ambient, dtype=np.int64)
-    conf = np.asarray(configuration, dtype=np.int64)
-    m, K = conf.shape
-    ts = np.array(_gm(m, K), dtype=np.int64)
-    good = []
-    for t in ts:
-        ok = bool(np.all(t <= ambient))
-        if ok:
-            inv = t.astype(bool)
-            ok = all(np.sum(conf[inv, k]) != 0 for k in range(K))
-        good.append(ok)
-    return ts[np.array(good, dtype=bool)]
-
-
-def _gm(n, deg):
-    """Exponent vectors in the order of cymetric's nphelper.generate_monomials (first ascending)."""
-    if n == 1:
-        return [[deg]]
-    res = []
-    for i in range(deg + 1):
-        for r in _gm(n - 1, deg - i):
-            res.append([i, *r])
-    return res
 
 
 class CompleteIntersection:
@@ -175,6 +132,7 @@ class CompleteIntersection:
             monos.append(mk)
             coefs.append(ck)
             conf.append(deg[0])
+        self._monos, self._coefs = monos, coefs  # what the computations use (subclasses may re-shape the public ones)
         self.monomials = monos
         self.coefficients = coefs
         self.configuration = np.stack(conf, axis=1).astype(np.int64)  # (m, K)
@@ -252,7 +210,7 @@ class CompleteIntersection:
 
     def with_kmoduli(self, kmoduli) -> "CompleteIntersection":
         """The same variety with other Kaehler parameters."""
-        return CompleteIntersection(self.monomials, self.coefficients, self.ambient, kmoduli, name=self.name)
+        return CompleteIntersection(self._monos, self._coefs, self.ambient, kmoduli, name=self.name)
 
     def derivative_basis(self, k: int = 0):
         """dQ_k/dz_i as padded monomial lists (cymetric's DQDZB<k>/DQDZF<k>).
@@ -266,29 +224,37 @@ class CompleteIntersection:
     def _points(self, z, name="z"):
         return as_points(z, name, ncoords=self.ncoords)
 
+    def _values(self, z, *, with_scale: bool = False):
+        """Q_k at validated points (P, K), and ``sum_m |c_m z^m|`` (P, K) with ``with_scale``."""
+        vals = [eval_monomials(z, m[None], c[None], with_scale=with_scale) for m, c in zip(self._monos, self._coefs)]
+        if not with_scale:
+            return np.concatenate(vals, axis=1)
+        return np.concatenate([v[0] for v in vals], axis=1), np.concatenate([v[1] for v in vals], axis=1)
+
+    def _gradients(self, z) -> np.ndarray:
+        """dQ_k/dz_i at validated points, complex128 (P, K, n)."""
+        return np.stack([eval_monomials(z, e, c) for e, c in zip(self._dexp, self._dcoef)], axis=1)
+
     def Q(self, z) -> np.ndarray:
         """The K polynomials at the points, complex128 (P, K)."""
-        z = self._points(z)
-        return np.stack([_eval(z, m[None], c[None])[:, 0] for m, c in zip(self.monomials, self.coefficients)], 1)
+        return self._values(self._points(z))
 
     def monomial_scale(self, z) -> np.ndarray:
         """``sum_m |c_m z^m|`` per equation, float64 (P, K): the size to judge |Q_k| against."""
-        z = np.abs(self._points(z)).astype(np.complex128)
-        return np.stack(
-            [_eval(z, m[None], np.abs(c)[None]).real[:, 0] for m, c in zip(self.monomials, self.coefficients)], 1
-        )
+        return self._values(self._points(z), with_scale=True)[1]
 
     def residual(self, z) -> np.ndarray:
         """``max_k |Q_k| / scale_k``, float64 (P,): how far points are from X (scale-free)."""
+        q, scale = self._values(self._points(z), with_scale=True)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.max(np.abs(self.Q(z)) / self.monomial_scale(z), axis=1)
+            r = np.where(scale > 0, np.abs(q) / np.where(scale > 0, scale, 1.0), np.where(q != 0, np.inf, 0.0))
+        return np.max(r, axis=1)
 
     relative_residual = residual
 
     def dQdz(self, z) -> np.ndarray:
         """Gradients ``dQ_k/dz_i``, complex128 (P, K, n)."""
-        z = self._points(z)
-        return np.stack([_eval(z, e, c) for e, c in zip(self._dexp, self._dcoef)], axis=1)
+        return self._gradients(self._points(z))
 
     # ---------------------------------------------------------------- charts
     def patch_normalise(self, z) -> np.ndarray:
@@ -327,7 +293,7 @@ class CompleteIntersection:
         """cymetric's eliminated coordinates, greedy equation by equation, int64 (P, K)."""
         z = self._points(z)
         one = self.one_indices(z) if one_idx is None else np.asarray(one_idx, dtype=np.int64)
-        dq = self.dQdz(z) if dqdz is None else dqdz
+        dq = self._gradients(z) if dqdz is None else dqdz
         return _greedy_elimination(np.abs(dq), one)
 
     def charts(self, z) -> np.ndarray:
@@ -338,6 +304,9 @@ class CompleteIntersection:
 
     def good_coordinates(self, charts) -> np.ndarray:
         """The nfold local coordinates (ascending) of each point, int64 (P, nfold)."""
+        return self._good_coordinates(charts)
+
+    def _good_coordinates(self, charts) -> np.ndarray:
         c = np.asarray(charts, dtype=np.int64).reshape(-1, self.nproj + self.nhyper)
         mask = np.ones((len(c), self.ncoords), dtype=bool)
         np.put_along_axis(mask, c, False, axis=1)
@@ -346,23 +315,27 @@ class CompleteIntersection:
     # ------------------------------------------------------ pullbacks and Omega
     def _local(self, z, charts, dq):
         elim = charts[:, self.nproj :]
-        good = self.good_coordinates(charts)
+        good = self._good_coordinates(charts)
         P, K, n = len(z), self.nhyper, self.ncoords
         B = np.take_along_axis(dq, np.broadcast_to(elim[:, None, :], (P, K, K)), axis=2)  # B[k, l]
         dQx = np.take_along_axis(dq, np.broadcast_to(good[:, None, :], (P, K, self.nfold)), axis=2)  # (P,K,nfold)
-        sol = -np.linalg.solve(B, dQx)  # (P, K(l), nfold(a)) = dz_{j_l}/dx_a
+        if K == 1:  # one equation: B is the number dQ/dz_j, so divide (exact rounding, no LU)
+            sol = -dQx / B
+            det = B[:, 0, 0]
+        else:
+            sol = -np.linalg.solve(B, dQx)  # (P, K(l), nfold(a)) = dz_{j_l}/dx_a
+            det = np.linalg.det(B)
         J = np.zeros((P, self.nfold, n), dtype=np.complex128)
         r = np.arange(P)[:, None]
         a = np.arange(self.nfold)[None, :]
         J[r, a, good] = 1.0
         for l in range(K):
             J[np.arange(P), :, elim[:, l]] = sol[:, l, :]
-        omega = 1.0 / np.linalg.det(B)
-        return J, omega
+        return J, 1.0 / det
 
     def _prepare(self, z, charts=None):
         z = self._points(z)
-        dq = self.dQdz(z)
+        dq = self._gradients(z)
         if charts is None:
             one = self.one_indices(z)
             charts = np.concatenate([one, _greedy_elimination(np.abs(dq), one)], axis=1)
@@ -382,7 +355,8 @@ class CompleteIntersection:
 
     def omega_sq(self, z, charts=None) -> np.ndarray:
         """``|Omega|^2``, float64 (P,)."""
-        return np.abs(self.omega(z, charts)) ** 2
+        z, dq, charts = self._prepare(z, charts)
+        return np.abs(self._local(z, charts, dq)[1]) ** 2
 
     # ---------------------------------------------------------- FS metrics
     def fs_blocks(self, z) -> np.ndarray:
@@ -406,8 +380,8 @@ class CompleteIntersection:
 
     def fs_metric_pb(self, z, t=None, charts=None) -> np.ndarray:
         """Pulled-back FS metric ``J g_FS(t) J^dagger``, complex128 (P, nfold, nfold)."""
-        z = self._points(z)
-        J = self.pullbacks(z, charts)
+        z, dq, charts = self._prepare(z, charts)
+        J = self._local(z, charts, dq)[0]
         return _pb(J, self.fs_metric_ambient(z, t))
 
     def pulled_back_blocks(self, z, J) -> np.ndarray:
@@ -427,20 +401,22 @@ class CompleteIntersection:
 
     def mixed_dets(self, z, charts=None) -> np.ndarray:
         """cymetric's D_m for every assignment of :attr:`all_ts`, float64 (M, P)."""
-        z = self._points(z)
-        J = self.pullbacks(z, charts)
+        z, dq, charts = self._prepare(z, charts)
+        J = self._local(z, charts, dq)[0]
         G = self.pulled_back_blocks(z, J)
         return np.stack([mixed_determinant_counts(G, self.ambient - tm) for tm in self.all_ts])
 
     # ------------------------------------------------------------- weights
-    def geometry(self, z, charts=None, *, check_variety: bool = True) -> dict:
+    def geometry(self, z, charts=None, *, check_variety: bool = True, tol: float | None = None) -> dict:
         """Everything about points in one pass (what datasets store).
 
         Args:
             z: complex (P, n) patch-normalised points on X (or real (P, 2n)).
             charts: optional int (P, m + K) charts (default: cymetric's choice).
-            check_variety: raise when a point is off X (relative residual above
-                ``cyntk.geometry.VARIETY_TOL``).
+            check_variety: raise ``ValueError`` when a point is off X (relative
+                residual ``max_k |Q_k|/sum_m |c_m z^m|`` above ``tol``; see
+                :func:`cyntk.geometry.check_on_variety`); ``False`` skips it.
+            tol: tolerance of that check (default ``cyntk.geometry.VARIETY_TOL`` = 1e-4).
 
         Returns:
             dict with ``points`` (P, n), ``charts`` (P, m + K), ``pullbacks``
@@ -451,7 +427,7 @@ class CompleteIntersection:
         if check_variety:
             from cyntk.geometry.variety import check_on_variety
 
-            check_on_variety(self, self._points(z), "z")
+            check_on_variety(self, self._points(z), "z", tol)
         z, dq, charts = self._prepare(z, charts)
         J, om = self._local(z, charts, dq)
         G = self.pulled_back_blocks(z, J)
@@ -472,7 +448,7 @@ class CompleteIntersection:
 
     def weights(self, z, charts=None) -> np.ndarray:
         """Normalised point weights (module docstring), float64 (P,)."""
-        return self.geometry(z, charts)["weights"]
+        return CompleteIntersection.geometry(self, z, charts)["weights"]
 
     def weight_normalisation(self, stored, fresh, rtol: float = 1e-6) -> float:
         """Factor ``c`` with ``stored = c * fresh`` when it is one constant (else 1.0).
@@ -480,8 +456,11 @@ class CompleteIntersection:
         cymetric normalises its weights with a data-dependent constant (the mean of
         ``det G(t=1) / mean_m D_m`` over the generated set); where that ratio is not
         constant on X (e.g. P^1 x P^4) its weights differ from :meth:`weights` by one
-        constant factor, which this recovers so stored files can be checked.
+        constant factor, which this recovers so stored files can be checked. In one
+        projective space cymetric's constant is the degree exactly: nothing to recover (1.0).
         """
+        if self.nproj == 1:
+            return 1.0
         stored, fresh = np.asarray(stored, np.float64), np.asarray(fresh, np.float64)
         if stored.size == 0:
             return 1.0
@@ -497,20 +476,41 @@ class CompleteIntersection:
         return kappa_from_geometry(self.geometry(z), weights)
 
     # ----------------------------------------------------------- sampling
-    def sample_points(self, n_points, *, seed=None, chart=None, progress=None, return_planes: bool = False):
-        """Unbiased points on X (see :func:`cyntk.geometry.cicy_sampling.sample_points`).
+    def sample_points(
+        self,
+        n_points,
+        *,
+        seed=None,
+        chart=None,
+        progress=None,
+        newton_steps: int = 1,
+        return_planes: bool = False,
+    ) -> np.ndarray:
+        """Points on X, unbiased for :meth:`weights` (:func:`cyntk.geometry.cicy_sampling.sample_points`).
 
-        ``chart`` (one fixed chart, supported for hypersurfaces in one P^n) must be None here.
+        Args:
+            n_points: number of points (> 0).
+            seed: int, ``None`` or ``numpy.random.Generator`` (reproducible for a fixed seed).
+            chart: one equation in one P^n only: keep only points in the chart
+                ``(patch, eliminated)`` (rejection sampling); must be None otherwise.
+            progress: show a tqdm bar (default: n_points >= 200000).
+            newton_steps: one equation in one P^n only: Newton polishing steps of each root along its line.
+            return_planes: also return the line/plane id of every point (int64 (P,)).
+
+        Returns:
+            complex128 (n_points, n) patch-normalised points, or ``(points, plane_ids)``.
         """
-        if chart is not None:
-            raise ValueError(
-                f"`chart` selection is not supported for complete intersections in products "
-                f"of projective spaces; received chart={chart!r}. Select charts afterwards "
-                f"with CompleteIntersection.charts."
-            )
         from cyntk.geometry.cicy_sampling import sample_points
 
-        return sample_points(self, n_points, seed=seed, progress=progress, return_planes=return_planes)
+        return sample_points(
+            self,
+            n_points,
+            seed=seed,
+            chart=chart,
+            progress=progress,
+            newton_steps=newton_steps,
+            return_planes=return_planes,
+        )
 
     # ------------------------------------------------------- cymetric basis
     def basis(self, kappa: float = 1.0) -> dict:
@@ -520,8 +520,8 @@ class CompleteIntersection:
         for k in range(self.nhyper):
             out[f"DQDZB{k}"] = self._dexp[k].astype(np.complex64)
             out[f"DQDZF{k}"] = self._dcoef[k].astype(np.complex64)
-            out[f"QB{k}"] = self.monomials[k].astype(np.int64)
-            qf = self.coefficients[k]
+            out[f"QB{k}"] = self._monos[k].astype(np.int64)
+            qf = self._coefs[k]
             out[f"QF{k}"] = qf.real.astype(np.float64) if np.all(qf.imag == 0) else qf
         out.update(
             NFOLD=np.int64(self.nfold),
@@ -568,45 +568,6 @@ class CompleteIntersection:
 
 
 # ------------------------------------------------------------------ helpers
-def derivative_tables(mono, coef, n):
-    """cymetric's padded dQ/dz tables: row i lists the monomials with M[:, i] > 0 in order."""
-    rows = []
-    for i in range(n):
-        sel = np.nonzero(mono[:, i] > 0)[0]
-        exps = mono[sel].copy()
-        exps[:, i] -= 1
-        rows.append((exps, coef[sel] * mono[sel, i]))
-    T = max(1, max(len(r[1]) for r in rows))
-    E = np.zeros((n, T, n), dtype=np.int64)
-    F = np.zeros((n, T), dtype=np.complex128)
-    for i, (exps, c) in enumerate(rows):
-        E[i, : len(c)] = exps
-        F[i, : len(c)] = c
-    return E, F
-
-
-def _eval(z, exps, coefs):
-    """``sum_t coefs[i, t] prod_l z_l**exps[i, t, l]``, complex128 (P, I), in point chunks.
-
-    Integer powers by repeated multiplication (exact 0**0 = 1), gathered per coordinate.
-    """
-    I, T, n = exps.shape
-    out = np.empty((len(z), I), dtype=np.complex128)
-    dmax = int(exps.max()) if exps.size else 0
-    flat = exps.reshape(-1, n)
-    for s in range(0, len(z), _EVAL_CHUNK):
-        zc = z[s : s + _EVAL_CHUNK]
-        pw = np.empty((n, len(zc), dmax + 1), dtype=np.complex128)  # pw[l, p, d] = z_pl**d
-        pw[:, :, 0] = 1.0
-        for d in range(1, dmax + 1):
-            pw[:, :, d] = pw[:, :, d - 1] * zc.T
-        terms = np.take(pw[0], flat[:, 0], axis=1)
-        for l in range(1, n):
-            terms *= np.take(pw[l], flat[:, l], axis=1)
-        out[s : s + _EVAL_CHUNK] = np.sum(terms.reshape(len(zc), I, T) * coefs[None], axis=-1)
-    return out
-
-
 def _greedy_elimination(absdq, one):
     """argmax_j |dQ_k/dz_j| over available coordinates, equation by equation: int64 (P, K)."""
     P, K, n = absdq.shape

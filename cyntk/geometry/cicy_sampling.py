@@ -1,6 +1,15 @@
-"""Unbiased, vectorised point sampling on complete intersections.
+"""Unbiased, vectorised point sampling on complete intersections (hypersurfaces included).
 
-Every point set is a union of *all* intersection points of X with random planes:
+One equation in one P^n (K = 1, m = 1; :class:`~cyntk.geometry.Hypersurface` and a
+:class:`~cyntk.geometry.CompleteIntersection` of that shape alike) is the special
+case where a plane is a line ``p + t q`` (p, q uniform on S^{2N-1}, drawn as 2N
+normals read as (re, im) pairs) and every root of ``Q(p + t q)`` is kept
+(:func:`sample_lines`): the d roots are the eigenvalues of a batch of companion
+matrices, polished by Newton steps along the line; a fixed ``chart`` can be
+selected by rejection. This is the random stream of cyntk's hypersurface sampler
+since its first version, so hypersurface datasets stay bit-for-bit reproducible.
+
+In general every point set is a union of *all* intersection points of X with random planes:
 
 1. each plane draws one free-parameter assignment ``t`` of
    ``CompleteIntersection.all_ts`` uniformly at random (the mixture that
@@ -38,13 +47,15 @@ import math
 
 import numpy as np
 
-from cyntk._validation import positive_int
+from cyntk._validation import check_memory, positive_int
 
-__all__ = ["sample_points", "sample_planes"]
+__all__ = ["sample_points", "sample_planes", "sample_lines"]
 
 _ISCLOSE = dict(rtol=1e-5, atol=1e-8)
 # planes per internal chunk (bounds memory, fixes the random stream's order)
 _CHUNK_PLANES = 4096
+# points per chunk of the line sampler (bounds memory; fixes its random stream's order)
+_CHUNK_POINTS = 50_000
 
 
 def _sphere(rng, shape, n):
@@ -53,22 +64,44 @@ def _sphere(rng, shape, n):
     return v[..., :n] + 1j * v[..., n:]
 
 
-def sample_points(ci, n_points, *, seed=None, progress=None, return_planes: bool = False):
+def sample_points(
+    ci, n_points, *, seed=None, chart=None, progress=None, newton_steps: int = 1, return_planes: bool = False
+):
     """``n_points`` points of X, unbiased for the weights of ``ci`` (module docstring).
 
     Args:
-        ci: a :class:`~cyntk.geometry.cicy.CompleteIntersection`.
+        ci: a :class:`~cyntk.geometry.cicy.CompleteIntersection` (or :class:`~cyntk.geometry.Hypersurface`).
         n_points: number of points (> 0).
         seed: int, ``None`` or ``numpy.random.Generator``.
+        chart: one equation in one P^n only (:func:`sample_lines`); None otherwise.
         progress: show a tqdm bar (default: n_points >= 200000).
+        newton_steps: one equation in one P^n only: Newton steps per root (:func:`sample_lines`).
         return_planes: also return the plane id of every point (int64 (P,)),
             for error estimates that respect the correlation of points of one plane.
 
     Returns:
         complex128 (n_points, n) patch-normalised points, or ``(points, plane_ids)``.
     """
+    if ci.nproj == 1 and ci.nhyper == 1:
+        return sample_lines(
+            ci,
+            n_points,
+            seed=seed,
+            chart=chart,
+            progress=progress,
+            newton_steps=newton_steps,
+            return_planes=return_planes,
+        )
+    if chart is not None:
+        raise ValueError(
+            f"`chart` selection is not supported beyond one equation in one projective space; received "
+            f"chart={chart!r} for {ci.name} (ambient {ci.ambient.tolist()}, {ci.nhyper} equation(s)). "
+            f"Select charts afterwards with CompleteIntersection.charts."
+        )
     n_points = positive_int(n_points, "n_points")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    n = ci.ncoords
+    check_memory(2 * 16 * n * n_points + _CHUNK_PLANES * 16 * 64 * n, "n_points", n_points, f"sampling on {ci.name}")
+    rng = _as_rng(seed)
     if progress is None:
         progress = n_points >= 200_000
     bar = None
@@ -162,7 +195,7 @@ def _solve_univariate(ci, A, newton_steps: int = 2):
     d = int(ci.configuration[fac[0], 0])
     w = np.exp(2j * np.pi * np.arange(d + 1) / (d + 1))
     zs = A[:, None, 0, :] + w[None, :, None] * A[:, None, 1, :]
-    vals = ci.Q(zs.reshape(-1, ci.ncoords))[:, 0].reshape(L, d + 1)
+    vals = ci._values(zs.reshape(-1, ci.ncoords))[:, 0].reshape(L, d + 1)
     a = np.fft.fft(vals, axis=1) / (d + 1)
     lead = a[:, d]
     ok = np.abs(lead) > 1e-12 * np.max(np.abs(a), axis=1)
@@ -176,8 +209,8 @@ def _solve_univariate(ci, A, newton_steps: int = 2):
     A0, A1 = A[plane, 0], A[plane, 1]
     for _ in range(int(newton_steps)):
         z = A0 + roots[:, None] * A1
-        f = ci.Q(z)[:, 0]
-        df = np.sum(ci.dQdz(z)[:, 0] * A1, axis=1)
+        f = ci._values(z)[:, 0]
+        df = np.sum(ci._gradients(z)[:, 0] * A1, axis=1)
         with np.errstate(all="ignore"):
             new = roots - f / df
         good = np.isfinite(new) & (np.abs(new - roots) < 0.1 * (1 + np.abs(roots)))
@@ -219,8 +252,8 @@ def _solve_homotopy(ci, A, gamma, d_expected, *, h0=0.05, hmax=0.25, hmin=1e-10,
 
     def FJ_true(idx, ss):
         z = A0[idx] + np.einsum("pk,pkn->pn", ss, Ad[idx])
-        f = ci.Q(z)
-        dq = ci.dQdz(z)  # (p, K, n)
+        f = ci._values(z)
+        dq = ci._gradients(z)  # (p, K, n)
         jac = np.einsum("pkn,pjn->pkj", dq, Ad[idx])  # dF_k/ds_j
         return f, jac
 
@@ -338,7 +371,7 @@ def _restricted_coefficients(ci, A, e):
     w = np.exp(2j * np.pi * np.arange(D) / D)
     grid = np.stack(np.meshgrid(*[w] * K, indexing="ij"), -1).reshape(-1, K)  # (D^K, K)
     z = A[:, None, 0, :] + np.einsum("gk,lkn->lgn", grid, A[:, 1:])
-    vals = ci.Q(z.reshape(-1, ci.ncoords)).reshape((L,) + (D,) * K + (K,))
+    vals = ci._values(z.reshape(-1, ci.ncoords)).reshape((L,) + (D,) * K + (K,))
     c = np.fft.fftn(vals, axes=tuple(range(1, K + 1))) / D**K
     c = np.moveaxis(c, -1, 1).reshape(L, K, D**K)
     return c, D
@@ -364,3 +397,165 @@ def _poly_eval(coef, s, D):
         mj = outer([dpw[:, i] if i == j else pw[:, i] for i in range(K)])
         jac[:, :, j] = np.einsum("pkm,pm->pk", coef, mj)
     return f, jac
+
+
+# ------------------------------------------------ one equation in one P^n: lines
+def sample_lines(
+    ci, n_points, *, seed=None, chart=None, progress=None, newton_steps: int = 1, return_planes: bool = False
+):
+    """Points of one equation in one P^n from random lines, every root kept (module docstring).
+
+    The d roots of every line ``p + t q`` (p, q uniform on S^{2N-1}) are the
+    eigenvalues of the companion matrix of ``Q(p + t q)`` (coefficients from an
+    FFT over d + 1 roots of unity), computed for all lines at once. Points are
+    patch-normalised; points with several coordinates equal to 1 (ambiguous
+    patch) are dropped, as cymetric does. Roots of one line stay adjacent;
+    nothing is shuffled. The density is the Shiffman-Zelditch one that the
+    weights correct for.
+
+    Args:
+        ci: a variety with ``nproj == nhyper == 1``.
+        n_points: number of points (> 0).
+        seed: int, ``None`` or ``numpy.random.Generator`` (reproducible for a fixed seed).
+        chart: optional ``(patch, eliminated)`` pair: keep only points in that chart
+            (rejection sampling with over-sampling, paper section 3.1).
+        progress: show a tqdm progress bar (default: when n_points >= 200000).
+        newton_steps: Newton polishing steps of each root along its line.
+        return_planes: also return the line id of every point (int64 (P,)).
+
+    Returns:
+        complex128 (n_points, N), or ``(points, line_ids)``.
+    """
+    if ci.nproj != 1 or ci.nhyper != 1:
+        raise ValueError(
+            f"`ci`: line sampling needs one equation in one projective space; received {ci.name} "
+            f"(ambient {ci.ambient.tolist()}, {ci.nhyper} equation(s))."
+        )
+    n_points = positive_int(n_points, "n_points")
+    # the result, its concatenation copy and one chunk of lines with their companion matrices
+    d, N = int(ci.configuration[0, 0]), ci.ncoords
+    chunk = min(n_points, _CHUNK_POINTS) * 16 * (6 * N + 2 * d + d + 8)
+    check_memory(2 * 16 * N * n_points + chunk, "n_points", n_points, f"sampling on {ci.name}")
+    rng = _as_rng(seed)
+    n_charts = N * (N - 1)
+    if chart is not None:
+        chart = _check_chart(chart, N)
+    if progress is None:
+        progress = n_points >= 200_000
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_points, desc=f"sampling {ci.name}", unit="pt")
+    out, ids, have, offset = [], [], 0, 0
+    accept = 1.0 if chart is None else 1.0 / n_charts
+    tries = 0
+    try:
+        while have < n_points:
+            want = n_points - have
+            m = min(_CHUNK_POINTS, int(math.ceil(want / max(accept, 1e-6) * 1.05)) + d)
+            z, lid, n_lines = _line_chunk(ci, d, m, rng, newton_steps)
+            if chart is not None:
+                c = ci.charts(z)
+                keep = (c[:, 0] == chart[0]) & (c[:, 1] == chart[1])
+                frac = keep.mean()
+                accept = 0.5 * accept + 0.5 * max(frac, 1e-4) if tries else max(frac, 1e-4)
+                z, lid = z[keep], lid[keep]
+            tries += 1
+            if tries > 10_000:
+                raise RuntimeError(f"sampling produced too few points in chart {chart}; acceptance rate ~{accept:.2e}.")
+            z, lid = z[:want], lid[:want]
+            out.append(z)
+            ids.append(lid + offset)
+            offset += n_lines
+            have += len(z)
+            if bar is not None:
+                bar.update(len(z))
+    finally:  # also on Ctrl-C: the bar ends before any message
+        if bar is not None:
+            bar.close()
+    z = np.concatenate(out, axis=0)
+    return (z, np.concatenate(ids).astype(np.int64)) if return_planes else z
+
+
+def _check_chart(chart, N):
+    arr = np.asarray(chart, dtype=object).reshape(-1) if not isinstance(chart, str) else np.array([chart])
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in arr):
+        raise ValueError(
+            f"`chart` must be a pair (patch, eliminated) of distinct integer indices in [0, {N}); received {chart!r}."
+        )
+    c = tuple(int(v) for v in arr)
+    if len(c) != 2 or not (0 <= c[0] < N and 0 <= c[1] < N) or c[0] == c[1]:
+        raise ValueError(
+            f"`chart` must be a pair (patch, eliminated) of distinct indices in [0, {N}); received {chart!r}."
+        )
+    return c
+
+
+def _line_chunk(ci, d, n_points, rng, newton_steps):
+    """About ``n_points`` patch-normalised, unambiguous points of one batch of lines.
+
+    Returns ``(points, line_ids, n_lines)``.
+    """
+    N = ci.ncoords
+    n_lines = int(math.ceil(n_points / d)) + 1
+    p = _sphere_pairs(rng, n_lines, N)
+    q = _sphere_pairs(rng, n_lines, N)
+    # coefficients a_0..a_d of Q(p + t q) from its values at the (d+1)-th roots of unity
+    w = np.exp(2j * np.pi * np.arange(d + 1) / (d + 1))
+    zs = p[:, None, :] + w[None, :, None] * q[:, None, :]
+    vals = ci._values(zs.reshape(-1, N))[:, 0].reshape(n_lines, d + 1)
+    a = np.fft.fft(vals, axis=1) / (d + 1)
+    lead = a[:, d]
+    ok = np.abs(lead) > 1e-12 * np.max(np.abs(a), axis=1)
+    a, p, q, lead = a[ok], p[ok], q[ok], lead[ok]
+    line = np.nonzero(ok)[0]
+    comp = np.zeros((len(a), d, d), dtype=np.complex128)
+    comp[:, 0, :] = -a[:, d - 1 :: -1] / lead[:, None]
+    if d > 1:
+        comp[:, np.arange(1, d), np.arange(d - 1)] = 1.0
+    t = np.linalg.eigvals(comp)  # (L, d)
+    z = p[:, None, :] + t[:, :, None] * q[:, None, :]  # (L, d, N)
+    z = z.reshape(-1, N)
+    lid = np.repeat(line, d)
+    qq = np.repeat(q, d, axis=0)
+    tt = t.reshape(-1)
+    for _ in range(int(newton_steps)):
+        f = ci._values(z)[:, 0]
+        df = np.sum(ci._gradients(z)[:, 0] * qq, axis=1)
+        with np.errstate(all="ignore"):
+            t_new = tt - f / df
+        z_new = p.repeat(d, 0) + t_new[:, None] * qq
+        better = np.isfinite(t_new) & (
+            np.abs(ci._values(z_new)[:, 0] / _norm_pow(z_new, d)) < np.abs(f / _norm_pow(z, d))
+        )
+        z[better], tt[better] = z_new[better], t_new[better]
+    fin = np.all(np.isfinite(z), axis=1)
+    z, lid = z[fin], lid[fin]
+    kmax = np.argmax(np.abs(z), axis=1)
+    z = z / z[np.arange(len(z)), kmax][:, None]
+    z[np.arange(len(z)), kmax] = 1.0 + 0.0j  # exact 1 (cymetric has ~1e-17 imaginary residue)
+    unambiguous = np.isclose(z, 1.0 + 0.0j, **_ISCLOSE).sum(axis=1) == 1
+    return z[unambiguous], lid[unambiguous], n_lines
+
+
+def _as_rng(seed):
+    """A ``numpy.random.Generator`` from ``seed`` (None, a non-negative int or a Generator)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise (ValueError if isinstance(seed, (int, np.integer)) else TypeError)(
+            f"`seed` must be None, a non-negative integer or a numpy.random.Generator; received {seed!r}."
+        )
+    return np.random.default_rng(seed)
+
+
+def _norm_pow(z, d):
+    return np.linalg.norm(z, axis=1) ** d
+
+
+def _sphere_pairs(rng, m, N):
+    """m points uniform on S^{2N-1} in C^N: 2N normals, normalised, read as (re, im) pairs."""
+    v = rng.standard_normal((m, 2 * N))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v[:, 0::2] + 1j * v[:, 1::2]

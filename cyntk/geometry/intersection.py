@@ -119,6 +119,9 @@ def mixed_determinant_counts(blocks, counts) -> np.ndarray:
     n = blocks.shape[-1]
     if sum(counts) != n:
         raise ValueError(f"`counts` must sum to the matrix size {n}; received {counts}.")
+    nonzero = [F for F, c in enumerate(counts) if c]
+    if len(nonzero) == 1:  # D(G, ..., G) = n! det G (what the polarisation sum adds up to, without cancellation)
+        return math.factorial(n) * np.real(np.linalg.det(blocks[nonzero[0]]))
     out = np.zeros(blocks.shape[1], dtype=np.float64)
     for ks in itertools.product(*[range(c + 1) for c in counts]):
         if sum(ks) == 0:

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from cyntk.geometry.cicy import CompleteIntersection
+from cyntk.geometry.hypersurface import Hypersurface
 
 __all__ = ["CICYSpec", "CICY_CONFIG_MARKER", "is_cicy_like"]
 
@@ -22,9 +23,16 @@ CICY_CONFIG_MARKER = "cyntk_cicy_spec"
 
 
 def is_cicy_like(manifold) -> bool:
-    """True for a complete intersection / product ambient (several equations or factors)."""
-    if isinstance(manifold, (CompleteIntersection, CICYSpec)):
+    """True for a complete intersection / product ambient (several equations or factors).
+
+    A :class:`~cyntk.geometry.Hypersurface` (the K = 1, m = 1 case of
+    :class:`~cyntk.geometry.CompleteIntersection`) is not: the models treat it with
+    :class:`~cyntk.models._spec.ManifoldSpec`.
+    """
+    if isinstance(manifold, CICYSpec):
         return True
+    if isinstance(manifold, CompleteIntersection):
+        return not isinstance(manifold, Hypersurface)
     if isinstance(manifold, dict):
         if manifold.get(CICY_CONFIG_MARKER):
             return True
