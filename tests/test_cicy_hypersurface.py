@@ -103,3 +103,21 @@ def test_chart_selection_only_for_one_equation_in_one_factor():
         tetraquadric().sample_points(10, chart=(0, 1))
     with pytest.raises(TypeError, match="`seed`"):
         tetraquadric().sample_points(10, seed=1.5)
+
+
+def test_cymetric_rounding_option_on_the_quintic_reference():
+    """``from_basis(cymetric_derivatives=True)``, as for complete intersections: cymetric's complex64 tables."""
+    import pickle
+    from pathlib import Path
+
+    d = Path(__file__).resolve().parent / "data" / "cymetric_quintic"
+    with open(d / "basis.pickle", "rb") as fh:
+        basis = pickle.load(fh)
+    r = np.load(d / "points_reference.npz")
+    exact = Hypersurface.from_basis(basis)
+    rounded = Hypersurface.from_basis(basis, cymetric_derivatives=True)
+    z = r["points"]
+    for h in (exact, rounded):
+        rel = np.max(np.abs(h.dQdz(z) - r["dQdz"])) / np.max(np.abs(r["dQdz"]))
+        assert rel < (1e-14 if h is rounded else 1e-6)
+        np.testing.assert_allclose(h.weights(z), r["weights"], rtol=1e-6)

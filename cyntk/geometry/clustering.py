@@ -27,6 +27,20 @@ accumulated in row chunks, so memory stays O(chunk x batch_size).
 :func:`birch_clustering` is the paper's Euclidean baseline (scikit-learn
 Birch on the real features), and :func:`silhouette` scores a labelling on
 the FS distance.
+
+**Products of projective spaces.** For points of a complete intersection in
+A = P^{n_1} x ... x P^{n_m} every function here takes ``manifold=`` (a
+:class:`~cyntk.geometry.CompleteIntersection`: its ``factor_slices`` and, by
+default, its ``kmoduli``) or the layout directly (``factor_slices=`` (m, 2) and
+``t=`` (m,)), and then uses the geodesic distance of the product metric
+``sum_F t_F g_F`` (:func:`cyntk.geometry.product_fs_distance`):
+
+    d(z, z') = sqrt( sum_F t_F d_FS(z_F, z'_F)^2 ),
+
+``d_FS`` the FS distance of factor F (paper eq. 3.2). Without these arguments
+the points are taken in one P^{N-1} (the paper's setting). The FS distance of
+the concatenated coordinates is *not* a distance on a product (it depends on
+the rescaling of each factor separately), so product points need the layout.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from cyntk._validation import as_points, positive_int
+from cyntk.geometry.product_distance import _slices_and_t, product_fs_distance_matrix
 from cyntk.geometry.projective import fs_distance_matrix, to_real
 
 __all__ = [
@@ -44,6 +59,7 @@ __all__ = [
     "silhouette",
     "cluster_order",
     "mean_cluster_distances",
+    "distance_function",
 ]
 
 
@@ -55,13 +71,54 @@ def _points(z, name="z"):
     return as_points(z, name)
 
 
-def fs_agglomerative(z, n_clusters: int, *, linkage: str = "average") -> np.ndarray:
+def distance_function(manifold=None, factor_slices=None, t=None):
+    """The distance matrix the clustering uses: ``D(z1, z2=None) -> (P1, P2)`` float64.
+
+    Args:
+        manifold: a :class:`~cyntk.geometry.CompleteIntersection` (or anything with
+            ``factor_slices`` and ``kmoduli``): the product distance of its factors,
+            weighted by ``t`` (default its ``kmoduli``).
+        factor_slices: int (m, 2) [start, end) of every factor, instead of ``manifold``.
+        t: positive weights (m,) of the factors (default the manifold's kmoduli, else ones).
+
+    Returns:
+        :func:`cyntk.geometry.fs_distance_matrix` when neither ``manifold`` nor
+        ``factor_slices`` is given (one projective space), else the product distance.
+    """
+    if manifold is not None:
+        if factor_slices is not None:
+            raise ValueError("Pass either `manifold` or `factor_slices`, not both.")
+        factor_slices = getattr(manifold, "factor_slices", None)
+        if factor_slices is None:
+            raise TypeError(
+                f"`manifold` must have `factor_slices` (a cyntk CompleteIntersection or Hypersurface); "
+                f"received {type(manifold).__name__}."
+            )
+        t = np.asarray(manifold.kmoduli, dtype=np.float64) if t is None else t
+    if factor_slices is None:
+        if t is not None:
+            raise ValueError("`t` needs the factor layout: pass `manifold` or `factor_slices` with it.")
+        return fs_distance_matrix
+    sl = np.asarray(factor_slices, dtype=np.int64)
+    sl, t = _slices_and_t(sl, t, int(np.max(sl)) if sl.size else 0)  # refuses a bad layout or t now
+
+    def D(z1, z2=None):
+        return product_fs_distance_matrix(z1, z2, sl, t)
+
+    return D
+
+
+def fs_agglomerative(
+    z, n_clusters: int, *, linkage: str = "average", manifold=None, factor_slices=None, t=None
+) -> np.ndarray:
     """Agglomerative clustering on the FS geodesic distance (one batch, whole matrix).
 
     Args:
         z: points, complex (P, N) or real (P, 2N) = [Re z, Im z].
         n_clusters: number of clusters (1 <= n_clusters <= P).
         linkage: 'average' (the paper), 'complete' or 'single'.
+        manifold, factor_slices, t: points of a product of projective spaces
+            (module docstring, :func:`distance_function`).
 
     Returns:
         int64 labels (P,) in [0, n_clusters).
@@ -77,14 +134,17 @@ def fs_agglomerative(z, n_clusters: int, *, linkage: str = "average") -> np.ndar
             f"`linkage` must be 'average', 'complete' or 'single' (a precomputed distance "
             f"rules out 'ward'); received {linkage!r}."
         )
+    distance = distance_function(manifold, factor_slices, t)
     if n_clusters == 1:
         return np.zeros(len(z), dtype=np.int64)
-    D = fs_distance_matrix(z)
+    D = distance(z)
     model = AgglomerativeClustering(n_clusters=n_clusters, metric="precomputed", linkage=linkage)
     return model.fit_predict(D).astype(np.int64)
 
 
-def mean_cluster_distances(z_a, labels_a, z_b, labels_b, *, n_a=None, n_b=None, chunk_size=None):
+def mean_cluster_distances(
+    z_a, labels_a, z_b, labels_b, *, n_a=None, n_b=None, chunk_size=None, manifold=None, factor_slices=None, t=None
+):
     """Mean FS distance between every cluster of set A and every cluster of set B.
 
     Args:
@@ -92,10 +152,13 @@ def mean_cluster_distances(z_a, labels_a, z_b, labels_b, *, n_a=None, n_b=None, 
         labels_a, labels_b: int labels (P_a,), (P_b,).
         n_a, n_b: numbers of clusters (default: max label + 1).
         chunk_size: rows of ``z_a`` per distance chunk.
+        manifold, factor_slices, t: points of a product of projective spaces
+            (module docstring, :func:`distance_function`).
 
     Returns:
         float64 (n_a, n_b): ``mean_{x in A_alpha, y in B_beta} d(x, y)`` (NaN for empty clusters).
     """
+    distance = distance_function(manifold, factor_slices, t)
     la, lb = np.asarray(labels_a), np.asarray(labels_b)
     n_a = int(la.max()) + 1 if n_a is None else n_a
     n_b = int(lb.max()) + 1 if n_b is None else n_b
@@ -104,7 +167,7 @@ def mean_cluster_distances(z_a, labels_a, z_b, labels_b, *, n_a=None, n_b=None, 
     sums = np.zeros((n_a, n_b))
     step = chunk_size or max(1, int(2**25 // max(len(lb), 1)))
     for s in range(0, len(la), step):
-        D = fs_distance_matrix(z_a[s : s + step], z_b)
+        D = distance(z_a[s : s + step], z_b)
         np.add.at(sums, la[s : s + step], D @ onehot_b)
     counts = np.bincount(la, minlength=n_a)[:, None] * np.bincount(lb, minlength=n_b)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -123,6 +186,8 @@ class BatchedFSClustering:
             'greedy' (reference clusters pick their nearest remaining cluster in order).
         shuffle: shuffle points before batching (the paper's batches are random).
         random_state: seed for the shuffle.
+        manifold, factor_slices, t: points of a product of projective spaces: the
+            product distance (module docstring, :func:`distance_function`).
 
     Attributes (after :meth:`fit`):
         labels_: int64 (P,) final cluster of every point.
@@ -140,6 +205,9 @@ class BatchedFSClustering:
         assignment: str = "hungarian",
         shuffle: bool = False,
         random_state=None,
+        manifold=None,
+        factor_slices=None,
+        t=None,
     ):
         self.n_clusters = n_clusters
         self.batch_size = batch_size
@@ -147,10 +215,15 @@ class BatchedFSClustering:
         self.assignment = assignment
         self.shuffle = shuffle
         self.random_state = random_state
+        self.manifold = manifold
+        self.factor_slices = factor_slices
+        self.t = t
 
     def fit(self, z, y=None) -> "BatchedFSClustering":
         """Cluster points ``z`` (complex (P, N) or real (P, 2N)); returns ``self``."""
         z = _points(z)
+        layout = dict(manifold=self.manifold, factor_slices=self.factor_slices, t=self.t)
+        distance_function(**layout)  # refuses a bad layout before any work
         C = positive_int(self.n_clusters, "n_clusters")
         P = len(z)
         if C > P:
@@ -172,14 +245,14 @@ class BatchedFSClustering:
         ref_idx = ref_lab = None
         for b in range(len(starts)):
             idx = order[bounds[b] : bounds[b + 1]]
-            lab = fs_agglomerative(z[idx], C, linkage=self.linkage)
+            lab = fs_agglomerative(z[idx], C, linkage=self.linkage, **layout)
             batch_labels[idx] = lab
             batch_index[idx] = b
             if b == 0:
                 ref_idx, ref_lab = idx, lab
                 labels[idx] = lab
                 continue
-            cost = mean_cluster_distances(z[ref_idx], ref_lab, z[idx], lab, n_a=C, n_b=C)
+            cost = mean_cluster_distances(z[ref_idx], ref_lab, z[idx], lab, n_a=C, n_b=C, **layout)
             mapping = self._match(cost)
             labels[idx] = mapping[lab]
         self.labels_ = labels
@@ -216,13 +289,15 @@ def birch_clustering(z, n_clusters: int, *, threshold: float = 0.1) -> np.ndarra
     return Birch(n_clusters=n_clusters, threshold=threshold).fit_predict(to_real(z)).astype(np.int64)
 
 
-def silhouette(z, labels, *, distance=None) -> float:
+def silhouette(z, labels, *, distance=None, manifold=None, factor_slices=None, t=None) -> float:
     """Silhouette score of ``labels`` on the FS distance (scikit-learn, precomputed).
 
     Args:
         z: points (P, N) complex or (P, 2N) real.
         labels: int (P,).
         distance: optional precomputed (P, P) FS distance matrix.
+        manifold, factor_slices, t: points of a product of projective spaces
+            (module docstring, :func:`distance_function`).
     """
     from sklearn.metrics import silhouette_score
 
@@ -230,7 +305,7 @@ def silhouette(z, labels, *, distance=None) -> float:
     labels = np.asarray(labels)
     if labels.shape != (len(z),):
         raise ValueError(f"`labels` must have shape ({len(z)},); received {labels.shape}.")
-    D = fs_distance_matrix(z) if distance is None else np.asarray(distance)
+    D = distance_function(manifold, factor_slices, t)(z) if distance is None else np.asarray(distance)
     return float(silhouette_score(D, labels, metric="precomputed"))
 
 

@@ -235,8 +235,15 @@ class Hypersurface(CompleteIntersection):
         c = np.asarray(charts)
         return c[..., 0] * self.ncoords + c[..., 1]
 
-    def good_coordinates(self, patch, elim) -> np.ndarray:
-        """The n local coordinates (ascending) of each point, int64 (P, n)."""
+    def good_coordinates(self, patch, elim=None) -> np.ndarray:
+        """The n local coordinates (ascending) of each point, int64 (P, n).
+
+        Args:
+            patch: patch indices (P,), or (P, 2) charts [patch, eliminated] when ``elim`` is None.
+            elim: eliminated coordinates (P,).
+        """
+        if elim is None:
+            return self._good_coordinates(patch)
         charts = np.stack([np.asarray(patch).reshape(-1), np.asarray(elim).reshape(-1)], axis=1)
         return self._good_coordinates(charts)
 
@@ -307,8 +314,15 @@ class Hypersurface(CompleteIntersection):
         return geo
 
     @classmethod
-    def from_basis(cls, basis: dict, name: str = "from_basis") -> "Hypersurface":
-        """Rebuild the hypersurface from a cymetric basis dict (values may be complex-cast)."""
+    def from_basis(cls, basis: dict, name: str = "from_basis", *, cymetric_derivatives: bool = False) -> "Hypersurface":
+        """Rebuild the hypersurface from a cymetric basis dict (values may be complex-cast).
+
+        Args:
+            basis: the dict.
+            name: label.
+            cymetric_derivatives: evaluate dQ/dz with the basis' own (complex64) DQDZB0/DQDZF0
+                tables, reproducing cymetric's rounding (default: exact float64 derivatives).
+        """
         missing = [k for k in ("QB0", "QF0", "KMODULI", "AMBIENT") if k not in basis]
         if missing:
             raise KeyError(
@@ -325,7 +339,11 @@ class Hypersurface(CompleteIntersection):
         mono = np.real(np.asarray(basis["QB0"])).round().astype(np.int64)
         coef = np.asarray(basis["QF0"]).astype(np.complex128)
         kmod = np.real(np.asarray(basis["KMODULI"])).astype(np.float64)
-        return cls(mono, coef, kmod, name=name)
+        obj = cls(mono, coef, kmod, name=name)
+        if cymetric_derivatives:
+            obj._dexp = [np.real(np.asarray(basis["DQDZB0"])).round().astype(np.int64)]
+            obj._dcoef = [np.asarray(basis["DQDZF0"]).astype(np.complex64).astype(np.complex128)]
+        return obj
 
     def project(self, z, *, max_steps: int = 50, tol: float = 1e-13):
         """Project points onto X by Newton steps along the gradient direction.

@@ -68,7 +68,7 @@ def eval_monomials(z, exps, coefs, *, with_scale: bool = False):
     I, T, n = exps.shape
     P = len(z)
     out = np.empty((P, I), dtype=np.complex128)
-    scale = np.empty((P, I), dtype=np.float64) if with_scale else None
+    scale = np.empty((P if with_scale else 0, I), dtype=np.float64)
     flat = exps.reshape(-1, n)
     powers = np.arange((int(exps.max()) if exps.size else 0) + 1)
     chunk = max(16, _EVAL_TARGET // max(1, I * T))

@@ -26,7 +26,13 @@ __all__ = ["product_fs_distance", "product_fs_distance_matrix"]
 
 def _slices_and_t(factor_slices, t, n):
     sl = np.asarray(factor_slices, dtype=np.int64).reshape(-1, 2)
-    if sl[0, 0] != 0 or sl[-1, 1] != n or np.any(sl[1:, 0] != sl[:-1, 1]) or np.any(sl[:, 1] - sl[:, 0] < 2):
+    if (
+        len(sl) == 0
+        or sl[0, 0] != 0
+        or sl[-1, 1] != n
+        or np.any(sl[1:, 0] != sl[:-1, 1])
+        or np.any(sl[:, 1] - sl[:, 0] < 2)
+    ):
         raise ValueError(
             f"`factor_slices` must tile [0, {n}) with consecutive [start, end) blocks of at least "
             f"2 coordinates; received {sl.tolist()}."
