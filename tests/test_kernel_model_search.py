@@ -99,3 +99,38 @@ def test_train_objective_scores_the_train_gain_and_decaying_steps_are_searched()
         assert 0.3 <= t["params"]["decay_rate"] <= 0.5
     assert res.best_target == max(t["target"] for t in res.trials)
     assert max(t["train_gain"] for t in res.trials) > 1.0
+
+
+def test_step_scale_multiplies_each_trials_step():
+    from cyntk.experiments.kernel_flows import kernel_mass_scale
+    from cyntk.geometry import to_real
+    from cyntk.kernels import DeltaKernel
+
+    M = fermat_quintic()
+    x = to_real(M.sample_points(50, seed=2, chart=(0, 1)))
+    # the Delta kernel's rows sum to 1: the scale is the number of points
+    assert kernel_mass_scale(DeltaKernel(), x) == pytest.approx(50.0, rel=1e-12)
+    # a very wide Gaussian is ~1 everywhere: the scale is ~1
+    assert kernel_mass_scale(GaussianFSKernel(1e6), x) == pytest.approx(1.0, rel=1e-5)
+    seen = []
+
+    def tiny(kernel, x_train):
+        seen.append(len(x_train))
+        return 1e-12
+
+    res = flow_search(
+        lambda: DeltaKernel(),
+        M,
+        {"log10_learning_rate": (-1.0, 0.0)},
+        n_train=30,
+        n_test=10,
+        steps=2,
+        init_points=1,
+        n_iter=0,
+        run_eagerly=True,
+        step_scale=tiny,
+    )
+    assert seen == [30] and res.trials[0]["step_scale"] == 1e-12
+    assert abs(res.trials[0]["train_gain"] - 1.0) < 1e-6  # dt ~ 1e-12: the metric barely moves
+    with pytest.raises(TypeError, match="step_scale"):
+        flow_search(DeltaKernel, M, {"learning_rate": (1e-4, 1e-3)}, step_scale=2.0)

@@ -66,6 +66,7 @@ __all__ = [
     "plot_kernel_gains",
     "gains_table",
     "sigma_loss_float32",
+    "kernel_mass_scale",
     "run_table1",
     "plot_table1",
 ]
@@ -77,15 +78,19 @@ PAPER_TABLE1 = {
     "delta": {"n_points": 1000, "learning_rate": 0.3162},
 }
 
-#: Bayesian-search bounds (log10 of dt and kernel parameters) for the per-point mean reading of
-#: eq. 3.5 (``reduction="mean"``, :data:`SEARCH_REDUCTION`), so that dt does not scale with the
-#: number of points. The step at step s is ``dt * decay_rate**s``; decay rates down to 0.3 let the
-#: search find the decaying steps that the non-smooth sigma loss |1 - eta| needs to converge (a
-#: constant dt leaves every eta oscillating around 1 with an amplitude ~ dt x that point's rate).
+#: Bayesian-search bounds (log10 of the normalised step and kernel parameters). The searched
+#: ``learning_rate`` is multiplied by :func:`kernel_mass_scale` (points / mean kernel row sum) and
+#: read as a per-point mean (``reduction="mean"``, :data:`SEARCH_REDUCTION`): one step moves each
+#: point by about ``learning_rate`` x a kernel-weighted average of the loss gradient, whatever the
+#: number of points, the kernel's width (sigma) or scale (W_std), so the search does not have to
+#: find the ridge between dt and those. The step at step s is ``dt * decay_rate**s``; decay rates
+#: down to 0.3 let the search find the decaying steps that the non-smooth sigma loss |1 - eta|
+#: needs (a constant dt leaves every eta oscillating around 1 with an amplitude ~ dt x that
+#: point's rate).
 SEARCH_SPACES = {
-    "relu": {"log10_learning_rate": (-9.0, 0.0), "log10_W_std": (-0.5, 2.0), "decay_rate": (0.3, 1.0)},
-    "gaussian": {"log10_learning_rate": (-4.0, 1.5), "log10_sigma": (-2.5, 1.5), "decay_rate": (0.3, 1.0)},
-    "delta": {"log10_learning_rate": (-3.0, 1.5), "decay_rate": (0.3, 1.0)},
+    "relu": {"log10_learning_rate": (-5.0, -1.0), "log10_W_std": (-0.5, 2.0), "decay_rate": (0.3, 1.0)},
+    "gaussian": {"log10_learning_rate": (-5.0, -1.0), "log10_sigma": (-2.5, 1.5), "decay_rate": (0.3, 1.0)},
+    "delta": {"log10_learning_rate": (-5.0, -1.0), "decay_rate": (0.3, 1.0)},
 }
 #: The loss reduction of searched flows.
 SEARCH_REDUCTION: Literal["sum", "mean"] = "mean"
@@ -160,6 +165,45 @@ def sigma_loss_float32(g: np.ndarray, omega_sq: np.ndarray, kappa: float) -> flo
     return float(np.mean(np.abs(np.float32(1.0) - eta), dtype=np.float64))
 
 
+def kernel_mass_scale(kernel: Any, x: np.ndarray, n_rows: int = 256) -> float:
+    """Number of points over the kernel's mean row sum on them: the step normaliser of the searches.
+
+    With ``reduction="mean"`` and ``dt = learning_rate * kernel_mass_scale``,
+    one step of eq. 3.5 moves g at a point by ``learning_rate`` times a
+    kernel-weighted average of the loss gradient (1 for the Delta kernel,
+    whose rows sum to 1, is the number of points).
+
+    Parameters
+    ----------
+    kernel : Kernel
+        A cyntk kernel (component-diagonal, or full: its mean diagonal component is used).
+    x : np.ndarray
+        (N, 2N_c) real train points.
+    n_rows : int
+        Rows sampled (the first ``n_rows`` points; the points are i.i.d.).
+
+    Returns
+    -------
+    float
+        ``N / mean_i sum_j K(x_i, x_j)``.
+
+    Raises
+    ------
+    ValueError
+        If the mean row sum is not a finite positive number.
+    """
+    K = np.asarray(kernel(x[: max(1, min(int(n_rows), len(x)))], x), dtype=np.float64)
+    if K.ndim == 4:
+        K = np.einsum("abii->ab", K) / K.shape[-1]
+    mass = float(np.mean(K.sum(axis=1)))
+    if not (np.isfinite(mass) and mass > 0):
+        raise ValueError(
+            f"the kernel's mean row sum must be a finite number > 0 to normalise the step; received {mass!r} "
+            f"for {type(kernel).__name__}."
+        )
+    return len(x) / mass
+
+
 def _float32_floor(model: KernelModel, y: np.ndarray) -> float:
     """Float32 sigma loss of the base metric rescaled to eta = 1 (in float64) at the train points."""
     from cyntk.geometry import hermitian_from_components
@@ -183,6 +227,7 @@ def _flow_one(
     backoff: bool,
     reduction: str = "sum",
     loss: str = "sigma",
+    normalise_step: bool = False,
 ) -> dict[str, Any]:
     import keras
 
@@ -195,8 +240,12 @@ def _flow_one(
     x_tr, x_te = to_real(z_tr), to_real(z_te)
     y_tr, y_te = KernelModel.targets(manifold, x_tr), KernelModel.targets(manifold, x_te)
     kparams = {k: v for k, v in params.items() if k not in ("n_points", "learning_rate", "decay_rate")}
+    kernel = make_kernel(name, **kparams)
+    # a normalised step (searched flows): dt = learning_rate * N / mean kernel row sum on these points
+    step_scale = kernel_mass_scale(kernel, x_tr) if normalise_step else 1.0
+    params = {**params, "learning_rate": float(params["learning_rate"]) * step_scale}
     model = KernelModel(
-        make_kernel(name, **kparams),
+        kernel,
         x_tr,
         manifold,
         loss=loss,
@@ -232,6 +281,7 @@ def _flow_one(
     return {
         "params": {k: float(v) for k, v in params.items()},
         "reduction": reduction,
+        "step_scale": step_scale,
         "steps_done": len(hist.history.get("loss", [])),
         "failed_at_step": failed,
         "backoffs": float(np.sum(hist.history.get("backoffs", [0.0]))),
@@ -325,6 +375,7 @@ def run_kernel_gains(
             seed=seed,
             backoff=hyperparameters == "paper",
             reduction=reduction,
+            normalise_step=hyperparameters == "search",
         )
         if store is not None:
             store.put(key, _flatten(res))
@@ -364,6 +415,7 @@ def _searched(
         n_iter=trials[1],
         seed=seed,
         model_kwargs={"reduction": reduction},
+        step_scale=kernel_mass_scale,
     )
     params = dict(res.best_params)
     params.setdefault("learning_rate", params.get("learning_rate"))

@@ -15,7 +15,10 @@ mean sigma loss ``|1 - eta|`` after 50 Euler steps of eq. 3.5
   chosen by Bayesian optimisation (:func:`~cyntk.flows.search.flow_search`, a
   fresh point set per trial) for the *train* gain (train column) and,
   separately, for the *test* gain (test column); the gains reported come from a
-  new flow on a new point set with the chosen values, not from the trials,
+  new flow on a new point set with the chosen values, not from the trials; the
+  searched step is normalised by the number of points over the kernel's mean
+  row sum (:func:`~cyntk.experiments.kernel_flows.kernel_mass_scale`), and the
+  table shows the resulting per-point-mean dt,
 * the train gain of the train-searched flow evaluated in float32 arithmetic
   (:func:`~cyntk.experiments.kernel_flows.sigma_loss_float32`) and the float32
   floor: a metric with ``eta = 1`` exactly in float64 still scores ~1e-7 in
@@ -43,6 +46,7 @@ from cyntk.experiments.kernel_flows import (
     _flatten,
     _flow_one,
     _unflatten,
+    kernel_mass_scale,
     make_kernel,
 )
 from cyntk.geometry import fermat_quintic
@@ -111,6 +115,7 @@ def _search(row, *, n, n_test, chart, steps, trials, seed, objective, store, key
         objective=objective,
         model_kwargs={"reduction": SEARCH_REDUCTION},
         run_eagerly=True,  # no tracing per trial
+        step_scale=kernel_mass_scale,
     )
     out = {f"param_{k}": float(v) for k, v in res.best_params.items()}
     out.update(
@@ -219,6 +224,7 @@ def run_table1(
                 params = {k[6:]: v for k, v in found.items() if k.startswith("param_")}
                 params = {**params, **spec["fixed"], "n_points": n}
                 reduction, noise, backoff = SEARCH_REDUCTION, noise_levels, False
+            normalise = run.startswith("search")
             res = _flow_one(
                 kernel,
                 params,
@@ -230,6 +236,7 @@ def run_table1(
                 seed=seed,
                 backoff=backoff,
                 reduction=reduction,
+                normalise_step=normalise,
             )
             if store is not None:
                 store.put(key, _flatten(res))
@@ -298,7 +305,8 @@ def table1_markdown(result: dict[str, Any]) -> str:
     if before and np.isfinite(floor):
         lines.append("")
         lines.append(
-            f"{steps} steps; searched Δt are per-point means ({SEARCH_REDUCTION}), Δt_s = Δt·decay^s. float32 floor: "
+            f"{steps} steps; searched Δt are per-point means (reduction '{SEARCH_REDUCTION}'; searched as "
+            f"Δt·(mean kernel row sum)/N), Δt_s = Δt·decay^s. float32 floor: "
             f"a metric with η = 1 exactly (float64) scores σ = {floor:.2g} in float32 arithmetic, so a float32 flow "
             f"cannot show train gains above ≈ {np.median(before) / floor:.1g} (σ before ≈ {np.median(before):.2f})."
         )

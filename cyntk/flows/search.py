@@ -61,7 +61,8 @@ class FlowSearchResult:
         best_target: its objective (log10 of the gain).
         trials: one dict per trial: ``params`` (un-logged), ``target``,
             ``train_gain``, ``test_gain``, ``steps`` (steps actually flowed),
-            ``seed`` (the trial's entropy ``[seed, t]``).
+            ``seed`` (the trial's entropy ``[seed, t]``), ``step_scale`` (1
+            without ``step_scale``).
     """
 
     best_params: dict
@@ -119,6 +120,7 @@ def flow_search(
     model_kwargs=None,
     run_eagerly=False,
     verbose=False,
+    step_scale=None,
 ) -> FlowSearchResult:
     """Bayesian optimisation of dt and kernel parameters, a fresh point set per trial.
 
@@ -141,6 +143,15 @@ def flow_search(
         run_eagerly: compile the trial models with ``run_eagerly`` (faster for
             small trials: no tracing per trial).
         verbose: print one line per trial.
+        step_scale: optional callable ``step_scale(kernel, x_train) -> float``
+            (> 0, finite): each trial's step is ``learning_rate * step_scale``,
+            so the searched ``learning_rate`` is a normalised step. E.g. the
+            number of points over the kernel's mean row sum makes one step move
+            every point by about ``learning_rate`` times a local average of
+            the loss gradient, whatever the kernel's width or scale, which
+            takes the ridge between dt and a width parameter out of the
+            search. The trials record the scale (``step_scale``); apply it to
+            ``best_params["learning_rate"]`` for a flow on other points.
 
     Returns:
         :class:`FlowSearchResult`.
@@ -152,6 +163,10 @@ def flow_search(
     n_test = positive_int(n_test, "n_test")
     steps = positive_int(steps, "steps")
     objective = one_of(objective, "objective", OBJECTIVES)
+    if step_scale is not None and not callable(step_scale):
+        raise TypeError(
+            f"`step_scale` must be None or callable (kernel, x_train) -> float; received {type(step_scale).__name__}."
+        )
     if not callable(kernel_factory):
         raise TypeError(
             f"`kernel_factory` must be callable (params -> Kernel); received {type(kernel_factory).__name__}."
@@ -172,8 +187,13 @@ def flow_search(
         z = manifold.sample_points(n_train + n_test, seed=rng, chart=chart)
         x_tr, x_te = to_real(z[:n_train]), to_real(z[n_train:])
         y_tr, y_te = KernelModel.targets(manifold, x_tr), KernelModel.targets(manifold, x_te)
-        model = KernelModel(kernel_factory(**params), x_tr, manifold, **kwargs)
-        schedule = lr if decay is None else keras.optimizers.schedules.ExponentialDecay(lr, 1, decay)
+        kernel = kernel_factory(**params)
+        scale = 1.0 if step_scale is None else float(step_scale(kernel, x_tr))
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"`step_scale` must return a finite number > 0; received {scale!r} in trial {t}.")
+        model = KernelModel(kernel, x_tr, manifold, **kwargs)
+        dt = lr * scale
+        schedule = dt if decay is None else keras.optimizers.schedules.ExponentialDecay(dt, 1, decay)
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=schedule), run_eagerly=run_eagerly)
         before = (
             model.evaluate(x_tr, y_tr, batch_size=n_train, verbose=0, return_dict=True)["loss"],
@@ -198,6 +218,7 @@ def flow_search(
             "test_gain": gains[1],
             "steps": done,
             "seed": [int(seed), t],
+            "step_scale": scale,
         }
         trials.append(rec)
         if verbose:
