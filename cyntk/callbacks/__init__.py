@@ -1,6 +1,9 @@
 """Callbacks that watch the metric neural tangent kernel evolve during training.
 
-:class:`MetricNTKCallback` is a drop-in ``keras.callbacks.Callback`` that
+:class:`MetricNTKTracker` computes and records the empirical metric-NTK on
+fixed points whenever asked (from any training loop, no Keras callbacks
+needed), :class:`MetricNTKWriter` writes its records to TensorBoard, and
+:class:`MetricNTKCallback` is a drop-in ``keras.callbacks.Callback`` over the two that
 computes the empirical metric-NTK of any cymetric-style metric model (or any
 regression network) on fixed train and test points at the start of training and
 every few epochs, and records its spectra and how far they move (Wasserstein
@@ -12,6 +15,7 @@ from a history.
 
 from cyntk.callbacks.history import HISTORY_FORMAT, MetricNTKHistory
 from cyntk.callbacks.metric_ntk import BLOCKS, MetricNTKCallback
+from cyntk.callbacks.options import MeasureOptions, OutputOptions
 from cyntk.callbacks.plotting import figure_to_rgba, plot_figure4, plot_spectrum_histograms, plot_wasserstein
 from cyntk.callbacks.spectra import (
     SPECTRUM_KINDS,
@@ -25,10 +29,17 @@ from cyntk.callbacks.spectra import (
     relative_frobenius_change,
     wasserstein,
 )
+from cyntk.callbacks.tensorboard import MetricNTKWriter
+from cyntk.callbacks.tracker import MetricNTKTracker, NTKRecord
 
 __all__ = [
-    # the callback and its record
+    # the callback, the tracker and writer it drives, their options and record
     "MetricNTKCallback",
+    "MetricNTKTracker",
+    "MetricNTKWriter",
+    "MeasureOptions",
+    "OutputOptions",
+    "NTKRecord",
     "MetricNTKHistory",
     "BLOCKS",
     "HISTORY_FORMAT",

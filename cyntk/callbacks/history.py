@@ -71,7 +71,7 @@ class MetricNTKHistory:
         self.arrays: dict[str, np.ndarray] = {}
         self.meta: dict = dict(meta or {})
         self._saved_kernels: dict = {}  # name -> (path, id of the array) last written
-        self._kernel_digest = None  # (size, sha256) of the reference file last written/read
+        self._kernel_digest: tuple[int, str] | None = None  # (size, sha256) of the reference file last written/read
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -105,7 +105,7 @@ class MetricNTKHistory:
 
     def as_dict(self) -> dict:
         """``{"epoch": [...], key: [...], ...}`` (lists of Python numbers)."""
-        out = {"epoch": list(self.epochs)}
+        out: dict[str, list] = {"epoch": list(self.epochs)}
         out.update({k: list(v) for k, v in self.scalars.items()})
         return out
 
@@ -170,13 +170,13 @@ class MetricNTKHistory:
             "epochs": np.asarray(self.epochs, dtype=np.int64),
             "meta_json": np.asarray(json.dumps(self._json_meta())),
         }
-        for k, v in self.scalars.items():
-            payload[_SCALAR + k] = np.asarray(v, dtype=np.float64)
-        for k, v in self.spectra.items():
-            payload[_SPECTRUM + k] = np.stack(v) if v else np.zeros((0, 0))
-        for k, v in self.arrays.items():
+        for k, column in self.scalars.items():
+            payload[_SCALAR + k] = np.asarray(column, dtype=np.float64)
+        for k, spectra in self.spectra.items():
+            payload[_SPECTRUM + k] = np.stack(spectra) if spectra else np.zeros((0, 0))
+        for k, array in self.arrays.items():
             if k not in KERNEL_ARRAYS:
-                payload[_ARRAY + k] = np.asarray(v)
+                payload[_ARRAY + k] = np.asarray(array)
         kernels = {k: np.asarray(v) for k, v in self.arrays.items() if k in KERNEL_ARRAYS}
         kernel_path = reference_path(path)
         if kernels and (
@@ -188,7 +188,7 @@ class MetricNTKHistory:
             atomic_write(kernel_path, lambda fh: fh.write(data), "wb")
             self._saved_kernels = {k: (kernel_path, id(v)) for k, v in kernels.items()}
             self._kernel_digest = (len(data), hashlib.sha256(data).hexdigest())
-        if kernels:
+        if kernels and self._kernel_digest is not None:
             payload["reference_size"] = np.asarray(self._kernel_digest[0], dtype=np.int64)
             payload["reference_sha256"] = np.asarray(self._kernel_digest[1])
         atomic_write(path, lambda fh: _write_npz(fh, payload), "wb")

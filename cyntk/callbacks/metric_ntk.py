@@ -7,40 +7,32 @@ Reproduces the measurement behind Figure 4 of Halverson & Ruehle
 
 of the model on fixed train and test points, at the start of training and
 every ``every`` epochs, its spectra, and how far they move from epoch 0.
+
+The callback is a thin layer over :class:`~cyntk.callbacks.MetricNTKTracker`
+(points, kernel, measures, history, resume) and
+:class:`~cyntk.callbacks.MetricNTKWriter` (TensorBoard): it turns Keras' hooks
+into epoch labels.
 """
 
 from __future__ import annotations
 
-import math
-import time
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
 from cyntk import _validation as _checks
-from cyntk.callbacks.history import MetricNTKHistory
-from cyntk.callbacks.spectra import (
-    SPECTRUM_KINDS,
-    full_spectrum,
-    kernel_distance,
-    kernel_target_alignment,
-    log_spectrum,
-    pooled_block_spectrum,
-    relative_frobenius_change,
-    wasserstein,
-)
+from cyntk.callbacks.distribute import current_strategy, is_chief
+from cyntk.callbacks.options import BLOCKS, ON_ERROR, MeasureOptions, OutputOptions, defaults
+from cyntk.callbacks.tensorboard import MetricNTKWriter
+from cyntk.callbacks.tensorboard import histogram_buckets as _histogram_buckets  # noqa: F401 - kept importable
+from cyntk.callbacks.tracker import MetricNTKTracker
 
 __all__ = ["MetricNTKCallback", "BLOCKS", "ON_ERROR"]
-
-#: Accepted values of ``on_error``: a failed record warns and training goes on, or raises.
-ON_ERROR = ("warn", "raise")
-
-#: The three kernel blocks, in the order train-train, test-test, train-test.
-BLOCKS = ("train_train", "test_test", "train_test")
-_SYMMETRIC = ("train_train", "test_test")
-_SUBDIR = "metric_ntk"
 
 
 class MetricNTKCallback(keras.callbacks.Callback):
@@ -140,6 +132,20 @@ class MetricNTKCallback(keras.callbacks.Callback):
     * ``kernels/epoch_XXXXXX.npz`` (``save_kernels=True``): ``theta`` (P, P, m,
       m) in the engine's dtype, ``x_train``, ``x_test``.
 
+    **Distributed training.** Under ``tf.distribute.MirroredStrategy`` Keras
+    calls callbacks once, on the host: the kernel is computed once per record
+    (on the mirrored weights, outside the replica context) and written once, and
+    it equals the kernel recorded without a strategy. Under
+    ``MultiWorkerMirroredStrategy`` every worker computes it (so every worker's
+    ``logs`` agree), but only the chief writes TensorBoard events, history and
+    kernels (:func:`cyntk.callbacks.distribute.is_chief`).
+
+    **Structure.** The callback only maps Keras' hooks to epoch labels; the
+    points, kernel, measures, history and resume logic live in
+    :class:`~cyntk.callbacks.MetricNTKTracker` (usable without Keras callbacks,
+    e.g. in a custom training loop) and the event files in
+    :class:`~cyntk.callbacks.MetricNTKWriter`.
+
     **Resuming.** ``resume=True`` (or the path of a saved history) reloads the
     history, the fixed points and the reference kernel, so distances stay
     measured against the original epoch 0 (the kernel recomputed at the resume
@@ -201,406 +207,174 @@ class MetricNTKCallback(keras.callbacks.Callback):
             (default :func:`cyntk.kernels.metric_ntk`).
         ntk_kwargs: keyword arguments for ``ntk_fn`` (e.g. ``chunk_size``).
         verbose: 0 (silent) or 1 (one line per record).
+        model: optional model whose reference kernel is recorded right away
+            (when an optimizer has already moved it before the first ``fit``
+            that sees the callback, e.g. under cymetric's ``train_model``).
+        on_error: ``"warn"`` (a failed record is warned about, stored in
+            ``history.meta["errors"]`` and reported as ``ntk_failed`` with NaN
+            measures; training goes on) or ``"raise"``.
+        measures: a :class:`~cyntk.callbacks.MeasureOptions` grouping what is
+            recorded (``block``, ``spectrum``, ``wasserstein_p``,
+            ``log_spectrum``, ``log_floor``, ``log_all_blocks``); then leave those
+            keywords at their defaults.
+        output: an :class:`~cyntk.callbacks.OutputOptions` grouping where it is
+            written (``log_dir``, ``history_path``, ``save_kernels``,
+            ``histogram_bins``, ``image_every``); then leave those keywords at
+            their defaults.
 
     Attributes:
         history: the :class:`MetricNTKHistory` (in memory, always up to date).
         x_train: float64 (P_train, d), the fixed train points.
         x_test: float64 (P_test, d), the fixed test points.
         log_keys: the keys this callback writes into Keras' ``logs``.
+        tracker: the :class:`~cyntk.callbacks.MetricNTKTracker` doing the work.
+        writer: the :class:`~cyntk.callbacks.MetricNTKWriter` (``None`` without ``log_dir``).
     """
 
     def __init__(
         self,
-        train_points,
-        test_points,
+        train_points: Any,
+        test_points: Any,
         *,
-        data=None,
-        seed: int = 0,
+        data: Any = None,
+        seed: Any = 0,
         every: int = 1,
-        log_dir=None,
-        history_path=None,
-        resume=False,
+        log_dir: str | Path | None = None,
+        history_path: str | Path | None = None,
+        resume: bool | str | Path = False,
         block: str = "train_test",
         spectrum: str = "eigenvalues",
         wasserstein_p: float = 1,
         log_spectrum: bool = False,
         log_floor: float = 1e-10,
-        train_targets=None,
-        signal_fn=None,
+        train_targets: Any = None,
+        signal_fn: Callable[[Any, np.ndarray], Any] | None = None,
         log_all_blocks: bool = False,
         histogram_bins: int = 30,
         image_every: int | None = None,
         save_kernels: bool = False,
         track_last: bool = True,
-        ntk_fn=None,
-        ntk_kwargs=None,
+        ntk_fn: Callable[..., Any] | None = None,
+        ntk_kwargs: dict | None = None,
         verbose: int = 0,
-        model=None,
+        model: Any = None,
         on_error: str = "warn",
+        measures: MeasureOptions | None = None,
+        output: OutputOptions | None = None,
     ):
         super().__init__()
         if on_error not in ON_ERROR:
             raise ValueError(f"`on_error` must be one of {ON_ERROR}; received {on_error!r}.")
-        self.on_error = on_error
         self.every = _checks.positive_int(every, "every", "record every `every` epochs")
-        if block not in BLOCKS:
-            raise ValueError(f"`block` must be one of {BLOCKS}; received {block!r}.")
-        self.block = block
-        if spectrum not in SPECTRUM_KINDS:
-            raise ValueError(f"`spectrum` must be one of {SPECTRUM_KINDS}; received {spectrum!r}.")
-        self.spectrum = spectrum
-        try:
-            p = float(wasserstein_p)
-        except (TypeError, ValueError):
-            raise TypeError(f"`wasserstein_p` must be a number >= 1; received {wasserstein_p!r}.") from None
-        if not math.isfinite(p) or p < 1:
-            raise ValueError(f"`wasserstein_p` must be a finite number >= 1; received {wasserstein_p!r}.")
-        self.wasserstein_p = p
-        self.log_spectrum = bool(log_spectrum)
-        self.log_floor = float(log_floor)
-        if not math.isfinite(self.log_floor) or not 0 < self.log_floor < 1:
-            raise ValueError(
-                f"`log_floor` must be a number in (0, 1) (relative to the largest "
-                f"|eigenvalue|); received {log_floor!r}."
-            )
-        self.log_all_blocks = bool(log_all_blocks)
-        self.histogram_bins = _checks.positive_int(histogram_bins, "histogram_bins", "histogram buckets")
-        self.image_every = (
-            None
-            if image_every is None
-            else _checks.positive_int(image_every, "image_every", "records between Figure-4 images")
+        measures = _grouped(
+            MeasureOptions,
+            measures,
+            "measures",
+            block=block,
+            spectrum=spectrum,
+            wasserstein_p=wasserstein_p,
+            log_spectrum=log_spectrum,
+            log_floor=log_floor,
+            log_all_blocks=log_all_blocks,
         )
-        self.save_kernels = bool(save_kernels)
+        output = _grouped(
+            OutputOptions,
+            output,
+            "output",
+            log_dir=log_dir,
+            history_path=history_path,
+            save_kernels=save_kernels,
+            histogram_bins=histogram_bins,
+            image_every=image_every,
+        )
         self.track_last = bool(track_last)
-        if signal_fn is not None and not callable(signal_fn):
-            raise TypeError(
-                f"`signal_fn` must be callable signal_fn(model, x_train) -> (P_train, m); "
-                f"received {type(signal_fn).__name__}."
+        self._chief = is_chief(current_strategy(model))
+        self.writer: MetricNTKWriter | None = None
+        if output.log_dir is not None:
+            self.writer = MetricNTKWriter(
+                output.log_dir,
+                histogram_bins=output.histogram_bins,
+                image_every=output.image_every,
+                block=measures.block,
             )
-        self.signal_fn = signal_fn
-        if ntk_fn is not None and not callable(ntk_fn):
-            raise TypeError(
-                f"`ntk_fn` must be callable ntk_fn(model, x, **ntk_kwargs); received {type(ntk_fn).__name__}."
-            )
-        self.ntk_fn = ntk_fn
-        self.ntk_kwargs = dict(ntk_kwargs or {})
-        if verbose not in (0, 1, False, True):
-            raise ValueError(f"`verbose` must be 0 or 1; received {verbose!r}.")
-        self.verbose = int(verbose)
-        self.seed = seed
+        self.tracker = MetricNTKTracker(
+            train_points,
+            test_points,
+            data=data,
+            seed=seed,
+            train_targets=train_targets,
+            signal_fn=signal_fn,
+            measures=measures,
+            output=output,
+            resume=resume,
+            ntk_fn=ntk_fn,
+            ntk_kwargs=ntk_kwargs,
+            on_error=on_error,
+            verbose=verbose,
+            sinks=[self.writer] if self.writer is not None else [],
+            write_files=self._chief,
+            name="MetricNTKCallback",
+        )
+        self.tracker.history.meta["every"] = self.every
 
-        # ------------------------------------------------------------ files
-        self.log_dir = None if log_dir is None else _checks.writable_dir(log_dir, "log_dir")
-        if history_path is None and self.log_dir is not None:
-            history_path = self.log_dir / _SUBDIR / "history.npz"
-        if history_path is not None:
-            history_path = Path(history_path)
-            if history_path.suffix != ".npz":
-                history_path = history_path.with_name(history_path.name + ".npz")
-            _checks.writable_dir(history_path.parent, "history_path")
-        self.history_path = history_path
-        if self.save_kernels and self.history_path is None:
-            raise ValueError("`save_kernels=True` needs a place to write: pass `log_dir` or `history_path`.")
-
-        # ----------------------------------------------------------- points
-        x_train, x_test, train_index = self._resolve_points(train_points, test_points, data, seed)
-        self._train_targets = self._resolve_targets(train_targets, train_points, train_index, len(x_train))
-
-        # ----------------------------------------------------------- resume
-        loaded = self._load_resume(resume)
-        if loaded is not None:
-            x_train, x_test = self._check_resumed(loaded, x_train, x_test)
-            self.history = loaded
-        else:
-            self.history = MetricNTKHistory()
-        self.x_train = x_train
-        self.x_test = x_test
-        self._kinds = {b: spectrum for b in BLOCKS}
-        if spectrum == "eigenvalues" and len(x_train) != len(x_test):
-            self._kinds["train_test"] = "singular_values"
-            warnings.warn(
-                f"MetricNTKCallback: P_train={len(x_train)} != P_test={len(x_test)}, so the "
-                "train-test blocks are rectangular and have no eigenvalues; their pooled "
-                "spectrum uses singular values. Use equal counts for eigenvalues.",
-                stacklevel=2,
-            )
-        self.history.meta.update(self._meta())
-        self.history.arrays["x_train"] = x_train
-        self.history.arrays["x_test"] = x_test
-        if self._train_targets is not None:
-            self.history.arrays["train_targets"] = self._train_targets
-
-        # lazily created / per-fit state
-        self._writer = None
-        self._output_kind = None
-        self._m = None
+        # per-fit state
         self._fit_started = False
         self._offset = 0
-        self._last_label = None
-        self._last_image = None
-        self._theta_last = None  # float64 kernel of the latest record (in memory only)
-        self._ref64 = None  # float64 reference kernel
-        self._kernel_dtype = np.float64
-        self._live = False  # a record was made in this process (not only loaded)
+        self._last_label: int | None = None
         if model is not None:
             self.set_model(model)
-            self._inspect_model()
-            self._record(0 if self.history.last_epoch is None else self.history.last_epoch, None)
+            self.tracker.attach(model)
+            last = self.history.last_epoch
+            self.tracker.record(0 if last is None else last)
 
     # ================================================================ config
+    history = property(lambda self: self.tracker.history, doc="The :class:`MetricNTKHistory` (always up to date).")
+    x_train = property(lambda self: self.tracker.x_train, doc="float64 (P_train, d), the fixed train points.")
+    x_test = property(lambda self: self.tracker.x_test, doc="float64 (P_test, d), the fixed test points.")
+    measures = property(lambda self: self.tracker.measures, doc="The :class:`MeasureOptions` (what is recorded).")
+    output = property(lambda self: self.tracker.output, doc="The :class:`OutputOptions` (where it is written).")
+    log_dir = property(lambda self: self.tracker.output.log_dir, doc="The run's directory, or ``None``.")
+    history_path = property(lambda self: self.tracker.history_path, doc="Where the history is saved, or ``None``.")
+    save_kernels = property(lambda self: self.tracker.output.save_kernels, doc="Whether every kernel is saved.")
+    histogram_bins = property(lambda self: self.tracker.output.histogram_bins, doc="Buckets of the histograms.")
+    image_every = property(lambda self: self.tracker.output.image_every, doc="Records between Figure-4 images.")
+    seed = property(lambda self: self.tracker.seed, doc="Seed of the draw of the points.")
+
     @property
     def log_keys(self) -> list[str]:
         """The keys written into Keras' ``logs`` at tracked epochs."""
-        if self.log_all_blocks:
-            keys = [k for k in self._all_scalar_keys() if k != "ntk_seconds"]
+        return self.tracker.log_keys
+
+    def __getattr__(self, name: str) -> Any:
+        # the measure options (block, spectrum, wasserstein_p, log_spectrum, log_floor, log_all_blocks)
+        # and the tracker's settings (signal_fn, ntk_fn, ntk_kwargs, verbose, on_error) read through
+        if name in _MEASURE_FIELDS or name in _TRACKER_FIELDS:
+            tracker = self.__dict__.get("tracker")
+            if tracker is not None:
+                return getattr(tracker.measures, name) if name in _MEASURE_FIELDS else getattr(tracker, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        tracker = self.__dict__.get("tracker")
+        if tracker is not None and name in _TRACKER_FIELDS:
+            setattr(tracker, name, value)
+        elif tracker is not None and name in _MEASURE_FIELDS:
+            tracker.measures = tracker._calc.options = replace(tracker.measures, **{name: value})
         else:
-            b = self.block
-            keys = [
-                f"ntk_wasserstein_{b}",
-                f"ntk_wasserstein_step_{b}",
-                f"ntk_frobenius_{b}",
-                f"ntk_kernel_distance_{b}",
-                "ntk_full_wasserstein_train_train",
-            ]
-            if self.log_spectrum:
-                keys.append(f"ntk_log_wasserstein_{b}")
-            keys += self._alignment_keys()
-        return keys
-
-    def _alignment_keys(self) -> list[str]:
-        keys = []
-        if self._train_targets is not None:
-            keys += ["ntk_target_alignment", "ntk_residual_alignment"]
-        if self.signal_fn is not None:
-            keys.append("ntk_signal_alignment")
-        return keys
-
-    def _all_scalar_keys(self) -> list[str]:
-        keys = []
-        for b in BLOCKS:
-            keys += [
-                f"ntk_wasserstein_{b}",
-                f"ntk_wasserstein_step_{b}",
-                f"ntk_frobenius_{b}",
-                f"ntk_frobenius_step_{b}",
-                f"ntk_kernel_distance_{b}",
-                f"ntk_norm_{b}",
-            ]
-            if self.log_spectrum:
-                keys.append(f"ntk_log_wasserstein_{b}")
-        for b in _SYMMETRIC:
-            keys += [f"ntk_full_wasserstein_{b}", f"ntk_full_wasserstein_step_{b}"]
-            if self.log_spectrum:
-                keys.append(f"ntk_full_log_wasserstein_{b}")
-        return keys + self._alignment_keys() + ["ntk_seconds"]
-
-    def _meta(self) -> dict:
-        return {
-            "wasserstein_p": self.wasserstein_p,
-            "spectrum": self.spectrum,
-            "spectrum_kinds": dict(self._kinds),
-            "block": self.block,
-            "every": self.every,
-            "log_spectrum": self.log_spectrum,
-            "log_floor": self.log_floor,
-            "n_train": int(len(self.x_train)),
-            "n_test": int(len(self.x_test)),
-            "seed": self.seed if isinstance(self.seed, (int, type(None))) else str(self.seed),
-            "wasserstein_reports": "W_p (the p-th root of POT's wasserstein_1d)",
-        }
-
-    @staticmethod
-    def _resolve_points(train_points, test_points, data, seed):
-        counts = [
-            isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_))
-            for p in (train_points, test_points)
-        ]
-        if not any(counts):
-            if data is not None:
-                raise ValueError(
-                    "`data` is only used when `train_points`/`test_points` are counts; "
-                    "received arrays of points and `data`. Pass one or the other."
-                )
-            x_train = _checks.real_points(train_points, "train_points")
-            x_test = _checks.real_points(test_points, "test_points")
-            index = None
-        else:
-            if data is None:
-                raise ValueError(
-                    "`train_points`/`test_points` given as counts need `data` to draw the "
-                    "points from (a CYDataset, a dict with 'X_train'/'X_val', a pair of "
-                    "arrays or one (N, d) array); received data=None."
-                )
-            pool_train, pool_test = _checks.data_pools(data)
-            pool_train = _checks.real_points(pool_train, "data (train pool)")
-            shared = pool_test is None
-            pool_test = pool_train if shared else _checks.real_points(pool_test, "data (test pool)")
-            rng = np.random.default_rng(seed)
-            n_tr = _checks.positive_int(train_points, "train_points", "number of train points") if counts[0] else None
-            n_te = _checks.positive_int(test_points, "test_points", "number of test points") if counts[1] else None
-            for n, name in ((n_tr, "train_points"), (n_te, "test_points")):
-                if n is not None and n < 2:
-                    raise ValueError(f"`{name}` must be at least 2 (a kernel block needs P >= 2); received {n}.")
-            if shared and n_tr is not None and n_te is not None:
-                if n_tr + n_te > len(pool_train):
-                    raise ValueError(
-                        f"`data` has {len(pool_train)} points; cannot draw "
-                        f"train_points={n_tr} + test_points={n_te} disjoint points."
-                    )
-                perm = rng.choice(len(pool_train), size=n_tr + n_te, replace=False)
-                index = perm[:n_tr]
-                x_train, x_test = pool_train[index], pool_train[perm[n_tr:]]
-            else:
-                if n_tr is not None:
-                    if n_tr > len(pool_train):
-                        raise ValueError(
-                            f"`train_points`={n_tr} exceeds the {len(pool_train)} points available in `data`."
-                        )
-                    index = rng.choice(len(pool_train), size=n_tr, replace=False)
-                    x_train = pool_train[index]
-                else:
-                    index = None
-                    x_train = _checks.real_points(train_points, "train_points")
-                if n_te is not None:
-                    if n_te > len(pool_test):
-                        raise ValueError(
-                            f"`test_points`={n_te} exceeds the {len(pool_test)} points available in `data`."
-                        )
-                    x_test = pool_test[rng.choice(len(pool_test), size=n_te, replace=False)]
-                else:
-                    x_test = _checks.real_points(test_points, "test_points")
-            x_train, x_test = np.array(x_train), np.array(x_test)
-        if x_train.shape[1] != x_test.shape[1]:
-            raise ValueError(
-                f"`train_points` and `test_points` must have the same width d (shape "
-                f"(P, d)); received d={x_train.shape[1]} and d={x_test.shape[1]}."
-            )
-        return x_train, x_test, index
-
-    @staticmethod
-    def _resolve_targets(train_targets, train_points, train_index, n_train):
-        if train_targets is None:
-            return None
-        y = np.asarray(train_targets.numpy() if hasattr(train_targets, "numpy") else train_targets)
-        if y.dtype == object or not np.issubdtype(y.dtype, np.number):
-            raise TypeError(f"`train_targets` must be numeric; received dtype {y.dtype}.")
-        if np.iscomplexobj(y):
-            if y.ndim != 3 or y.shape[1] != y.shape[2]:
-                raise ValueError(
-                    f"complex `train_targets` must be metrics of shape (P, n, n); received shape {y.shape}."
-                )
-            from cyntk.geometry import components_from_hermitian
-
-            y = components_from_hermitian(y)
-        if y.ndim == 1:
-            y = y[:, None]
-        if y.ndim != 2:
-            raise ValueError(
-                f"`train_targets` must have shape (P_train, m) (or complex (P_train, n, n)); received shape {y.shape}."
-            )
-        if train_index is not None:
-            if y.shape[0] <= int(np.max(train_index)):
-                raise ValueError(
-                    f"with a count of train points, `train_targets` must be aligned with the "
-                    f"pool they are drawn from; received {y.shape[0]} rows, fewer than the "
-                    f"pool's drawn index {int(np.max(train_index))}."
-                )
-            y = y[train_index]
-        elif y.shape[0] != n_train:
-            raise ValueError(
-                f"`train_targets` must have one row per train point ({n_train}); received shape {y.shape}."
-            )
-        if not np.all(np.isfinite(y)):
-            raise ValueError("`train_targets` must be finite; received NaN or inf entries.")
-        return np.array(y, dtype=np.float64)
-
-    def _load_resume(self, resume):
-        if resume is False or resume is None:
-            self._keep_old_history()
-            return None
-        if resume is True:
-            if self.history_path is None:
-                raise ValueError(
-                    "`resume=True` needs `log_dir` or `history_path` (where the history to "
-                    "continue is); received neither."
-                )
-            if not self.history_path.is_file():
-                return None
-            return MetricNTKHistory.load(self.history_path)
-        if isinstance(resume, (str, Path)):
-            path = Path(resume)
-            if not path.is_file() and not path.with_suffix(".npz").is_file():
-                raise FileNotFoundError(f"`resume`={str(resume)!r}: no such metric-NTK history file.")
-            return MetricNTKHistory.load(path)
-        raise TypeError(f"`resume` must be False, True or the path of a history file; received {resume!r}.")
-
-    def _keep_old_history(self):
-        """A new history never replaces an old one: the old files are renamed with a timestamp."""
-        path = self.history_path
-        if path is None or not (path.is_file() or path.with_suffix(".json").is_file()):
-            return
-        from cyntk.callbacks.history import reference_path
-
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        moved = []
-        kernels = path.parent / "kernels"
-        for old in (path, path.with_suffix(".json"), reference_path(path)):
-            if old.is_file():
-                new = old.with_name(old.name.replace(path.stem, f"{path.stem}.{stamp}", 1))
-                old.replace(new)
-                moved.append(new.name)
-        if kernels.is_dir() and self.save_kernels:
-            new = kernels.with_name(f"kernels.{stamp}")
-            kernels.replace(new)
-            moved.append(new.name + "/")
-        warnings.warn(
-            f"MetricNTKCallback: {str(path)!r} already held a metric-NTK history; it was kept as "
-            f"{', '.join(moved)} in {str(path.parent)!r} and a new history starts (pass "
-            "resume=True to continue the old one instead).",
-            UserWarning,
-            stacklevel=3,
-        )
-
-    def _check_resumed(self, loaded, x_train, x_test):
-        for key, value in (("x_train", x_train), ("x_test", x_test)):
-            old = loaded.arrays.get(key)
-            if old is None:
-                raise ValueError(f"the history to resume has no `{key}`; it cannot be continued.")
-            if old.shape != value.shape or not np.array_equal(old, value):
-                raise ValueError(
-                    f"`resume`: the history was recorded on other {key.replace('x_', '')} "
-                    f"points (shape {old.shape}) than those given (shape {value.shape}); "
-                    "pass the same points (or the same count, data and seed)."
-                )
-        for key in ("wasserstein_p", "spectrum", "log_spectrum"):
-            if key in loaded.meta and loaded.meta[key] != getattr(self, key):
-                raise ValueError(
-                    f"`resume`: the history was recorded with {key}={loaded.meta[key]!r}; "
-                    f"received {key}={getattr(self, key)!r}. Use the same setting."
-                )
-        if loaded.epochs and "theta_reference" not in loaded.arrays:
-            raise ValueError(
-                "the history to resume lacks its reference kernel (the "
-                "`<stem>_reference.npz` file beside it); it cannot be continued."
-            )
-        return loaded.arrays["x_train"].astype(np.float64), loaded.arrays["x_test"].astype(np.float64)
+            super().__setattr__(name, value)
 
     # ================================================================ hooks
-    def set_model(self, model):
-        previous = getattr(self, "_model", None)
-        if previous is not None and model is not previous and self._live:
-            raise ValueError(
-                f"MetricNTKCallback was given the model {previous.name!r} (at construction "
-                f"or in an earlier fit) and now receives {model.name!r}; one callback "
-                "tracks one model. Create a new callback for the other model."
-            )
+    def set_model(self, model: Any) -> None:
+        self.tracker.use_model(model)
         self._model = model
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self._fit_started = False
         self._offset = 0
         self._last_label = None
-        self._inspect_model()
+        self._chief = is_chief(current_strategy(self.model))
+        self.tracker.write_files = self._chief
+        self.tracker.attach(self.model)
         if not self.history.epochs:
             steps = _optimizer_steps(self.model)
             if steps:
@@ -613,12 +387,12 @@ class MetricNTKCallback(keras.callbacks.Callback):
                     stacklevel=2,
                 )
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self._fit_started:
             return
         self._fit_started = True
         last = self.history.last_epoch
-        if self._live and last is not None and epoch == 0:
+        if self.tracker.live and last is not None and epoch == 0:
             # another fit of the same training (cymetric's train_model calls fit twice per
             # epoch): the numbering continues, and the weights may have moved in between
             self._offset = last
@@ -627,448 +401,61 @@ class MetricNTKCallback(keras.callbacks.Callback):
         if last is not None and epoch == 0 and last > 0:
             self._offset = last  # a fit restarted at epoch 0 continues the numbering
         elif last is not None and epoch < last:
-            dropped = self.history.truncate(epoch)
+            dropped = self.tracker.truncate(epoch)
             if dropped:
                 warnings.warn(
                     f"MetricNTKCallback: training resumes at epoch {epoch}; the records of "
                     f"epochs {dropped} (after the resume point) are dropped.",
                     stacklevel=2,
                 )
-                self._theta_last = None
         label = epoch + self._offset
         if label in self.history.epochs:
-            if not self._live:
-                self._check_resume_point(label)
+            if not self.tracker.live:
+                self.tracker.check_resume_point(label)
         else:
-            self._record(label, None)
+            self.tracker.record(label)
         self._last_label = label
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         label = epoch + 1 + self._offset
         self._last_label = label
         if label % self.every == 0 and label not in self.history.epochs:
-            self._record(label, logs)
+            self.tracker.record(label, logs=logs)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         if self.track_last and self._last_label is not None and self._last_label not in self.history.epochs:
-            self._record(self._last_label, None)
-        if self.log_dir is not None and len(self.history):
-            self._write_image()
-        if self._writer is not None:
-            self._writer.flush()  # kept open: one event file per training, across fit calls
+            self.tracker.record(self._last_label)
+        if self.writer is not None and self._chief:
+            if len(self.history):
+                self.writer.write_figure(self.history)
+            self.writer.flush()  # kept open: one event file per training, across fit calls
 
-    def close(self):
+    def close(self) -> None:
         """Close the TensorBoard writer (it is also closed when the callback is collected)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self.writer is not None:
+            self.writer.close()
 
-    # ============================================================ internals
-    def _input_dtype(self):
-        inputs = getattr(self.model, "inputs", None)
-        try:
-            if inputs:
-                return keras.backend.standardize_dtype(inputs[0].dtype)
-        except (AttributeError, TypeError, ValueError):
-            pass
-        return keras.backend.standardize_dtype(getattr(self.model, "compute_dtype", keras.config.floatx()))
 
-    def _call_model(self, x):
-        x = keras.ops.convert_to_tensor(np.array(x, copy=True), dtype=self._input_dtype())
-        return self.model(x, training=False)
+_MEASURE_FIELDS = frozenset(defaults(MeasureOptions))
+_TRACKER_FIELDS = frozenset({"signal_fn", "ntk_fn", "ntk_kwargs", "verbose", "on_error"})
 
-    def _inspect_model(self):
-        """Find the output kind (metric or vector) and m; clear errors for bad models/points."""
-        if self.model is None:
-            raise ValueError("MetricNTKCallback has no model: use it in `model.fit(..., callbacks=[...])`.")
-        d = self.x_train.shape[1]
-        width = None
-        inputs = getattr(self.model, "inputs", None)
-        try:
-            if inputs and len(inputs) == 1 and inputs[0].shape[-1] is not None:
-                width = int(inputs[0].shape[-1])
-        except (AttributeError, TypeError, ValueError):
-            width = None
-        if width is not None and width != d:
-            raise ValueError(
-                f"`train_points`/`test_points` must have the model's input width d={width} "
-                f"(shape (P, {width})); received points of shape {self.x_train.shape}."
-            )
-        try:
-            out = self._call_model(self.x_train[:2])
-        except Exception as err:  # noqa: BLE001 - re-raised with context
-            raise ValueError(
-                f"MetricNTKCallback could not call the model on `train_points` of shape "
-                f"{self.x_train.shape} (width d={d}) with training=False: "
-                f"{type(err).__name__}: {err}. The points must be valid model inputs "
-                "(shape (P, d) with the model's d)."
-            ) from err
-        if isinstance(out, (list, tuple, dict)):
-            raise ValueError(
-                "MetricNTKCallback needs a model with one output, a metric (complex (B, n, n)) "
-                f"or a vector (real (B, m)); received a {type(out).__name__} of outputs."
-            )
-        shape = tuple(out.shape)
-        dtype = keras.backend.standardize_dtype(out.dtype)
-        if dtype.startswith("complex") and len(shape) == 3 and shape[1] == shape[2]:
-            g = np.asarray(keras.ops.convert_to_numpy(out))
-            asym = float(np.max(np.abs(g - np.conj(np.swapaxes(g, -1, -2)))))
-            scale = max(float(np.max(np.abs(g))), np.finfo(np.float64).tiny)
-            if asym > 1e3 * np.finfo(g.real.dtype).eps * scale:
-                # not hermitian (e.g. cymetric's MatrixFSModel): Re and Im of every entry
-                kind, m = "complex", 2 * shape[1] * shape[2]
-            else:
-                kind, m = "metric", shape[1] * shape[2]
-        elif dtype.startswith(("float", "bfloat")) and len(shape) == 2:
-            kind, m = "vector", shape[1]
-        else:
-            raise ValueError(
-                "MetricNTKCallback needs a model whose output is a metric (complex (B, n, n), "
-                "cymetric's signature) or a vector (real (B, m)); received output of dtype "
-                f"{dtype} and shape {shape}. Wrap the model so that it returns one of these."
-            )
-        prev = self.history.meta.get("m")
-        if prev is not None and int(prev) != m:
-            raise ValueError(
-                f"`resume`: the history was recorded for a model with m={prev} components; this model has m={m}."
-            )
-        if self._train_targets is not None and self._train_targets.shape[1] != m:
-            raise ValueError(
-                f"`train_targets` must have m={m} components per point (the model's "
-                f"{'metric components n*n' if kind == 'metric' else 'outputs'}); received "
-                f"shape {self._train_targets.shape}."
-            )
-        self._output_kind, self._m = kind, m
-        self.history.meta.update({"output_kind": kind, "m": m})
 
-    def _engine(self):
-        if self.ntk_fn is not None:
-            return self.ntk_fn
-        try:
-            from cyntk.kernels import metric_ntk
-        except ImportError as err:
-            raise ImportError(
-                "MetricNTKCallback needs cyntk.kernels.metric_ntk (the empirical "
-                f"metric-NTK engine), which could not be imported: {err}."
-            ) from err
-        return metric_ntk
-
-    def _kernel(self) -> np.ndarray:
-        """Theta (P, P, m, m) on the train then test points (float64 copy)."""
-        x = np.concatenate([self.x_train, self.x_test], axis=0)  # a fresh copy
-        kwargs = dict(self.ntk_kwargs)
-        if self._output_kind == "complex" and self.ntk_fn is None:
-            kwargs.setdefault("output", "complex")
-        theta = self._engine()(self.model, x, **kwargs)
-        if self.ntk_fn is None and "ntk_path" not in self.history.meta:
-            from cyntk.kernels import metric_ntk_path
-
-            path = metric_ntk_path(
-                self.model, **{k: v for k, v in kwargs.items() if k in ("chunk_size", "implementation", "output")}
-            )
-            if path is not None:
-                self.history.meta["ntk_path"] = path
-                if self.verbose:
-                    print(f"MetricNTKCallback: metric-NTK computed by the {path} path")
-        theta = np.asarray(theta.numpy() if hasattr(theta, "numpy") else theta)
-        self._kernel_dtype = theta.dtype if theta.dtype in (np.float32, np.float64) else np.float64
-        p = len(x)
-        if theta.shape != (p, p, self._m, self._m):
-            raise RuntimeError(
-                f"the NTK engine returned shape {theta.shape}; expected (P, P, m, m) = "
-                f"({p}, {p}, {self._m}, {self._m})."
-            )
-        return theta
-
-    def _split(self, theta):
-        p = len(self.x_train)
-        return {"train_train": theta[:p, :p], "test_test": theta[p:, p:], "train_test": theta[:p, p:]}
-
-    def _spectra(self, blocks) -> dict:
-        out = {}
-        for b in BLOCKS:
-            out[f"pooled_{b}"] = pooled_block_spectrum(blocks[b], self._kinds[b], symmetric=b in _SYMMETRIC)
-        for b in _SYMMETRIC:
-            out[f"full_{b}"] = full_spectrum(blocks[b])
-        return out
-
-    def _log_floors(self, ref_spectra) -> dict:
-        floors = self.history.meta.get("log_floors")
-        if floors is None:
-            floors = {
-                k: self.log_floor * max(float(np.max(np.abs(v))), np.finfo(np.float64).tiny)
-                for k, v in ref_spectra.items()
-            }
-            self.history.meta["log_floors"] = floors
-        return floors
-
-    def _record(self, label: int, logs):
-        """One record; a failure is recorded, warned about and training goes on (``on_error``)."""
-        if self.on_error == "raise":
-            self._record_now(label, logs)
-            return
-        try:
-            self._record_now(label, logs)
-        except Exception as err:  # noqa: BLE001 - never kill the user's training (on_error="warn")
-            message = f"{type(err).__name__}: {err}"
-            self.history.meta.setdefault("errors", []).append({"epoch": int(label), "error": message})
-            warnings.warn(
-                f"MetricNTKCallback: the record of epoch {label} failed and is skipped "
-                f"({message}); training goes on. Pass on_error='raise' to stop instead.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            if logs is not None:
-                logs["ntk_failed"] = 1.0
-                for k in self.log_keys:
-                    logs[k] = math.nan
-            if self.history_path is not None and self.history.epochs:
-                try:
-                    self.history.save(self.history_path)
-                except OSError:
-                    pass
-
-    def _record_now(self, label: int, logs):
-        t0 = time.perf_counter()
-        theta = self._kernel()
-        finite = bool(np.all(np.isfinite(theta)))
-        first = not self.history.epochs
-        if not finite:
-            if first:
-                raise FloatingPointError(
-                    "the metric-NTK at the start of training has NaN or inf entries; "
-                    "the model's output or its gradients are not finite."
-                )
-            warnings.warn(
-                f"MetricNTKCallback: the metric-NTK at epoch {label} has NaN or inf entries; "
-                "its measures are recorded as NaN.",
-                stacklevel=2,
-            )
-        theta64 = theta.astype(np.float64)
-        with _single_threaded_blas():
-            scalars, spectra, floors = self._measures(theta64, finite, first)
-        scalars["ntk_seconds"] = time.perf_counter() - t0
-
-        self.history.append(label, scalars, spectra)
-        self._live = True
-        self._theta_last = theta64
-        if self.log_dir is not None:
-            self._write_tensorboard(label, scalars, spectra, floors)
-        if self.history_path is not None:
-            self.history.save(self.history_path)
-            if self.save_kernels:
-                self._save_kernel(label, theta)
-        if logs is not None:
-            for k in self.log_keys:
-                logs[k] = scalars[k]
-        if self.verbose:
-            b, p = self.block, self.wasserstein_p
-            print(
-                f"MetricNTK epoch {label}: W_{p:g}({b})={scalars[f'ntk_wasserstein_{b}']:.4g}, "
-                f"frobenius={scalars[f'ntk_frobenius_{b}']:.4g}, "
-                f"kernel distance={scalars[f'ntk_kernel_distance_{b}']:.4g} "
-                f"({scalars['ntk_seconds']:.2f} s)"
-            )
-
-    def _measures(self, theta64, finite, first):
-        """Spectra and every scalar measure of one kernel (float64 (P, P, m, m))."""
-        blocks = self._split(theta64)
-        if finite:
-            spectra = self._spectra(blocks)
-        else:
-            spectra = {k: np.full_like(v[0], np.nan) for k, v in self.history.spectra.items()}
-        if first:
-            self.history.arrays["theta_reference"] = theta64.astype(self._kernel_dtype)
-            self._ref64 = theta64
-            ref_spectra, prev_spectra = spectra, spectra
-            prev_theta = theta64
-        else:
-            ref_spectra = {k: v[0] for k, v in self.history.spectra.items()}
-            prev_spectra = {k: v[-1] for k, v in self.history.spectra.items()}
-            prev_theta = self._theta_last
-        if self._ref64 is None:
-            self._ref64 = self.history.arrays["theta_reference"].astype(np.float64)
-        ref_blocks = self._split(self._ref64)
-        prev_blocks = self._split(prev_theta) if prev_theta is not None else None
-
-        scalars = {}
-        p = self.wasserstein_p
-        floors = self._log_floors(ref_spectra) if self.log_spectrum else None
-        for b in BLOCKS:
-            s, s0 = spectra[f"pooled_{b}"], ref_spectra[f"pooled_{b}"]
-            scalars[f"ntk_wasserstein_{b}"] = _nan_safe(wasserstein, s, s0, p)
-            scalars[f"ntk_wasserstein_step_{b}"] = _nan_safe(wasserstein, s, prev_spectra[f"pooled_{b}"], p)
-            if self.log_spectrum:
-                f = floors[f"pooled_{b}"]
-                scalars[f"ntk_log_wasserstein_{b}"] = _nan_safe(
-                    lambda u, v: wasserstein(log_spectrum(u, f), log_spectrum(v, f), p), s, s0
-                )
-            scalars[f"ntk_frobenius_{b}"] = _nan_safe(relative_frobenius_change, blocks[b], ref_blocks[b])
-            scalars[f"ntk_frobenius_step_{b}"] = (
-                _nan_safe(relative_frobenius_change, blocks[b], prev_blocks[b]) if prev_blocks else math.nan
-            )
-            scalars[f"ntk_kernel_distance_{b}"] = _nan_safe(kernel_distance, blocks[b], ref_blocks[b])
-            scalars[f"ntk_norm_{b}"] = float(np.linalg.norm(blocks[b].reshape(-1)))
-        for b in _SYMMETRIC:
-            s, s0 = spectra[f"full_{b}"], ref_spectra[f"full_{b}"]
-            scalars[f"ntk_full_wasserstein_{b}"] = _nan_safe(wasserstein, s, s0, p)
-            scalars[f"ntk_full_wasserstein_step_{b}"] = _nan_safe(wasserstein, s, prev_spectra[f"full_{b}"], p)
-            if self.log_spectrum:
-                f = floors[f"full_{b}"]
-                scalars[f"ntk_full_log_wasserstein_{b}"] = _nan_safe(
-                    lambda u, v: wasserstein(log_spectrum(u, f), log_spectrum(v, f), p), s, s0
-                )
-        scalars.update(self._alignments(blocks["train_train"]))
-        return scalars, spectra, floors
-
-    def _alignments(self, theta_tt) -> dict:
-        out = {}
-        if self._train_targets is not None:
-            y = self._train_targets
-            out["ntk_target_alignment"] = _nan_safe(kernel_target_alignment, theta_tt, y)
-            pred = self._components(self._call_model(self.x_train))
-            out["ntk_residual_alignment"] = _nan_safe(kernel_target_alignment, theta_tt, pred - y)
-        if self.signal_fn is not None:
-            sig = self.signal_fn(self.model, np.array(self.x_train, copy=True))
-            sig = np.asarray(sig.numpy() if hasattr(sig, "numpy") else sig)
-            if np.iscomplexobj(sig) and sig.ndim == 3:
-                sig = self._components(sig)
-            if sig.shape != (len(self.x_train), self._m):
-                raise ValueError(
-                    f"`signal_fn` must return shape (P_train, m) = ({len(self.x_train)}, "
-                    f"{self._m}); received shape {sig.shape}."
-                )
-            out["ntk_signal_alignment"] = _nan_safe(kernel_target_alignment, theta_tt, sig)
-        return out
-
-    def _components(self, out) -> np.ndarray:
-        arr = np.asarray(keras.ops.convert_to_numpy(out))
-        if np.iscomplexobj(arr):
-            from cyntk.geometry import components_from_hermitian
-
-            arr = components_from_hermitian(arr)
-        return arr.astype(np.float64)
-
-    # --------------------------------------------------------- TensorBoard
-    def _tb_dir(self) -> Path:
-        return self.log_dir / _SUBDIR
-
-    def _get_writer(self):
-        if self._writer is None:
-            import tensorflow as tf
-
-            path = self._tb_dir()
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise OSError(f"`log_dir`={str(self.log_dir)!r} cannot be written ({err}).") from err
-            self._writer = tf.summary.create_file_writer(str(path))
-        return self._writer
-
-    def _write_tensorboard(self, label, scalars, spectra, floors):
-        """Scalars and spectrum histograms of one record (tensors written directly).
-
-        The summaries are the same as ``tf.summary.scalar`` / ``tf.summary.histogram``
-        write (TensorBoard's scalar and histogram plugins: a float32 scalar, and a
-        float64 (buckets, 3) array of [left edge, right edge, count]), but the
-        buckets are computed in NumPy, which is ~5x cheaper than the eager ops.
-        """
-        import tensorflow as tf
-        from tensorboard.plugins.histogram import metadata as histogram_metadata
-        from tensorboard.plugins.scalar import metadata as scalar_metadata
-
-        writer = self._get_writer()
-        scalar_md = scalar_metadata.create_summary_metadata(display_name=None, description=None)
-        hist_md = histogram_metadata.create_summary_metadata(display_name=None, description=None)
-        with writer.as_default():
-            for k, v in scalars.items():
-                tf.summary.write(f"metric_ntk/{k}", tf.constant(v, tf.float32), step=label, metadata=scalar_md)
-            for name, s in spectra.items():
-                if np.all(np.isfinite(s)):
-                    tf.summary.write(
-                        f"metric_ntk_spectrum/{name}",
-                        _histogram_buckets(s, self.histogram_bins),
-                        step=label,
-                        metadata=hist_md,
-                    )
-                    if floors is not None:
-                        tf.summary.write(
-                            f"metric_ntk_log_spectrum/{name}",
-                            _histogram_buckets(log_spectrum(s, floors[name]), self.histogram_bins),
-                            step=label,
-                            metadata=hist_md,
-                        )
-        writer.flush()
-        if self.image_every is not None and len(self.history) % self.image_every == 0:
-            self._write_image()
-
-    def _write_image(self):
-        import tensorflow as tf
-
-        from cyntk.callbacks.plotting import figure_to_rgba, plot_figure4
-
-        label = self.history.last_epoch
-        if label is None or self._last_image == label:
-            return
-        fig = plot_figure4(self.history, self.block, figsize=(9, 3.5))
-        image = figure_to_rgba(fig, dpi=80)
-        writer = self._get_writer()
-        with writer.as_default():
-            tf.summary.image(
-                f"metric_ntk_figure/{self.block}",
-                image,
-                step=label,
-                description="metric-NTK spectrum at the first vs latest record, and W_p to "
-                "epoch 0 (Figure 4 of arXiv:2310.19870)",
-            )
-        writer.flush()
-        self._last_image = label
-
-    # ----------------------------------------------------------- kernels
-    def _save_kernel(self, label, theta):
-        from cyntk.geometry import atomic_write
-
-        path = self.history_path.parent / "kernels" / f"epoch_{label:06d}.npz"
-        atomic_write(
-            path,
-            lambda fh: np.savez(fh, theta=theta, x_train=self.x_train, x_test=self.x_test, epoch=np.int64(label)),
-            "wb",
+def _grouped(cls: type, given: Any, name: str, **flat: Any) -> Any:
+    """An options object from ``given`` or from the individual keywords (not both)."""
+    if given is None:
+        return cls(**flat)
+    if not isinstance(given, cls):
+        raise TypeError(f"`{name}` must be a {cls.__name__}; received {type(given).__name__}.")
+    changed = sorted(k for k, v in flat.items() if v != defaults(cls)[k])
+    if changed:
+        raise TypeError(
+            f"pass either `{name}={cls.__name__}(...)` or the keywords {changed}, not both "
+            f"(the {cls.__name__} already sets them)."
         )
-
-    def _check_resume_point(self, label):
-        """At a resume point the kernel should be the one recorded there (weights restored).
-
-        Compared with the last kernel when this callback computed it (a second
-        ``fit`` call), else with the spectra recorded at ``label`` (a callback
-        resumed from a file); the current kernel becomes the "previous" one of
-        the step measures.
-        """
-        if label != self.history.last_epoch:
-            return
-        now = self._kernel().astype(np.float64)
-        if not np.all(np.isfinite(now)):
-            change = math.inf
-        elif self._theta_last is not None:
-            change = relative_frobenius_change(now, self._theta_last)
-        else:
-            with _single_threaded_blas():
-                spectra = self._spectra(self._split(now))
-            change = max(
-                float(np.max(np.abs(spectra[k] - self.history.spectra[k][-1])))
-                / max(float(np.max(np.abs(self.history.spectra[k][-1]))), np.finfo(float).tiny)
-                for k in spectra
-            )
-        if change > 1e-4:
-            warnings.warn(
-                f"MetricNTKCallback: resuming at epoch {label}, but the model's metric-NTK differs "
-                f"from the one recorded at that epoch (relative change {change:.3g}); were the "
-                "weights restored from the checkpoint of that epoch?",
-                stacklevel=2,
-            )
-        self._theta_last = now
+    return given
 
 
-def _optimizer_steps(model) -> int:
+def _optimizer_steps(model: Any) -> int:
     """How many steps the model's optimizer has taken (0 if unknown / not compiled)."""
     opt = getattr(model, "optimizer", None)
     it = getattr(opt, "iterations", None)
@@ -1076,56 +463,3 @@ def _optimizer_steps(model) -> int:
         return int(it.numpy()) if it is not None else 0
     except Exception:  # noqa: BLE001 - any optimizer without a readable step count
         return 0
-
-
-def _histogram_buckets(values, bins: int) -> np.ndarray:
-    """TensorBoard histogram tensor: float64 (bins, 3) rows [left edge, right edge, count].
-
-    Same convention as ``tf.summary.histogram``: ``bins`` equal-width buckets
-    from min to max (the last one closed); all values equal -> every edge at
-    that value and the whole count in the last bucket.
-    """
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    lo, hi = float(v.min()), float(v.max())
-    if hi == lo:
-        out = np.zeros((bins, 3))
-        out[:, :2] = lo
-        out[-1, 2] = v.size
-        return out
-    idx = np.minimum(np.floor((v - lo) / ((hi - lo) / bins)).astype(np.int64), bins - 1)
-    counts = np.bincount(idx, minlength=bins).astype(np.float64)
-    edges = np.linspace(lo, hi, bins + 1)
-    edges[-1] = hi
-    return np.stack([edges[:-1], edges[1:], counts], axis=1)
-
-
-_BLAS_CONTROLLER = []
-
-
-def _single_threaded_blas():
-    """Context limiting NumPy's BLAS/LAPACK to one thread (a no-op without threadpoolctl).
-
-    The spectra are many small eigenproblems (m**2 blocks of P x P, P ~ 10-100),
-    for which BLAS thread start-up and contention with the training threads cost
-    far more than they save (measured: 81 eigvals of 100 x 100 take 0.4 s on one
-    thread and 3-8 s on two busy cores).
-    """
-    import contextlib
-
-    if not _BLAS_CONTROLLER:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS_CONTROLLER.append(ThreadpoolController())
-        except Exception:  # noqa: BLE001 - threadpoolctl is optional (it comes with scikit-learn)
-            _BLAS_CONTROLLER.append(None)
-    ctl = _BLAS_CONTROLLER[0]
-    return contextlib.nullcontext() if ctl is None else ctl.limit(limits=1, user_api="blas")
-
-
-def _nan_safe(fn, *args):
-    """``fn(*args)``, or NaN when an array argument is not finite (diverged training)."""
-    for a in args:
-        if isinstance(a, np.ndarray) and not np.all(np.isfinite(a)):
-            return math.nan
-    return float(fn(*args))
