@@ -34,15 +34,8 @@ from cyntk.models.losses import (
     volk_loss,
     volk_measure,
 )
-from cyntk.models.models import (
-    LOSS_TERMS,
-    MEASURES,
-    NONFINITE_POLICIES,
-    FSModel,
-    MetricModel,
-    MultiplicativeModel,
-    PhiModel,
-)
+from cyntk.models.metric_model import LOSS_TERMS, MEASURES, NONFINITE_POLICIES, MetricModel
+from cyntk.models.models import FSModel, MultiplicativeModel, PhiModel
 
 __all__ = [
     "FSModel",

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from cyntk.models._spec import manifold_spec
-from cyntk.models.models import MEASURES, MetricModel
+from cyntk.models.metric_model import MEASURES, MetricModel
 
 if TYPE_CHECKING:
     from cyntk.geometry.dataset import CYDataset
