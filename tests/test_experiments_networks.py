@@ -93,7 +93,7 @@ def test_table1_markdown_has_one_row_per_kernel_and_dashes_where_the_paper_gives
     )
     lines = table.splitlines()
     assert len([ln for ln in lines if ln.startswith("| ") and "kernel" not in ln]) == 4
-    assert "Δt 0.5·0.60^s" in table and "2e11" in table
+    assert "Δt 0.5·0.60^s" in table and "2.0e11" in table
     assert "not positive-definite at step 7" in table
     gauss = next(ln for ln in lines if ln.startswith("| Gaussian, σ searched"))
     assert gauss.count("| — |") == 1 and "— | — |" in gauss

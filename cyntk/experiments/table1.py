@@ -252,7 +252,7 @@ def run_table1(
 def _gain(g: float) -> str:
     if not np.isfinite(g):
         return "n/a"
-    return f"{g:.3g}" if 0.01 <= g < 1e4 else f"{g:.2g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+    return f"{g:.3g}" if 0.01 <= g < 1e4 else f"{g:.1e}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
 
 
 def _schedule(res: dict[str, Any]) -> str:
