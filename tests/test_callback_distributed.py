@@ -104,3 +104,84 @@ def test_mirrored_strategy_records_the_same_kernel_once(tmp_path):
         assert a.dtype == b.dtype == np.float64
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10 * np.abs(a).max())
     assert plain["epochs"] == mirrored["epochs"]
+
+
+WORKER = textwrap.dedent(
+    r"""
+    import json, os, sys
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # the cluster comes from TF_CONFIG
+    import keras
+    import numpy as np
+
+    from cyntk.callbacks import MetricNTKCallback
+
+    x = np.random.default_rng(0).standard_normal((8, 5))
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((5,), dtype="float64"), keras.layers.Dense(16, activation="tanh", dtype="float64"),
+             keras.layers.Dense(2, dtype="float64")]
+        )
+    # model=: the reference kernel is recorded (and, on the chief, written) right away
+    cb = MetricNTKCallback(x[:4], x[4:8], log_dir=sys.argv[1], save_kernels=True, model=model)
+    theta = cb.tracker.last_record.theta
+    print("RESULT " + json.dumps({"pid": os.getpid(), "epochs": cb.history.epochs, "theta": theta.tolist()}))
+    """
+)
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multi_worker_only_the_chief_writes(tmp_path):
+    """Two MultiWorkerMirroredStrategy workers on localhost: both compute the same kernel, only worker 0 writes.
+
+    (Keras 3.15's ``fit`` under this strategy fails on numpy and tf.data input alike before any callback
+    runs, so the record is made through ``model=``, outside ``fit``.)
+    """
+    import numpy as np
+
+    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    procs = []
+    for index in (0, 1):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(tmp_path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        assert proc.returncode == 0, err[-3000:]
+        line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT ") :]))
+    chief, other = results
+    assert chief["epochs"] == other["epochs"] == [0]
+    np.testing.assert_array_equal(np.asarray(chief["theta"]), np.asarray(other["theta"]))
+    run_dir = tmp_path / "metric_ntk"
+    events = list(run_dir.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and f".{chief['pid']}." in events[0].name  # written by the chief only
+    assert sorted(p.name for p in (run_dir / "kernels").iterdir()) == ["epoch_000000.npz"]
+    assert not list(run_dir.glob("history.*.npz"))  # the non-chief did not set an older history aside
