@@ -38,7 +38,10 @@ def test_groups_and_flat_keywords_build_the_same_model(x):
     assert a.guard == b.guard and a.chunking == b.chunking
     # defaults: the documented values
     d = KernelModel(k, x, M)
-    assert d.guard == PositivityGuard() and d.guard.on_non_positive == "raise" and d.chunking.tile_size == 256
+    assert d.guard == PositivityGuard() and d.guard.on_non_positive == "raise" and d.chunking.tile_size is None
+    # no tile size given: the engine's own (TensorFlow tiles: 1024 points on a CPU; NumPy: 256)
+    assert d.chunking.engine == "tf" and d.tile_size == 1024 and d._product.engine == "tf"
+    assert KernelModel(k, x, M, engine="numpy").tile_size == 256
 
 
 def test_config_round_trip_keeps_the_groups(x):

@@ -5,7 +5,10 @@ Public API:
 * :class:`KernelModel` -- frozen-kernel metric flows (paper eq. 3.5) through
   Keras ``compile``/``fit``/``evaluate``/``predict``; :class:`NonPositiveMetricError`.
 * :class:`PositivityGuard`, :class:`Chunking` -- its option groups.
-* :class:`KernelProduct` -- the tiled kernel-vector product engine underneath.
+* :class:`TFKernelProduct` -- the kernel-vector product engine underneath
+  (XLA-compiled TensorFlow tiles on any device, sharded across the replicas
+  of a ``tf.distribute`` strategy); :class:`KernelProduct` -- the NumPy
+  reference engine; :class:`WorkerLostError` -- a lost worker during a flow.
 * :class:`KernelFlowODE`, :func:`integrate_flow`, :func:`stability_limit` --
   the continuous-time flow (paper eq. 2.12) with adaptive or fixed steps;
   :func:`integrate_ode`, :data:`ODE_METHODS` -- the integrators.
@@ -21,6 +24,7 @@ Public API:
   network's own NTK flow by gradient descent on a flow's loss.
 """
 
+from cyntk.flows.distribute import WorkerLostError
 from cyntk.flows.kahler import FLOWS, FUNCTIONALS, FlowSpec, flow_loss, flow_velocity, functional_value, kahler_measures
 from cyntk.flows.kernel_model import KernelModel, NonPositiveMetricError
 from cyntk.flows.local import kernel_flow_velocity, local_flow_velocity, loss_gradient, sigma_sweep
@@ -31,6 +35,7 @@ from cyntk.flows.phi_flow import PhiFlow
 from cyntk.flows.product import KernelProduct
 from cyntk.flows.search import FlowSearchResult, flow_search
 from cyntk.flows.solvers import ODE_METHODS, integrate_ode
+from cyntk.flows.tf_product import TFKernelProduct
 
 __all__ = [
     # frozen-kernel flows
@@ -39,6 +44,8 @@ __all__ = [
     "PositivityGuard",
     "Chunking",
     "KernelProduct",
+    "TFKernelProduct",
+    "WorkerLostError",
     "flow_search",
     "FlowSearchResult",
     # continuous time

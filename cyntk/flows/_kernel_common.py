@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cyntk.flows.distribute import all_min, replica_context
 from cyntk.flows.options import NON_POSITIVE_POLICIES  # noqa: F401  (one definition, used by KernelModel)
 from cyntk.models._tf import to_numpy
 
@@ -63,13 +64,18 @@ class _MinMetric(keras.metrics.Metric):
 
     def __init__(self, name="min_eigenvalue", dtype="float64"):
         super().__init__(name=name, dtype=dtype)
+        # under a tf.distribute strategy every replica assigns the same (all-gathered) minimum
         self.value = self.add_variable(
-            shape=(), initializer=keras.initializers.Constant(np.inf), dtype=dtype, name="value"
+            shape=(),
+            initializer=keras.initializers.Constant(np.inf),
+            dtype=dtype,
+            aggregation="only_first_replica",
+            name="value",
         )
 
     def update_state(self, values, sample_weight=None):
         values = tf.cast(values, self.dtype)
-        self.value.assign(tf.minimum(self.value, tf.reduce_min(values)))
+        self.value.assign(tf.minimum(self.value, all_min(replica_context(), values)))
 
     def result(self):
         return self.value

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyntk.flows._kernel_common import _MARKER, _check_sample_weight
+from cyntk.flows.distribute import WorkerLostError, multi_worker
 from cyntk.models._tf import encode_args, encode_float64, marked_message, to_numpy
 
 
@@ -76,6 +77,19 @@ class _KerasEntryPoints:
             **kwargs,
         )
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras hook before fit/evaluate under a strategy: only the optimizer's variables are missing.
+
+        A KernelModel is built by its constructor. Keras' own version first
+        averages a data batch over the replicas, which fails for the int64 bit
+        patterns of float64 inputs under MultiWorkerMirroredStrategy.
+        """
+        if self._distribute_strategy is None:
+            return
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     def get_compile_config(self):
         """The optimizer and step settings of :meth:`compile` (Keras' saving hook)."""
         return super().get_compile_config()
@@ -124,6 +138,17 @@ class _KerasEntryPoints:
         msg = marked_message(err, _MARKER)
         if msg is not None:
             raise ValueError(msg) from err
+        lost = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+        if isinstance(err, lost) and self.distribute_strategy.num_replicas_in_sync > 1:
+            first = str(err).strip().splitlines()
+            raise WorkerLostError(
+                f"a worker or device of the {type(self.distribute_strategy).__name__} stopped answering during "
+                f"the flow ({type(err).__name__}: {first[0] if first else ''}). The update of the unfinished step "
+                f"was not applied anywhere (it needs every replica's shard); {int(self.optimizer.iterations.numpy())} "
+                "steps were completed. To resume from the last completed epoch, restart every worker with the same "
+                "TF_CONFIG and keras.callbacks.BackupAndRestore(backup_dir) among fit's callbacks (its backup "
+                "holds the flow's state: alpha, u_train and the optimizer)."
+            ) from err
         raise err
 
     @contextlib.contextmanager
@@ -204,6 +229,13 @@ class _KerasEntryPoints:
         self.check_data(x)
         try:
             with self._running():
+                if multi_worker(self.distribute_strategy) and to_numpy(x) is not None:
+                    # Keras gathers predictions across workers with collectives that have no complex
+                    # dtype: every worker predicts all the points itself (its own replica, no exchange)
+                    xa = np.asarray(to_numpy(x), dtype=np.float64)
+                    size = kwargs.get("batch_size") or (args[0] if args else None) or 32
+                    parts = [self(tf.constant(xa[s : s + size]), training=False) for s in range(0, len(xa), size)]
+                    return np.concatenate([np.asarray(p) for p in parts], axis=0)
                 return super().predict(encode_float64(x), *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)

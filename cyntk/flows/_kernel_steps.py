@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from cyntk.flows._kernel_common import _MARKER, NonPositiveMetricError
-from cyntk.flows.product import RowIndex, min_eigenvalues
+from cyntk.flows.distribute import all_reduce_sum, local_device, replica_context, shard_of
+from cyntk.flows.product import RowIndex, default_threads, min_eigenvalues
 from cyntk.geometry import fs_nearest, to_complex
 from cyntk.models._tf import mark
 
@@ -109,14 +110,16 @@ class _FlowSteps:
         # grad_alpha = -dL/dg at the batch points: SGD(dt) gives alpha += dt dL/dg, i.e. (3.5)
         grad = tf.scatter_nd(idx[:, None], -dl_dg, tf.shape(self.alpha, out_type=tf.int64))
         alpha_old = tf.identity(self.alpha)
-        self.optimizer.apply([grad], [self.alpha])
+        self.optimizer.apply([grad], [self.alpha])  # under a strategy: the replicas' gradients summed
         delta = tf.convert_to_tensor(self.alpha) - alpha_old
-        scale, du, eig, backoffs = tf.py_function(
-            self._np_commit_dual,
-            [delta, self.u_train, self.optimizer.iterations],
-            [tf.float64, tf.float64, tf.float64, tf.float64],
+        # the kernel product of the update: this replica's shard of the tiles, summed over replicas
+        ctx = replica_context()
+        rid, n_rep = shard_of(ctx)
+        du = tf.py_function(lambda d, r: self._np_dual_product(d, r, n_rep), [delta, rid], tf.float64)
+        du = all_reduce_sum(ctx, tf.ensure_shape(du, [self.n_train, self.m]))
+        scale, eig, backoffs = tf.py_function(
+            self._np_commit_dual, [delta, du, self.u_train, self.optimizer.iterations], [tf.float64] * 3
         )
-        du = tf.ensure_shape(du, [None, self.m])
         scale, backoffs = tf.reshape(scale, []), tf.reshape(backoffs, [])
         # scale 0 (refused step) keeps alpha exactly, even if the update was not finite
         self.alpha.assign(tf.where(scale > 0, alpha_old + scale * delta, alpha_old))
@@ -126,9 +129,12 @@ class _FlowSteps:
     def _primal_update(self, x, g_batch, dl_dg):
         grads = self._vjp(x, dl_dg)
         old = [tf.identity(v) for v in self.delta_theta]
-        self.optimizer.apply(grads, self.delta_theta)
+        self.optimizer.apply(grads, self.delta_theta)  # under a strategy: the replicas' gradients summed
         deltas = [tf.convert_to_tensor(v) - o for v, o in zip(self.delta_theta, old)]
         dg = self._linearised(x, deltas)[1]
+        ctx = replica_context()
+        if ctx is not None:  # every replica decides on the metrics of every replica's batch points
+            g_batch, dg = ctx.all_gather(g_batch, axis=0), ctx.all_gather(dg, axis=0)
         scale, eig, backoffs = tf.py_function(
             self._np_commit_primal, [g_batch, dg, self.optimizer.iterations], [tf.float64, tf.float64, tf.float64]
         )
@@ -144,22 +150,54 @@ class _FlowSteps:
         except ValueError as err:
             raise ValueError(mark(_MARKER, str(err))) from err
 
-    def _np_commit_dual(self, delta, u_train, step):
-        """Kernel product of the step's update, positive-definiteness policy."""
+    def _skip_dual(self, delta, step):
+        return not self._finite(delta, step) or self._halted or not np.any(delta != 0.0)
+
+    def _no_product(self, delta):
+        """Whether the step's update will be refused or is 0 (no product is needed)."""
+        return not np.all(np.isfinite(delta)) or self._halted or not np.any(delta != 0.0)
+
+    def _np_dual_product(self, delta, replica, n_replicas):
+        """``K delta`` at every train point, or replica ``replica``'s shard of it (one of ``n_replicas``)."""
         delta = np.asarray(delta)
-        u_train = np.asarray(u_train)
         st = self._np_state()
         x, groups = st["x"], st["groups"]
+        if self._no_product(delta):
+            return np.zeros_like(delta)
+        kw = {}
+        if int(n_replicas) > 1:
+            if self.engine != "tf":  # the NumPy engine is not sharded: the first replica computes it all
+                if int(replica) != 0:
+                    return np.zeros_like(delta)
+            else:
+                kw = {"shard": (int(replica), int(n_replicas)), **self._replica_options(int(replica))}
         rows = np.flatnonzero(np.any(delta != 0.0, axis=1))
-        if not self._finite(delta, int(step)) or self._halted or len(rows) == 0:
-            return 0.0, np.zeros_like(u_train), np.array([np.inf]), 0.0
         if self._product.pairwise and len(rows) < len(x):
-            du = self._product.grouped_matvec(x, groups, x[rows], None if groups is None else groups[rows], delta[rows])
-        else:
-            du = self._product.grouped_matvec(x, groups, x, groups, delta, same=True)
+            return self._product.grouped_matvec(
+                x, groups, x[rows], None if groups is None else groups[rows], delta[rows], **kw
+            )
+        return self._product.grouped_matvec(x, groups, x, groups, delta, same=True, **kw)
+
+    def _replica_options(self, replica):
+        """The device and tile workers of a replica's shard (its own device; the cores shared locally)."""
+        strategy = getattr(self, "_distribute_strategy", None) or tf.distribute.get_strategy()
+        device = self.device or local_device(strategy, replica)
+        n_local = max(1, len(getattr(strategy.extended, "worker_devices", ()) or ()))
+        threads = self.chunking.n_threads
+        if threads is None and (device is None or "CPU" in device.upper()):
+            threads = max(1, default_threads() // n_local)
+        return {"device": device, "n_threads": threads}
+
+    def _np_commit_dual(self, delta, du, u_train, step):
+        """Positive-definiteness policy of the step's update ``du = K delta`` at the train points."""
+        delta = np.asarray(delta)
+        u_train = np.asarray(u_train)
+        if self._skip_dual(delta, int(step)):
+            return 0.0, np.array([np.inf]), 0.0
+        du = np.asarray(du)
         g_old = np.asarray(self.g0_train.numpy()) - u_train
         scale, eig, k = self._policy(g_old, -du, int(step))
-        return scale, du, eig, float(k)
+        return scale, eig, float(k)
 
     def _np_commit_primal(self, g_old, dg, step):
         if not self._finite(np.asarray(dg), int(step)) or self._halted:

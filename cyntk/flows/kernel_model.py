@@ -136,8 +136,10 @@ from cyntk.flows._kernel_setup import (
     _serialize_kernel,
 )
 from cyntk.flows._kernel_steps import _FlowSteps
+from cyntk.flows.distribute import all_reduce_sum, multi_worker, replica_context, shard_of
 from cyntk.flows.options import Chunking, PositivityGuard, resolve_group
 from cyntk.flows.product import default_threads
+from cyntk.flows.tf_product import TFKernelProduct, default_tile_size
 from cyntk.geometry import Hypersurface, check_on_variety, to_complex
 from cyntk.kernels.ntk import EmpiricalNTKKernel
 from cyntk.models import losses as L
@@ -212,8 +214,14 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         max_backoffs: largest number of backoffs per step.
         eigenvalue_floor: a metric is valid where its smallest eigenvalue
             exceeds this (>= 0).
-        tile_size: points per tile side of the kernel products.
-        n_threads: threads for kernel tiles (default: available cores).
+        tile_size: largest number of points per tile side of the kernel
+            products (default: the engine's, see :class:`~cyntk.flows.options.Chunking`).
+        n_threads: concurrent tile workers (default: available cores).
+        engine: ``"tf"`` (default: XLA-compiled TensorFlow tiles on any
+            device, split across the replicas of a ``tf.distribute`` strategy
+            when the model is built inside ``strategy.scope()``) or
+            ``"numpy"`` (the single-device reference engine).
+        device: TensorFlow device of the kernel tiles (``engine="tf"``).
         chunk_size: points per chunk of base-metric / network evaluations
             (and of the primal form's Jacobian products) inside a step.
         seed: seed of the clustering.
@@ -256,6 +264,8 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         n_threads=None,
         chunk_size=None,
         point_chunk=None,
+        engine=None,
+        device=None,
         seed=None,
         dtype="float64",
         name=None,
@@ -288,14 +298,25 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             Chunking,
             chunking,
             "chunking",
-            dict(tile_size=tile_size, n_threads=n_threads, chunk_size=chunk_size, point_chunk=point_chunk),
+            dict(
+                tile_size=tile_size,
+                n_threads=n_threads,
+                chunk_size=chunk_size,
+                point_chunk=point_chunk,
+                engine=engine,
+                device=device,
+            ),
             aliases={"point_chunk": "chunk_size"},
         )
         self.on_non_positive = self.guard.on_non_positive
         self.backoff_factor = self.guard.backoff_factor
         self.max_backoffs = self.guard.max_backoffs
         self.eigenvalue_floor = self.guard.eigenvalue_floor
+        self.engine = self.chunking.engine
+        self.device = self.chunking.device
         self.tile_size = self.chunking.tile_size
+        if self.tile_size is None:
+            self.tile_size = 256 if self.engine == "numpy" else default_tile_size(self.device)
         self.n_threads = default_threads() if self.chunking.n_threads is None else self.chunking.n_threads
         self.point_chunk = self.chunking.chunk_size
         self.cluster_batch_size = cluster_batch_size
@@ -320,6 +341,10 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             self._init_from_state(_state, base_metric)
         else:
             self._init_from_data(x_train, base_metric, clusters)
+        if self.engine == "tf":  # the set-up probed the kernel with the NumPy reference engine
+            self._product = TFKernelProduct(
+                self.kernel, self.m, tile_size=self.tile_size, n_threads=self.chunking.n_threads, device=self.device
+            )
         self._create_trackers()
         self._flow_error = None
         self._halted = False
@@ -378,6 +403,16 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         self._term_trackers = {k: keras.metrics.Mean(name=f"{k}_loss", dtype="float64") for k in names}
         self._eig_tracker = _MinMetric(name="min_eigenvalue")
         self._backoff_tracker = keras.metrics.Sum(name="backoffs", dtype="float64")
+
+    def add_weight(self, *args, **kwargs):
+        """Keras' ``add_weight``; the flow's state is the same on every replica of a strategy.
+
+        Every step assigns the same values on every replica (the kernel
+        product is all-reduced before it is applied), so the variables
+        aggregate as ``"only_first_replica"``.
+        """
+        kwargs.setdefault("aggregation", "only_first_replica")
+        return super().add_weight(*args, **kwargs)
 
     def _reset_cache(self):
         self._cache = {}
@@ -575,13 +610,16 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         out["loss"] = total
         return out
 
-    def _reduce(self, per_point, sample_weight):
+    def _reduce(self, per_point, sample_weight, ctx=None):
+        """The objective of the batch; ``ctx``: a replica context whose replicas share the batch."""
         if sample_weight is None:
             s = tf.ones_like(per_point)
         else:
             s = tf.reshape(tf.cast(sample_weight, per_point.dtype), [-1])
         total = tf.reduce_sum(s * per_point)
-        return total if self.reduction == "sum" else total / tf.reduce_sum(s)
+        # "mean": divided by the weight of the whole (global) batch, so that the replicas' summed
+        # gradients are those of one device
+        return total if self.reduction == "sum" else total / all_reduce_sum(ctx, tf.reduce_sum(s))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The objective ``L`` of a batch for metrics ``y_pred`` (B, n, n).
@@ -615,15 +653,18 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         with tf.GradientTape() as tape:
             tape.watch(g_batch)
             terms = self.pointwise_loss(hermitian_from_components_tf(g_batch), x, y)
-            objective = self._reduce(terms["loss"], sample_weight)
+            objective = self._reduce(terms["loss"], sample_weight, replica_context())
         dl_dg = tape.gradient(objective, g_batch)
         if self.form == "dual":
             eig, backoffs = self._dual_update(idx, dl_dg)
         else:
             eig, backoffs = self._primal_update(x, g_batch, dl_dg)
         self._update_trackers(terms, sample_weight, eig)
+        ctx = replica_context()
+        if ctx is not None:  # every replica took the same decision: count it once
+            backoffs = backoffs * tf.cast(tf.equal(shard_of(ctx)[0], 0), backoffs.dtype)
         self._backoff_tracker.update_state(backoffs)
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs(self.metrics)
 
     def test_step(self, data):
         x, y, sample_weight = (decode_float64(v) for v in keras.utils.unpack_x_y_sample_weight(data))
@@ -632,7 +673,14 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         comps = components_from_hermitian_tf(tf.cast(g, tf.complex128))
         eig = tf.reduce_min(tf.math.real(tf.linalg.eigvalsh(hermitian_from_components_tf(comps))), axis=-1)
         self._update_trackers(terms, sample_weight, eig)
-        return {m.name: m.result() for m in self.metrics if m is not self._backoff_tracker}
+        return self._logs([m for m in self.metrics if m is not self._backoff_tracker])
+
+    def _logs(self, metrics):
+        """The step's logs. Across workers Keras averages them over axis 0 (which a scalar lacks):
+        there they are (1,) tensors, the same on every worker, and come back as scalars."""
+        if multi_worker(self.distribute_strategy):
+            return {m.name: tf.reshape(m.result(), [1]) for m in metrics}
+        return {m.name: m.result() for m in metrics}
 
     # ------------------------------------------------------- Keras entry points
     def get_config(self):
@@ -666,8 +714,10 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             "backoff_factor": self.backoff_factor,
             "max_backoffs": self.max_backoffs,
             "eigenvalue_floor": self.eigenvalue_floor,
-            "tile_size": self.tile_size,
+            "tile_size": self.chunking.tile_size,
             "n_threads": self.chunking.n_threads,
+            "engine": self.engine,
+            "device": self.device,
             "chunk_size": self.point_chunk,
             "cluster_batch_size": self.cluster_batch_size,
             "seed": self.seed,

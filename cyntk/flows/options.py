@@ -19,10 +19,12 @@ import numpy as np
 
 from cyntk._validation import one_of, positive_int
 
-__all__ = ["PositivityGuard", "Chunking", "NON_POSITIVE_POLICIES"]
+__all__ = ["PositivityGuard", "Chunking", "NON_POSITIVE_POLICIES", "ENGINES"]
 
 #: Accepted values of ``on_non_positive``.
 NON_POSITIVE_POLICIES = ("raise", "stop", "backoff")
+#: Kernel-product engines: TensorFlow tiles on any device (default), or the NumPy reference.
+ENGINES = ("tf", "numpy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,25 +66,46 @@ class PositivityGuard:
 
 @dataclasses.dataclass(frozen=True)
 class Chunking:
-    """How the kernel products and network evaluations are cut into pieces.
+    """How the kernel products and network evaluations are cut into pieces, and where they run.
 
     Args:
-        tile_size: points per side of a kernel tile (:class:`~cyntk.flows.KernelProduct`).
-        n_threads: worker threads of the tiled products (None: the cores
-            available to this process).
+        tile_size: largest number of points per side of a kernel tile (None:
+            the engine's default, 1024 for TensorFlow tiles on a CPU, 8192 on
+            a GPU, 256 for the NumPy engine).
+        n_threads: concurrent tile workers of a product (None: the cores
+            available to this process; 2 per GPU).
         chunk_size: points per chunk of base-metric and network evaluations
             (the name the kernels use for the same thing).
+        engine: ``"tf"`` (:class:`~cyntk.flows.tf_product.TFKernelProduct`,
+            XLA-compiled TensorFlow tiles on any device, shardable across the
+            replicas of a ``tf.distribute`` strategy) or ``"numpy"`` (the
+            reference :class:`~cyntk.flows.product.KernelProduct`, one device,
+            kept to test the TF engine against).
+        device: TensorFlow device of the tiles (e.g. ``"/GPU:0"``; None:
+            TensorFlow's placement, or each replica's own device under a
+            strategy). ``engine="tf"`` only.
     """
 
-    tile_size: int = 256
+    tile_size: int | None = None
     n_threads: int | None = None
     chunk_size: int = 8192
+    engine: str = "tf"
+    device: str | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "tile_size", positive_int(self.tile_size, "tile_size"))
+        if self.tile_size is not None:
+            object.__setattr__(self, "tile_size", positive_int(self.tile_size, "tile_size"))
         if self.n_threads is not None:
             object.__setattr__(self, "n_threads", positive_int(self.n_threads, "n_threads"))
         object.__setattr__(self, "chunk_size", positive_int(self.chunk_size, "chunk_size"))
+        one_of(self.engine, "engine", ENGINES)
+        if self.device is not None:
+            if not isinstance(self.device, str) or not self.device:
+                raise TypeError(f"`device` must be None or a device name such as '/GPU:0'; received {self.device!r}.")
+            if self.engine != "tf":
+                raise ValueError(
+                    f"`device` needs engine='tf' (the NumPy engine runs on the host); received {self.device!r}."
+                )
 
 
 def resolve_group(cls, group, name: str, flat: dict, aliases: dict | None = None):

@@ -506,6 +506,7 @@ class InfiniteWidthKernel(Kernel):
     positive_semidefinite = True  # NNGP and NTK covariances
     identity_on_same_points = False
     has_tile_api = True  # _block is tile_block(tile_state(x1), tile_state(x2))
+    has_tf_tile = True  # cyntk.flows.tf_tiles has _block as TensorFlow ops
     has_fused_tile_matvec = True
     has_matrix_free_matvec = False
 

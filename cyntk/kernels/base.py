@@ -136,6 +136,15 @@ class Kernel(abc.ABC):
     #: :attr:`matrix_free`. Engines then call ``matvec`` instead of the block.
     has_matrix_free_matvec: bool = False
 
+    #: True when the TensorFlow engine of :class:`~cyntk.flows.kernel_model.KernelModel`
+    #: (:mod:`cyntk.flows.tf_tiles`) has this class's ``_block`` as TensorFlow
+    #: ops (the same formula, to rounding), so its tiles run as XLA-compiled
+    #: functions on any device; otherwise that engine evaluates the NumPy block
+    #: per tile. Declared by GaussianFSKernel, InfiniteWidthKernel (ReLU in the
+    #: 'ntk' parameterisation, or depth 0; other activations fall back),
+    #: CosineNTKKernel and ManifoldGaussianKernel.
+    has_tf_tile: bool = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         own = vars(cls)
@@ -147,6 +156,8 @@ class Kernel(abc.ABC):
                 cls.has_fused_tile_matvec = False
             if "has_matrix_free_matvec" not in own and "matvec" not in own:
                 cls.has_matrix_free_matvec = False
+            if "has_tf_tile" not in own:
+                cls.has_tf_tile = False
 
     # ------------------------------------------------------------ capabilities
     @property

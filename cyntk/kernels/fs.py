@@ -79,6 +79,7 @@ class GaussianFSKernel(Kernel):
     positive_semidefinite = False
     identity_on_same_points = False
     has_tile_api = True  # tile_state / tile_block give exactly _block
+    has_tf_tile = True  # cyntk.flows.tf_tiles has _block as TensorFlow ops
     has_fused_tile_matvec = False
     has_matrix_free_matvec = False
 
@@ -201,6 +202,7 @@ class DeltaKernel(Kernel):
     has_tile_api = False
     has_fused_tile_matvec = False
     has_matrix_free_matvec = True  # matvec copies the nearest neighbour's vector
+    has_tf_tile = False  # not pairwise: the engine calls matvec
 
     def __init__(self, *, threshold: float | None = None, chunk_size: int | None = None):
         self.threshold = None if threshold is None else nonnegative_float(threshold, "threshold")

@@ -136,6 +136,7 @@ class InfiniteWidthMetricKernel(Kernel):
     has_tile_api = False
     has_fused_tile_matvec = False
     has_matrix_free_matvec = False
+    has_tf_tile = False  # NumPy blocks per tile
 
     def __init__(self, model, network_kernel: Kernel | None = None, *, patch_normalised: bool = True):
         if getattr(model, "network", None) is None or not callable(getattr(model, "fs_metric", None)):

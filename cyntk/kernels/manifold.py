@@ -95,6 +95,7 @@ class ManifoldGaussianKernel(Kernel):
     positive_semidefinite = True  # h(x) h(x') times a Gaussian of a Euclidean distance
     identity_on_same_points = False
     has_tile_api = False
+    has_tf_tile = True  # cyntk.flows.tf_tiles has _block as TensorFlow ops
     has_fused_tile_matvec = False
     has_matrix_free_matvec = False
 

@@ -630,6 +630,7 @@ class EmpiricalNTKKernel(Kernel):
     has_tile_api = False
     has_fused_tile_matvec = False
     has_matrix_free_matvec = True  # J (J^T v) without the block
+    has_tf_tile = False  # matrix-free J (J^T v), itself TensorFlow
 
     def __init__(
         self,
