@@ -23,7 +23,11 @@ from cyntk.models import losses as L
 from cyntk.models._tf import marked_message
 
 if TYPE_CHECKING:
+    # the mixin only ever sits in front of keras.Model (MetricModel), whose attributes it uses
+    from keras import Model as _KerasModel
     from tensorflow.types.experimental import TensorLike
+else:
+    _KerasModel = object
 
 
 __all__ = ["LOSS_TERMS", "MEASURES", "NONFINITE_POLICIES"]
@@ -71,8 +75,10 @@ def _to_numpy(a: object) -> np.ndarray | None:
     return None
 
 
-class _MetricTraining:
+class _MetricTraining(_KerasModel):
     """compile / train_step / test_step / fit / evaluate / predict / measures of a MetricModel."""
+
+    _core_fns: dict[str, Callable[..., Any]] | None
 
     def compile(
         self,
