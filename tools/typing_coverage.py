@@ -9,7 +9,8 @@ Usage::
 The public names of a package are its ``__all__`` and the ``__all__`` of each of
 its modules; for every exported class, its public methods (those defined on the
 class itself, properties included) count as public names too, and the class
-counts as its ``__init__``. A name is *fully annotated* when every parameter
+counts as its ``__init__`` (public methods inherited from cyntk base classes and
+mixins count once, under the class that defines them). A name is *fully annotated* when every parameter
 except ``self``/``cls`` has an annotation and the return value has one
 (``__init__`` may leave out its ``-> None``). Constants and submodules are not
 counted. Nothing is type-checked: this only counts annotations; ``mypy`` checks
@@ -86,12 +87,15 @@ def public_callables(module: ModuleType) -> Iterator[tuple[str, Callable[..., ob
             init = _own_init(obj)
             if init is not None:
                 yield f"{obj.__module__}.{obj.__qualname__}", init, True
-            for attr, member in vars(obj).items():
-                if attr.startswith("_"):
+            for klass in obj.__mro__:  # its own methods and those of cyntk bases and mixins
+                if not klass.__module__.startswith("cyntk"):
                     continue
-                fn = _unwrap(member)
-                if fn is not None:
-                    yield f"{obj.__module__}.{obj.__qualname__}.{attr}", fn, False
+                for attr, member in vars(klass).items():
+                    if attr.startswith("_"):
+                        continue
+                    fn = _unwrap(member)
+                    if fn is not None:
+                        yield f"{klass.__module__}.{klass.__qualname__}.{attr}", fn, False
         else:
             fn = _unwrap(obj)
             if fn is not None and getattr(fn, "__module__", "").startswith("cyntk"):
