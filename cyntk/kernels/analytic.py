@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import keras
 import numpy as np
@@ -59,6 +59,11 @@ import numpy as np
 from cyntk._validation import as_real_points, matching_widths, nonnegative_float, one_of, positive_int
 from cyntk.kernels.base import Kernel
 from cyntk.kernels.dual import CLOSED_FORMS, QUADRATURE, DualActivation, dual_activation
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "ACTIVATIONS",
@@ -405,21 +410,21 @@ def _iw_block(st1, st2, arch, kind):
 
 
 def infinite_width_kernel(
-    x1,
-    x2=None,
+    x1: ArrayLike,
+    x2: ArrayLike | None = None,
     *,
-    activation="relu",
-    W_std=1.0,
-    b_std=0.0,
+    activation: str | DualActivation = "relu",
+    W_std: float | Sequence[float] = 1.0,
+    b_std: float | Sequence[float | None] | None = 0.0,
     depth: int = 1,
-    kind: str = "ntk",
-    readout_W_std=None,
-    readout_b_std=None,
+    kind: Literal["ntk", "nngp", "both"] = "ntk",
+    readout_W_std: float | None = None,
+    readout_b_std: float | None = None,
     readout_bias: bool = True,
-    parameterization: str = "ntk",
-    width=None,
+    parameterization: Literal["ntk", "standard"] = "ntk",
+    width: int | Sequence[int] | None = None,
     quad_deg: int = 64,
-):
+) -> np.ndarray | NNGPAndNTK:
     """Infinite-width NNGP / NTK of a fully connected network.
 
     See the module docstring for the architecture and the recursion; the result
@@ -470,7 +475,7 @@ def infinite_width_kernel(
     )
     x1 = as_real_points(x1, "x1")
     same = x2 is None
-    if not same:
+    if x2 is not None:
         x2 = as_real_points(x2, "x2")
         matching_widths(x1, x2)
     st1 = _iw_state(x1, arch)
@@ -512,19 +517,19 @@ class InfiniteWidthKernel(Kernel):
 
     def __init__(
         self,
-        activation="relu",
+        activation: str | DualActivation = "relu",
         *,
-        W_std=1.0,
-        b_std=0.0,
+        W_std: float | Sequence[float] = 1.0,
+        b_std: float | Sequence[float | None] | None = 0.0,
         depth: int = 1,
-        kind: str = "ntk",
-        readout_W_std=None,
-        readout_b_std=None,
+        kind: Literal["ntk", "nngp"] = "ntk",
+        readout_W_std: float | None = None,
+        readout_b_std: float | None = None,
         readout_bias: bool = True,
-        parameterization: str = "ntk",
-        width=None,
+        parameterization: Literal["ntk", "standard"] = "ntk",
+        width: int | Sequence[int] | None = None,
         quad_deg: int = 64,
-    ):
+    ) -> None:
         self._config = dict(
             activation=activation,
             W_std=W_std,
@@ -557,14 +562,14 @@ class InfiniteWidthKernel(Kernel):
         self.W_std = W_std
         self.b_std = b_std
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return dict(self._config)
 
     def _block(self, x1, x2):
         return self.tile_block(self.tile_state(x1), None if x2 is None else self.tile_state(x2))
 
     # tiled evaluation (cyntk.flows.product.KernelProduct): per-point state computed once
-    def tile_state(self, x) -> tuple:
+    def tile_state(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """Per-point state of validated float64 points (P, d), computed once per point set.
 
         ``(x, unit vectors of the layer-0 cosines, K_0(x, x), ..., K_depth(x, x))``;
@@ -573,11 +578,17 @@ class InfiniteWidthKernel(Kernel):
         """
         return _iw_state(x, self.architecture)
 
-    def tile_block(self, state1, state2=None) -> np.ndarray:
+    def tile_block(self, state1: tuple[np.ndarray, ...], state2: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """Block (P1, P2) between two (sliced) states of :meth:`tile_state`; ``state2=None``: same set."""
         return _iw_block(state1, state2, self.architecture, self.kind)
 
-    def tile_matvec(self, state1, state2, v2, v1=None):
+    def tile_matvec(
+        self,
+        state1: tuple[np.ndarray, ...],
+        state2: tuple[np.ndarray, ...] | None,
+        v2: np.ndarray,
+        v1: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(Theta v2, Theta^T v1)`` of one tile without forming more than its core.
 
         Args:

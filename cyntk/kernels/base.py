@@ -55,10 +55,16 @@ kernel exported from :mod:`cyntk.kernels` against this contract.
 from __future__ import annotations
 
 import abc
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cyntk._validation import as_real_points, matching_widths, optional_chunk_size
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from numpy.typing import ArrayLike
 
 __all__ = ["Kernel"]
 
@@ -145,7 +151,7 @@ class Kernel(abc.ABC):
     #: CosineNTKKernel and ManifoldGaussianKernel.
     has_tf_tile: bool = False
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = vars(cls)
         if "_block" in own:
@@ -176,7 +182,7 @@ class Kernel(abc.ABC):
         return bool(self.has_matrix_free_matvec)
 
     # ---------------------------------------------------------- tile interface
-    def tile_state(self, x) -> tuple:
+    def tile_state(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """Per-point state of validated float64 points (P, d), computed once per point set.
 
         A tuple of arrays with the points on their first axis (unit vectors,
@@ -185,14 +191,20 @@ class Kernel(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no tile interface (has_tile_api is False).")
 
-    def tile_block(self, state1, state2=None) -> np.ndarray:
+    def tile_block(self, state1: tuple[np.ndarray, ...], state2: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """The block between two (sliced) states of :meth:`tile_state` (``state2=None``: a set with itself).
 
         Equal to ``_block`` of the corresponding points (to rounding).
         """
         raise NotImplementedError(f"{type(self).__name__} has no tile interface (has_tile_api is False).")
 
-    def tile_matvec(self, state1, state2, v2, v1=None):
+    def tile_matvec(
+        self,
+        state1: tuple[np.ndarray, ...],
+        state2: tuple[np.ndarray, ...] | None,
+        v2: np.ndarray,
+        v1: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fused ``(Theta v2, Theta^T v1)`` of one tile (``v1=None``: second item None).
 
         ``state2=None``: the set ``state1`` with itself (then ``v1`` is None).
@@ -202,7 +214,7 @@ class Kernel(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no fused tile_matvec (has_fused_tile_matvec is False).")
 
     # ------------------------------------------------------------------ public
-    def __call__(self, x1, x2=None) -> np.ndarray:
+    def __call__(self, x1: ArrayLike, x2: ArrayLike | None = None) -> np.ndarray:
         """Evaluate the kernel block between two point sets.
 
         Args:
@@ -228,7 +240,7 @@ class Kernel(abc.ABC):
             out = out[:, 0] if not squeeze1 else out[0]
         return out
 
-    def full(self, x1, x2=None, n_components: int | None = None) -> np.ndarray:
+    def full(self, x1: ArrayLike, x2: ArrayLike | None = None, n_components: int | None = None) -> np.ndarray:
         """The block in full form (P1, P2, m, m), whatever the kernel type.
 
         Args:
@@ -256,7 +268,7 @@ class Kernel(abc.ABC):
         eye = np.eye(int(n_components), dtype=k.dtype)
         return k[:, :, None, None] * eye
 
-    def matvec(self, x1, x2, v, *, chunk_size: int | None = None) -> np.ndarray:
+    def matvec(self, x1: ArrayLike, x2: ArrayLike, v: ArrayLike, *, chunk_size: int | None = None) -> np.ndarray:
         """``u[a, I] = sum_{b, J} Theta_IJ(x1[a], x2[b]) v[b, J]``.
 
         The block is evaluated in row chunks of ``x1`` so that at most
@@ -298,7 +310,7 @@ class Kernel(abc.ABC):
                 out.append(np.einsum("abIJ,bJ->aI", block, v))
         return np.concatenate(out, axis=0)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments, JSON-able after ``keras.saving.serialize_keras_object``.
 
         Nested Keras-serialisable objects (kernels, models) may appear as
@@ -307,7 +319,7 @@ class Kernel(abc.ABC):
         return {}
 
     @classmethod
-    def from_config(cls, config: dict) -> "Kernel":
+    def from_config(cls, config: Mapping[str, Any]) -> Kernel:
         """The kernel of a :meth:`get_config` (nested serialised objects are deserialised)."""
         return cls(**{key: _deserialize_value(value) for key, value in dict(config).items()})
 
@@ -321,12 +333,12 @@ class Kernel(abc.ABC):
         """Kernel block for validated float64 points (``x2=None``: ``x2 = x1``)."""
 
     @staticmethod
-    def _points(x, name):
+    def _points(x: ArrayLike, name: str) -> tuple[np.ndarray, bool]:
         arr = np.asarray(x.numpy() if hasattr(x, "numpy") else x)
         squeeze = arr.ndim == 1
         return as_real_points(arr, name, allow_vector=True), squeeze
 
-    def _check_block(self, out, p1, p2):
+    def _check_block(self, out: np.ndarray, p1: int, p2: int) -> None:
         if self.component_diagonal:
             ok = out.shape == (p1, p2)
             expected = f"({p1}, {p2})"
@@ -340,7 +352,7 @@ class Kernel(abc.ABC):
             )
 
 
-def _short_repr(value) -> str:
+def _short_repr(value: Any) -> str:
     """``repr`` of a config value, with models and arrays abbreviated."""
     if hasattr(value, "variables") and hasattr(value, "name"):  # a Keras layer / model
         return f"<{type(value).__name__} {value.name!r}>"
@@ -353,7 +365,7 @@ def _short_repr(value) -> str:
     return repr(value)
 
 
-def _deserialize_value(value):
+def _deserialize_value(value: Any) -> Any:
     """A value of a kernel config: serialised Keras objects (dicts with ``class_name``) are rebuilt."""
     if isinstance(value, dict) and "class_name" in value and "config" in value:
         import keras

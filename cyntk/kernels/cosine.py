@@ -44,6 +44,7 @@ NTK ``h(x) h(x') Theta(x, x')`` (the Jacobian is multiplied by ``h(x)``).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -53,13 +54,11 @@ from scipy.spatial.distance import cdist
 from cyntk._validation import as_real_points, matching_widths, positive_float, positive_int
 from cyntk.kernels.base import Kernel
 
-__all__ = [
-    "cosine_normalisation",
-    "paper_cosine_normalisation",
-    "cosine_ntk",
-    "CosineNTKKernel",
-    "CosineNetwork",
-]
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from tensorflow.types.experimental import TensorLike
+
+__all__ = ["cosine_normalisation", "paper_cosine_normalisation", "cosine_ntk", "CosineNTKKernel", "CosineNetwork"]
 
 
 def cosine_normalisation(sigma_w: float, d: int) -> float:
@@ -92,7 +91,9 @@ def paper_cosine_normalisation(sigma_w: float, d: int) -> float:
     return 2.0**0.25 * (sigma_w / math.sqrt(2.0 * math.pi * d)) ** (d / 4.0)
 
 
-def cosine_ntk(x1, x2=None, *, sigma_w: float, amplitude: float | None = None) -> np.ndarray:
+def cosine_ntk(
+    x1: ArrayLike, x2: ArrayLike | None = None, *, sigma_w: float, amplitude: float | None = None
+) -> np.ndarray:
     """Infinite-width NTK of the cosine network (paper eq. 2.35).
 
     ``Theta(x, x') = (A^2 / 2) exp(-sigma_w^2 |x - x'|^2 / (2 d))``; with the
@@ -111,8 +112,7 @@ def cosine_ntk(x1, x2=None, *, sigma_w: float, amplitude: float | None = None) -
     """
     sigma_w = positive_float(sigma_w, "sigma_w")
     x1 = as_real_points(x1, "x1")
-    same = x2 is None
-    x2 = x1 if same else as_real_points(x2, "x2")
+    x2 = x1 if x2 is None else as_real_points(x2, "x2")
     matching_widths(x1, x2)
     d = x1.shape[1]
     a = cosine_normalisation(sigma_w, d) if amplitude is None else positive_float(amplitude, "amplitude")
@@ -143,11 +143,11 @@ class CosineNTKKernel(Kernel):
     has_fused_tile_matvec = False
     has_matrix_free_matvec = False
 
-    def __init__(self, sigma_w: float, *, amplitude: float | None = None):
+    def __init__(self, sigma_w: float, *, amplitude: float | None = None) -> None:
         self.sigma_w = positive_float(sigma_w, "sigma_w")
         self.amplitude = None if amplitude is None else positive_float(amplitude, "amplitude")
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"sigma_w": self.sigma_w, "amplitude": self.amplitude}
 
     def _block(self, x1, x2):
@@ -187,8 +187,8 @@ class CosineNetwork(keras.Model):
         sigma_a: float = 1.0,
         amplitude: float | None = None,
         seed: int | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.n_outputs = positive_int(n_outputs, "n_outputs")
         self.width = positive_int(width, "width")
@@ -197,7 +197,7 @@ class CosineNetwork(keras.Model):
         self._amplitude_arg = None if amplitude is None else positive_float(amplitude, "amplitude")
         self.seed = seed
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         d = input_shape[-1]
         if d is None:
             raise ValueError(f"CosineNetwork needs a known input width; received input shape {input_shape}.")
@@ -233,19 +233,19 @@ class CosineNetwork(keras.Model):
             raise ValueError("CosineNetwork.amplitude needs the input width: build the model first.")
         return cosine_normalisation(self.sigma_w, self.input_dim)
 
-    def features(self, x):
+    def features(self, x: TensorLike) -> tf.Tensor:
         """``cos(w_{I,i} . x + b_{I,i})``, shape (B, n_outputs, N)."""
         x = tf.cast(x, self.compute_dtype)
         return tf.cos(tf.einsum("bd,mdn->bmn", x, self.w) + self.b[None])
 
-    def call(self, inputs):
+    def call(self, inputs: TensorLike) -> tf.Tensor:
         scale = tf.constant(self.amplitude / math.sqrt(self.width), self.compute_dtype)
         return scale * tf.einsum("bmn,mn->bm", self.features(inputs), self.a)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return tuple(input_shape[:-1]) + (self.n_outputs,)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             n_outputs=self.n_outputs,

@@ -122,7 +122,9 @@ class DualActivation:
         """True when both maps are closed forms (exact up to rounding)."""
         return self.cross is not None and self.diag is not None
 
-    def expectations(self, q1, q2, k, same=False):
+    def expectations(
+        self, q1: np.ndarray, q2: np.ndarray, k: np.ndarray, same: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(E[phi(u) phi(v)], E[phi'(u) phi'(v)])``, float64 (P1, P2).
 
         Args:
@@ -135,7 +137,7 @@ class DualActivation:
             return self.cross(q1, q2, k, same)
         return gauss_hermite_2d(self.fn, self.dfn, q1, q2, k, self.deg, same)
 
-    def variance(self, q):
+    def variance(self, q: np.ndarray) -> np.ndarray:
         """``E[phi(u)^2]`` for ``u ~ N(0, q)``, float64 (P,)."""
         if self.diag is not None:
             return self.diag(q)
@@ -372,7 +374,7 @@ def numerical(name: str, fn: Callable, dfn: Callable, deg: int = 64, keras_name:
     return DualActivation(str(name), fn, dfn, None, None, int(deg), keras_name)
 
 
-def dual_activation(activation, deg: int = 64) -> DualActivation:
+def dual_activation(activation: str | DualActivation, deg: int = 64) -> DualActivation:
     """The :class:`DualActivation` of a name (or the object itself).
 
     Args:

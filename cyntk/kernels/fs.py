@@ -8,6 +8,7 @@ layout ``[Re z, Im z]``; they are the paper's "Gaussian" and "Delta" kernels
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -15,6 +16,9 @@ import numpy as np
 from cyntk._validation import matching_widths, nonnegative_float, optional_chunk_size, positive_float
 from cyntk.geometry import default_distance_threshold, fs_distance_matrix, fs_nearest, to_complex
 from cyntk.kernels.base import Kernel
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["GaussianFSKernel", "DeltaKernel"]
 
@@ -83,15 +87,15 @@ class GaussianFSKernel(Kernel):
     has_fused_tile_matvec = False
     has_matrix_free_matvec = False
 
-    def __init__(self, sigma: float = 30.0, *, threshold: float | None = None, chunk_size: int | None = None):
+    def __init__(self, sigma: float = 30.0, *, threshold: float | None = None, chunk_size: int | None = None) -> None:
         self.sigma = positive_float(sigma, "sigma")
         self.threshold = None if threshold is None else nonnegative_float(threshold, "threshold")
         self.chunk_size = optional_chunk_size(chunk_size)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"sigma": self.sigma, "threshold": self.threshold, "chunk_size": self.chunk_size}
 
-    def distance(self, x1, x2=None) -> np.ndarray:
+    def distance(self, x1: ArrayLike, x2: ArrayLike | None = None) -> np.ndarray:
         """FS geodesic distances (P1, P2) of real points, float64."""
         p1, _ = self._points(x1, "x1")
         p2 = None if x2 is None else self._points(x2, "x2")[0]
@@ -124,7 +128,7 @@ class GaussianFSKernel(Kernel):
         return c2
 
     # tiled evaluation (cyntk.flows.product.KernelProduct): per-point state computed once
-    def tile_state(self, x) -> tuple:
+    def tile_state(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """Per-point state of real points (P, 2N): ``(A, B)`` with ``A = [Re u, Im u]`` and
         ``B = [Im u, -Re u]`` for the unit vectors ``u = z / |z|``, so that
         ``u^dagger u' = A A'^T + i A B'^T``.
@@ -136,7 +140,7 @@ class GaussianFSKernel(Kernel):
             np.ascontiguousarray(np.concatenate([u.imag, -u.real], axis=1)),
         )
 
-    def tile_block(self, state1, state2=None) -> np.ndarray:
+    def tile_block(self, state1: tuple[np.ndarray, ...], state2: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """Block (P1, P2) between two (sliced) states of :meth:`tile_state`; ``state2=None``: same set."""
         c2 = self._overlap2(state1, state1 if state2 is None else state2)
         if state2 is None:
@@ -204,14 +208,14 @@ class DeltaKernel(Kernel):
     has_matrix_free_matvec = True  # matvec copies the nearest neighbour's vector
     has_tf_tile = False  # not pairwise: the engine calls matvec
 
-    def __init__(self, *, threshold: float | None = None, chunk_size: int | None = None):
+    def __init__(self, *, threshold: float | None = None, chunk_size: int | None = None) -> None:
         self.threshold = None if threshold is None else nonnegative_float(threshold, "threshold")
         self.chunk_size = optional_chunk_size(chunk_size)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "chunk_size": self.chunk_size}
 
-    def nearest(self, x1, x2) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, x1: ArrayLike, x2: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``(distances (P1,), indices (P1,))`` of the nearest point of ``x2``."""
         p1, _ = self._points(x1, "x1")
         p2, _ = self._points(x2, "x2")
@@ -237,7 +241,7 @@ class DeltaKernel(Kernel):
         out[np.arange(len(x1)), idx] = 1.0
         return out
 
-    def matvec(self, x1, x2, v, *, chunk_size: int | None = None) -> np.ndarray:
+    def matvec(self, x1: ArrayLike, x2: ArrayLike, v: ArrayLike, *, chunk_size: int | None = None) -> np.ndarray:
         """``u[a] = v[nearest(x1[a])]`` without forming the (P1, P2) block.
 
         Args:

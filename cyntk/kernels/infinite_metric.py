@@ -25,6 +25,8 @@ reads the infinite-width kernel of a network built from
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Literal
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -33,6 +35,11 @@ from cyntk.kernels.analytic import ACTIVATIONS, InfiniteWidthKernel
 from cyntk.kernels.base import Kernel
 from cyntk.kernels.ntk_networks import NTKDense
 from cyntk.kernels.structured import multiplicative_map
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "InfiniteWidthMetricKernel",
@@ -44,7 +51,7 @@ __all__ = [
 _KERAS_NAMES = {"gelu_exact": "gelu", "linear": "identity", "swish": "silu"}
 
 
-def patch_normalise(x) -> np.ndarray:
+def patch_normalise(x: ArrayLike) -> np.ndarray:
     """Real points (P, 2N) -> ``[Re z/z_k, Im z/z_k]`` with ``k = argmax_i |z_i|`` (float64).
 
     The network input of :class:`cyntk.models.MultiplicativeModel` for any
@@ -71,7 +78,7 @@ def _activation_name(fn) -> str:
     return name
 
 
-def network_infinite_width_kernel(network, kind: str = "ntk") -> InfiniteWidthKernel:
+def network_infinite_width_kernel(network: keras.Model, kind: Literal["ntk", "nngp"] = "ntk") -> InfiniteWidthKernel:
     """The :class:`InfiniteWidthKernel` of a chain of :class:`NTKDense` layers.
 
     The hidden layers must share one activation (an :data:`ACTIVATIONS` name;
@@ -138,7 +145,9 @@ class InfiniteWidthMetricKernel(Kernel):
     has_matrix_free_matvec = False
     has_tf_tile = False  # NumPy blocks per tile
 
-    def __init__(self, model, network_kernel: Kernel | None = None, *, patch_normalised: bool = True):
+    def __init__(
+        self, model: keras.Model, network_kernel: Kernel | None = None, *, patch_normalised: bool = True
+    ) -> None:
         if getattr(model, "network", None) is None or not callable(getattr(model, "fs_metric", None)):
             raise ValueError(
                 "`model` must be a multiplicative metric model with `network` and "
@@ -156,20 +165,20 @@ class InfiniteWidthMetricKernel(Kernel):
         self.patch_normalised = bool(patch_normalised)
         self.n_components = int(model.nfold) ** 2
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {
             "model": self.model,  # serialised by keras.saving (the metric maps need its manifold only)
             "network_kernel": self.network_kernel,
             "patch_normalised": self.patch_normalised,
         }
 
-    def metric_map(self, x) -> np.ndarray:
+    def metric_map(self, x: ArrayLike) -> np.ndarray:
         """``M(x)`` (P, m, m) float64: ``c(g) = c(G) + M(x) o``."""
         x = np.asarray(x, dtype=np.float64)
         G = self.model.fs_metric(tf.constant(x, dtype=self.model.compute_dtype))
         return np.asarray(multiplicative_map(G), dtype=np.float64)
 
-    def network_inputs(self, x) -> np.ndarray:
+    def network_inputs(self, x: ArrayLike) -> np.ndarray:
         """``u(x)``: the network's inputs (P, 2N)."""
         return patch_normalise(x) if self.patch_normalised else np.asarray(x, np.float64)
 
@@ -184,10 +193,10 @@ class InfiniteWidthMetricKernel(Kernel):
             m2 = self.metric_map(x2)
         return np.einsum("ab,aIK,bJK->abIJ", k, m1, m2, optimize=True)
 
-    def as_ntk_fn(self):
+    def as_ntk_fn(self) -> Callable[..., np.ndarray]:
         """``ntk_fn(model, x, **kw) -> Theta_inf_g(x, x)`` for :class:`cyntk.callbacks.MetricNTKCallback`."""
 
-        def ntk_fn(model, x, **kwargs):
+        def ntk_fn(model: keras.Model, x: ArrayLike, **kwargs: Any) -> np.ndarray:
             del model, kwargs
             return self(np.asarray(x, dtype=np.float64))
 

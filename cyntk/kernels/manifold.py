@@ -6,6 +6,7 @@ See :mod:`cyntk.flows.local` for the sigma -> 0 limit it is built for.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import numpy as np
@@ -14,6 +15,11 @@ from cyntk._validation import as_real_points, one_of, positive_float, positive_i
 from cyntk.geometry import Hypersurface
 from cyntk.geometry.local_coordinates import SPACES, _check_chart, _check_manifold, chart_coordinates, measure_density
 from cyntk.kernels.base import Kernel
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from numpy.typing import ArrayLike
 
 __all__ = ["ManifoldGaussianKernel", "manifold_cosine_amplitude", "RESCALINGS"]
 
@@ -99,7 +105,15 @@ class ManifoldGaussianKernel(Kernel):
     has_fused_tile_matvec = False
     has_matrix_free_matvec = False
 
-    def __init__(self, sigma: float, manifold: Hypersurface, chart, *, space="input", rescaling="none"):
+    def __init__(
+        self,
+        sigma: float,
+        manifold: Hypersurface,
+        chart: Sequence[int],
+        *,
+        space: Literal["input", "chart"] = "input",
+        rescaling: Literal["none", "riemannian"] = "none",
+    ) -> None:
         self.sigma = positive_float(sigma, "sigma")
         self.manifold = _check_manifold(manifold)
         self.chart = _check_chart(chart, manifold.ncoords)
@@ -107,7 +121,7 @@ class ManifoldGaussianKernel(Kernel):
         self.rescaling = one_of(rescaling, "rescaling", RESCALINGS)
         self.m = 2 * manifold.nfold
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {
             "sigma": self.sigma,
             "chart": list(self.chart),
@@ -117,13 +131,13 @@ class ManifoldGaussianKernel(Kernel):
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> "ManifoldGaussianKernel":
+    def from_config(cls, config: Mapping[str, Any]) -> ManifoldGaussianKernel:
         """Rebuild from :meth:`get_config`; ``manifold`` may be a spec dict or a name of ``get_manifold``."""
         config = dict(config)
         config["manifold"] = _manifold_from_config(config["manifold"])
         return cls(**config)
 
-    def coordinates(self, x):
+    def coordinates(self, x: ArrayLike) -> np.ndarray:
         """The coordinates the Gaussian uses: x itself (z_k = 1) or the chart coordinates."""
         x = as_real_points(x, "x", allow_vector=True)
         if x.shape[1] != 2 * self.manifold.ncoords:
@@ -144,7 +158,7 @@ class ManifoldGaussianKernel(Kernel):
             )
         return x
 
-    def h(self, x) -> np.ndarray:
+    def h(self, x: ArrayLike) -> np.ndarray:
         """The rescaling h(x) (P,): ``(d lambda/d mu_CY)^(1/2)``, or ones for ``rescaling="none"``."""
         x = as_real_points(x, "x", allow_vector=True)
         if self.rescaling == "none":

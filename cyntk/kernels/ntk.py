@@ -46,6 +46,7 @@ import math
 import threading
 import warnings
 import weakref
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import numpy as np
@@ -60,6 +61,11 @@ from cyntk.kernels.structured import (
     relaxed_function,
     verification_tolerance,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from numpy.typing import ArrayLike
 
 __all__ = ["IMPLEMENTATIONS", "OUTPUTS", "metric_ntk", "metric_ntk_vp", "metric_ntk_path", "EmpiricalNTKKernel"]
 
@@ -494,7 +500,13 @@ def _points_pair(x1, x2, name1="x1", name2="x2"):
 
 
 def metric_ntk(
-    model, x1, x2=None, *, chunk_size: int | None = None, implementation: str = "auto", output: str = "auto"
+    model: keras.Model,
+    x1: ArrayLike,
+    x2: ArrayLike | None = None,
+    *,
+    chunk_size: int | None = None,
+    implementation: Literal["auto", "generic", "structured"] = "auto",
+    output: Literal["auto", "metric", "vector", "complex"] = "auto",
 ) -> np.ndarray:
     """Empirical metric-NTK of a Keras model (paper eq. 2.7).
 
@@ -534,7 +546,11 @@ def metric_ntk(
 
 
 def metric_ntk_path(
-    model, *, chunk_size: int | None = None, implementation: str = "auto", output: str = "auto"
+    model: keras.Model,
+    *,
+    chunk_size: int | None = None,
+    implementation: Literal["auto", "generic", "structured"] = "auto",
+    output: Literal["auto", "metric", "vector", "complex"] = "auto",
 ) -> str | None:
     """How :func:`metric_ntk` computes the kernel of ``model`` with these options.
 
@@ -551,7 +567,15 @@ def metric_ntk_path(
     return None if engine is None else engine.path
 
 
-def metric_ntk_vp(model, x_src, v, x_tgt=None, *, chunk_size: int | None = None, output: str = "auto") -> np.ndarray:
+def metric_ntk_vp(
+    model: keras.Model,
+    x_src: ArrayLike,
+    v: ArrayLike,
+    x_tgt: ArrayLike | None = None,
+    *,
+    chunk_size: int | None = None,
+    output: Literal["auto", "metric", "vector", "complex"] = "auto",
+) -> np.ndarray:
     """Matrix-free kernel-vector product ``u = Theta(x_tgt, x_src) . v``.
 
     ``u[a, I] = sum_{b, J} Theta_IJ(x_tgt[a], x_src[b]) v[b, J] = J_tgt (J_src^T v)``:
@@ -634,13 +658,13 @@ class EmpiricalNTKKernel(Kernel):
 
     def __init__(
         self,
-        model,
+        model: keras.Model,
         *,
         snapshot: bool = True,
         chunk_size: int | None = None,
-        implementation: str = "auto",
-        output: str = "auto",
-    ):
+        implementation: Literal["auto", "generic", "structured"] = "auto",
+        output: Literal["auto", "metric", "vector", "complex"] = "auto",
+    ) -> None:
         self.model = model
         self.snapshot = bool(snapshot)
         self.chunk_size = chunk_size
@@ -651,7 +675,7 @@ class EmpiricalNTKKernel(Kernel):
         self._weights = [np.array(v.numpy()) for v in self._variables] if self.snapshot else None
         self._lock = threading.RLock()
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """The model (serialised by ``keras.saving``), its weights and the options.
 
         ``weights`` is the snapshot (``snapshot=True``) or the current weights,
@@ -670,7 +694,7 @@ class EmpiricalNTKKernel(Kernel):
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> "EmpiricalNTKKernel":
+    def from_config(cls, config: Mapping[str, Any]) -> EmpiricalNTKKernel:
         """Rebuild the model (Keras config), load the saved weights, and snapshot them."""
         config = dict(config)
         model = config.pop("model")
@@ -699,22 +723,22 @@ class EmpiricalNTKKernel(Kernel):
         )
 
     @property
-    def n_components(self):
+    def n_components(self) -> int | None:  # type: ignore[override]  # a read-only property over Kernel.n_components
         """m (known after the first evaluation)."""
         return None if self._engine.outputs is None else self._engine.outputs.m
 
     @property
-    def implementation_(self):
+    def implementation_(self) -> str | None:
         plan = self._engine.plan
         return None if plan is None else plan.name
 
     @property
-    def path_(self):
+    def path_(self) -> str | None:
         """How the kernel is computed (see :func:`metric_ntk_path`); None before the first evaluation."""
         return self._engine.path
 
     @property
-    def weights(self):
+    def weights(self) -> list[np.ndarray] | None:
         """The snapshot (list of NumPy arrays in ``model.variables`` order) or None."""
         return self._weights
 
@@ -742,7 +766,7 @@ class EmpiricalNTKKernel(Kernel):
         with self._lock, self._snapshot_weights():
             return self._engine.kernel(x1, x2)
 
-    def matvec(self, x1, x2, v, *, chunk_size: int | None = None) -> np.ndarray:
+    def matvec(self, x1: ArrayLike, x2: ArrayLike, v: ArrayLike, *, chunk_size: int | None = None) -> np.ndarray:
         """Matrix-free ``Theta(x1, x2) . v`` (see :func:`metric_ntk_vp`).
 
         Args:

@@ -7,6 +7,7 @@ Their empirical NTK converges, as the width grows, to the analytic kernels of
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import numpy as np
@@ -15,6 +16,11 @@ import tensorflow as tf
 from cyntk._validation import nonnegative_float, positive_int
 from cyntk.kernels.analytic import ACTIVATIONS, _iw_params
 from cyntk.kernels.dual import DualActivation, dual_activation
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from tensorflow.types.experimental import TensorLike
 
 __all__ = ["NTKDense", "ntk_mlp", "erf", "gelu_exact"]
 
@@ -42,7 +48,17 @@ class NTKDense(keras.layers.Layer):
         seed: seed of the N(0, 1) initialisers.
     """
 
-    def __init__(self, units, *, W_std=1.0, b_std=0.0, activation=None, use_bias=True, seed=None, **kwargs):
+    def __init__(
+        self,
+        units: int,
+        *,
+        W_std: float = 1.0,
+        b_std: float = 0.0,
+        activation: str | Callable[..., Any] | None = None,
+        use_bias: bool = True,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.units = positive_int(units, "units")
         self.W_std = nonnegative_float(W_std, "W_std")
@@ -51,7 +67,7 @@ class NTKDense(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.seed = seed
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         fan_in = input_shape[-1]
         if fan_in is None:
             raise ValueError(
@@ -80,16 +96,16 @@ class NTKDense(keras.layers.Layer):
         """``b_std``, the factor in front of ``b``."""
         return self.b_std
 
-    def call(self, inputs):
+    def call(self, inputs: TensorLike) -> tf.Tensor:
         y = tf.matmul(inputs, self.kernel) * tf.constant(self.kernel_scale, self.compute_dtype)
         if self.bias is not None:
             y = y + tf.constant(self.b_std, self.compute_dtype) * self.bias
         return self.activation(y)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return tuple(input_shape[:-1]) + (self.units,)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             units=self.units,
@@ -103,13 +119,13 @@ class NTKDense(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cyntk")
-def erf(x):
+def erf(x: TensorLike) -> tf.Tensor:
     """The erf activation (serializable), ``tf.math.erf``."""
     return tf.math.erf(x)
 
 
 @keras.saving.register_keras_serializable(package="cyntk")
-def gelu_exact(x):
+def gelu_exact(x: TensorLike) -> tf.Tensor:
     """Exact gelu ``x Phi(x) = x (1 + erf(x / sqrt 2)) / 2`` with the constant in the input's dtype.
 
     (Keras' ``'gelu'`` rounds ``1/sqrt 2`` to float32 first, ~5e-9 off in float64.)
@@ -146,19 +162,19 @@ def _activation_fn(activation):
 
 def ntk_mlp(
     input_dim: int,
-    width,
+    width: int | list[int] | tuple[int, ...],
     depth: int,
     *,
-    activation="relu",
-    W_std=1.0,
-    b_std=0.0,
+    activation: str | DualActivation | Callable[..., Any] = "relu",
+    W_std: float | Sequence[float] = 1.0,
+    b_std: float | Sequence[float | None] | None = 0.0,
     n_outputs: int = 1,
     dtype: str = "float64",
     seed: int | None = None,
-    readout_W_std=None,
-    readout_b_std=None,
+    readout_W_std: float | None = None,
+    readout_b_std: float | None = None,
     readout_bias: bool = True,
-    parameterization: str = "ntk",
+    parameterization: Literal["ntk", "standard"] = "ntk",
 ) -> keras.Sequential:
     """Fully connected network, the finite-width counterpart of :func:`infinite_width_kernel`.
 
@@ -189,8 +205,8 @@ def ntk_mlp(
     input_dim = positive_int(input_dim, "input_dim")
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
         raise ValueError(f"`depth` must be a non-negative integer; received {depth!r}.")
-    widths = list(width) if isinstance(width, (list, tuple)) else [width] * int(depth)
-    widths = [positive_int(w, "width") for w in widths]
+    given = list(width) if isinstance(width, (list, tuple)) else [width] * int(depth)
+    widths = [positive_int(w, "width") for w in given]
     if len(widths) != int(depth):
         raise ValueError(
             f"`width` must be an integer or {depth} integers (one per hidden layer); received {len(widths)} values."

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -55,6 +56,9 @@ from cyntk.kernels.structured import (
     relaxed_function,
 )
 from cyntk.models.hermitian import components_from_hermitian_tf, hermitian_from_components_tf
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["VALUE_FORMS", "find_network", "recognise"]
 
@@ -78,7 +82,7 @@ def _identity(x):
     return x
 
 
-def find_network(model):
+def find_network(model: keras.Model) -> keras.layers.Layer | None:
     """The sublayer of ``model`` that holds exactly its trainable variables, or None."""
     trainable = list(getattr(model, "trainable_variables", []))
     if not trainable:
@@ -296,7 +300,9 @@ def _probe_maps(x_probe):
     return maps
 
 
-def recognise(model, x_probe, components, dtype):
+def recognise(
+    model: keras.Model, x_probe: tf.Tensor, components: Callable[[tf.Tensor], tf.Tensor], dtype: tf.DType
+) -> tuple[StructureMaps | None, str]:
     """Recognise ``model`` on ``x_probe``.
 
     Args:

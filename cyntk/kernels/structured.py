@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -42,6 +43,9 @@ import tensorflow as tf
 
 from cyntk.kernels.ntk_networks import NTKDense
 from cyntk.models.hermitian import components_from_hermitian_tf, hermitian_from_components_tf
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
 
 __all__ = ["multiplicative_map"]
 
@@ -318,7 +322,7 @@ def dense_chain_plan(model, dtype, x_probe):
 
 
 # ----------------------------------------------------------------------------- multiplicative
-def multiplicative_map(G):
+def multiplicative_map(G: TensorLike) -> tf.Tensor:
     """Per-point linear map of the multiplicative model, ``c(G * H(o)) = M o``.
 
     Args:
