@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cyntk.geometry import CompleteIntersection, Hypersurface, dwork_quintic, fermat_quintic, tetraquadric
-from cyntk.geometry.polynomials import eval_monomials
+from cyntk.geometry.polynomials import eval_monomials, power_table
 from cyntk.models._cicy_spec import is_cicy_like
 
 # first, second and last point of fermat_quintic().sample_points(3000, seed=0) before the unification
@@ -94,6 +94,19 @@ def test_monomial_kernel_rounds_like_numpys_scalar_complex_product():
     val, scale = eval_monomials(z, h.monomials[None], h.coefficients[None], with_scale=True)
     direct = np.sum(np.abs(h.coefficients) * np.prod(np.abs(z)[:, None, :] ** h.monomials[None], axis=-1), axis=-1)
     np.testing.assert_allclose(scale[:, 0], direct, rtol=1e-13)
+
+
+def test_power_table_is_numpys_complex_power_bit_for_bit():
+    rng = np.random.default_rng(1)
+    z = (rng.standard_normal(4000) + 1j * rng.standard_normal(4000)) * np.exp(rng.uniform(-30, 30, 4000))
+    special = [0, -0.0, complex(-0.0, -0.0), -3, -2j, np.inf, complex(0, np.inf), complex(np.nan, 1), 1e300, 1e-300]
+    z = np.concatenate([z, np.array(special, dtype=complex)])
+    with np.errstate(all="ignore"):
+        ref = np.power(z[:, None], np.arange(13))
+    re, im = power_table(z, 12)
+    for got, want in ((re, ref.real), (im, ref.imag)):
+        same = (got == want) | (np.isnan(got) & np.isnan(want))
+        assert np.all(same & (np.signbit(got) == np.signbit(want)))
 
 
 def test_chart_selection_only_for_one_equation_in_one_factor():
