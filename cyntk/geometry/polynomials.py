@@ -115,16 +115,16 @@ def power_table(z, dmax: int):
             sq = _cmul(zr, zi, zr, zi)
             re[..., 2], im[..., 2] = sq
         if dmax >= 3:
-            re[..., 3], im[..., 3] = _cmul(zr, zi, *sq)
+            re[..., 3], im[..., 3] = _cmul(zr, zi, sq[0], sq[1])
         squares = [(zr, zi)]  # z**(2**k)
         for d in range(4, dmax + 1):
-            acc = None
+            acc: tuple = (1.0, 0.0)  # numpy starts from 1 and multiplies by it too
             k = 0
             while (1 << k) <= d:
                 if len(squares) <= k:
-                    squares.append(_cmul(*squares[-1], *squares[-1]))
+                    squares.append(_cmul(squares[-1][0], squares[-1][1], squares[-1][0], squares[-1][1]))
                 if d & (1 << k):
-                    acc = _cmul(1.0, 0.0, *squares[k]) if acc is None else _cmul(*acc, *squares[k])
+                    acc = _cmul(acc[0], acc[1], squares[k][0], squares[k][1])
                 k += 1
             re[..., d], im[..., d] = acc
     zero = (zr == 0) & (zi == 0)
