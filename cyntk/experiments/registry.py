@@ -238,3 +238,4 @@ register(
         summary=_widthlimit_summary,
     )
 )
+from cyntk.experiments import registry_cicy  # noqa: E402,F401  (cicyfig4)
