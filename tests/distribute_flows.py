@@ -50,6 +50,7 @@ def main(argv=None):
     p.add_argument("--fail-at-epoch", type=int, default=None)
     p.add_argument("--engine", default="tf")
     p.add_argument("--tile", type=int, default=16)
+    p.add_argument("--tiles", default="xla")
     args = p.parse_args(argv)
 
     from cyntk.flows.distribute import logical_cpus
@@ -99,12 +100,13 @@ def main(argv=None):
             keras.config.set_dtype_policy(old)
 
     def build(case, net):
-        kw = dict(engine=args.engine, seed=0, tile_size=args.tile)
+        kw = dict(engine=args.engine, seed=0, tile_size=args.tile, tiles=args.tiles)
         if case == "gauss":
             return KernelModel(GaussianFSKernel(0.1), x, M, **kw), 2.0**-12
         if case == "gauss_clusters":
             return KernelModel(GaussianFSKernel(0.1), x, M, clusters=3, **kw), 2.0**-12
         if case == "gauss_mean":
+            kw["tiles"] = "numpy"  # the same shards with the kernel's NumPy blocks as tiles
             return KernelModel(GaussianFSKernel(0.1), x, M, reduction="mean", **kw), 2.0**-10
         if case == "relu":
             return KernelModel(InfiniteWidthKernel("relu", W_std=1.5, b_std=0.2), x, M, **kw), 2.0**-16

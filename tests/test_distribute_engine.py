@@ -66,7 +66,8 @@ def test_tf_engine_equals_the_numpy_engine(pts, rng, name):
     xa, xb = pts
     assert (tile_form(kernel) is not None) == (name in TF_FORMS)
     ref = KernelProduct(kernel, 9, tile_size=256)
-    eng = TFKernelProduct(kernel, 9, tile_size=32, n_threads=2)  # 5 x 5 tiles, the last one padded
+    eng = TFKernelProduct(kernel, 9, tile_size=32, n_threads=2, tiles="xla")  # 5 x 5 tiles, the last one padded
+    assert (eng.form is not None) == (name in TF_FORMS)
     va, vb = rng.standard_normal((len(xa), 9)), rng.standard_normal((len(xb), 9))
     for x2, v, same in ((xa, va, True), (xb, vb, False)):
         expected = ref.matvec(xa, x2, v, same=same)
@@ -75,6 +76,11 @@ def test_tf_engine_equals_the_numpy_engine(pts, rng, name):
         parts = [eng.matvec(xa, x2, v, same=same, shard=(r, 3)) for r in range(3)]
         _close(sum(parts), expected)
         assert sum(np.any(p != 0) for p in parts) >= 2
+    # the same scheduling and shards with the kernel's NumPy blocks as tiles
+    np_tiles = TFKernelProduct(kernel, 9, tile_size=32, n_threads=2, tiles="numpy")
+    assert np_tiles.form is None and np_tiles.tiles == "numpy"
+    parts = [np_tiles.matvec(xa, xa, va, same=True, shard=(r, 2)) for r in range(2)]
+    _close(parts[0] + parts[1], ref.matvec(xa, xa, va, same=True))
     # block-diagonal (clustered) products
     groups = np.arange(len(xa)) % 3
     expected = ref.grouped_matvec(xa, groups, xa, groups, va, same=True)
@@ -87,12 +93,12 @@ def test_dense_kernel_product_is_the_ground_truth(pts, rng):
     xa, _ = pts
     v = rng.standard_normal((len(xa), 9))
     for kernel in (GaussianFSKernel(0.2), InfiniteWidthKernel("relu", W_std=80.52, b_std=5.716)):
-        _close(TFKernelProduct(kernel, 9, tile_size=64).matvec(xa, xa, v, same=True), kernel(xa) @ v)
+        _close(TFKernelProduct(kernel, 9, tile_size=64, tiles="xla").matvec(xa, xa, v, same=True), kernel(xa) @ v)
 
 
 def test_non_finite_entries_and_bad_shards_raise(pts):
     xa, _ = pts
-    eng = TFKernelProduct(GaussianFSKernel(0.1), 9, tile_size=32)
+    eng = TFKernelProduct(GaussianFSKernel(0.1), 9, tile_size=32, tiles="xla")
     bad = xa.copy()
     bad[40, 0] = np.nan
     with np.errstate(invalid="ignore"), pytest.raises(ValueError, match=r"GaussianFSKernel returned non-finite"):
@@ -114,6 +120,10 @@ def test_engine_options_are_validated():
         Chunking(engine="numpy", device="/GPU:0")
     with pytest.raises(TypeError, match=r"`device` must be None or a device name"):
         Chunking(device=3)
+    with pytest.raises(ValueError, match=r"`tiles` must be one of 'auto', 'xla', 'numpy'; received 'gpu'"):
+        Chunking(tiles="gpu")
+    with pytest.raises(ValueError, match=r"`tiles` must be one of 'auto', 'xla', 'numpy'; received 'gpu'"):
+        TFKernelProduct(GaussianFSKernel(0.1), 9, tiles="gpu")
 
 
 def test_interrupted_fit_resumes_with_backup_and_restore(tmp_path):
@@ -122,7 +132,7 @@ def test_interrupted_fit_resumes_with_backup_and_restore(tmp_path):
     y = KernelModel.targets(M, x)
 
     def model():
-        m = KernelModel(GaussianFSKernel(0.1), x, M, tile_size=16)
+        m = KernelModel(GaussianFSKernel(0.1), x, M, tile_size=16, tiles="xla")
         m.compile(optimizer=keras.optimizers.SGD(learning_rate=2.0**-12, momentum=0.5))
         return m
 

@@ -39,8 +39,10 @@ def test_groups_and_flat_keywords_build_the_same_model(x):
     # defaults: the documented values
     d = KernelModel(k, x, M)
     assert d.guard == PositivityGuard() and d.guard.on_non_positive == "raise" and d.chunking.tile_size is None
-    # no tile size given: the engine's own (TensorFlow tiles: 1024 points on a CPU; NumPy: 256)
-    assert d.chunking.engine == "tf" and d.tile_size == 1024 and d._product.engine == "tf"
+    # no tile size given: the engine's own (NumPy tiles on a CPU: 256 points; XLA tiles on a CPU: 2048)
+    assert d.chunking.engine == "tf" and d._product.engine == "tf" and d.chunking.tiles == "auto"
+    assert (d._product.tiles, d.tile_size) == ("numpy", 256)
+    assert KernelModel(k, x, M, tiles="xla").tile_size == 2048
     assert KernelModel(k, x, M, engine="numpy").tile_size == 256
 
 

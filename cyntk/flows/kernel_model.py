@@ -139,7 +139,7 @@ from cyntk.flows._kernel_steps import _FlowSteps
 from cyntk.flows.distribute import all_reduce_sum, multi_worker, replica_context, shard_of
 from cyntk.flows.options import Chunking, PositivityGuard, resolve_group
 from cyntk.flows.product import default_threads
-from cyntk.flows.tf_product import TFKernelProduct, default_tile_size
+from cyntk.flows.tf_product import TFKernelProduct
 from cyntk.geometry import Hypersurface, check_on_variety, to_complex
 from cyntk.kernels.ntk import EmpiricalNTKKernel
 from cyntk.models import losses as L
@@ -222,6 +222,8 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             when the model is built inside ``strategy.scope()``) or
             ``"numpy"`` (the single-device reference engine).
         device: TensorFlow device of the kernel tiles (``engine="tf"``).
+        tiles: ``"auto"``, ``"xla"`` or ``"numpy"``: the tiles of ``engine="tf"``
+            (see :class:`~cyntk.flows.options.Chunking`).
         chunk_size: points per chunk of base-metric / network evaluations
             (and of the primal form's Jacobian products) inside a step.
         seed: seed of the clustering.
@@ -266,6 +268,7 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         point_chunk=None,
         engine=None,
         device=None,
+        tiles=None,
         seed=None,
         dtype="float64",
         name=None,
@@ -305,6 +308,7 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
                 point_chunk=point_chunk,
                 engine=engine,
                 device=device,
+                tiles=tiles,
             ),
             aliases={"point_chunk": "chunk_size"},
         )
@@ -314,9 +318,7 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         self.eigenvalue_floor = self.guard.eigenvalue_floor
         self.engine = self.chunking.engine
         self.device = self.chunking.device
-        self.tile_size = self.chunking.tile_size
-        if self.tile_size is None:
-            self.tile_size = 256 if self.engine == "numpy" else default_tile_size(self.device)
+        self.tile_size = 256 if self.chunking.tile_size is None else self.chunking.tile_size
         self.n_threads = default_threads() if self.chunking.n_threads is None else self.chunking.n_threads
         self.point_chunk = self.chunking.chunk_size
         self.cluster_batch_size = cluster_batch_size
@@ -343,8 +345,14 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             self._init_from_data(x_train, base_metric, clusters)
         if self.engine == "tf":  # the set-up probed the kernel with the NumPy reference engine
             self._product = TFKernelProduct(
-                self.kernel, self.m, tile_size=self.tile_size, n_threads=self.chunking.n_threads, device=self.device
+                self.kernel,
+                self.m,
+                tile_size=self.chunking.tile_size,
+                n_threads=self.chunking.n_threads,
+                device=self.device,
+                tiles=self.chunking.tiles,
             )
+            self.tile_size = self._product.tile_size
         self._create_trackers()
         self._flow_error = None
         self._halted = False
@@ -718,6 +726,7 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             "n_threads": self.chunking.n_threads,
             "engine": self.engine,
             "device": self.device,
+            "tiles": self.chunking.tiles,
             "chunk_size": self.point_chunk,
             "cluster_batch_size": self.cluster_batch_size,
             "seed": self.seed,

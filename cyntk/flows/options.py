@@ -70,8 +70,8 @@ class Chunking:
 
     Args:
         tile_size: largest number of points per side of a kernel tile (None:
-            the engine's default, 1024 for TensorFlow tiles on a CPU, 8192 on
-            a GPU, 256 for the NumPy engine).
+            the engine's default: 256 for NumPy tiles, 2048 for XLA tiles on a
+            CPU, 8192 on a GPU).
         n_threads: concurrent tile workers of a product (None: the cores
             available to this process; 2 per GPU).
         chunk_size: points per chunk of base-metric and network evaluations
@@ -84,6 +84,10 @@ class Chunking:
         device: TensorFlow device of the tiles (e.g. ``"/GPU:0"``; None:
             TensorFlow's placement, or each replica's own device under a
             strategy). ``engine="tf"`` only.
+        tiles: the tiles of ``engine="tf"``: ``"auto"`` (XLA-compiled
+            TensorFlow tiles on a GPU, the kernels' NumPy blocks on CPUs, where
+            they measured faster), ``"xla"`` or ``"numpy"``
+            (:class:`~cyntk.flows.tf_product.TFKernelProduct`).
     """
 
     tile_size: int | None = None
@@ -91,6 +95,7 @@ class Chunking:
     chunk_size: int = 8192
     engine: str = "tf"
     device: str | None = None
+    tiles: str = "auto"
 
     def __post_init__(self):
         if self.tile_size is not None:
@@ -99,6 +104,7 @@ class Chunking:
             object.__setattr__(self, "n_threads", positive_int(self.n_threads, "n_threads"))
         object.__setattr__(self, "chunk_size", positive_int(self.chunk_size, "chunk_size"))
         one_of(self.engine, "engine", ENGINES)
+        one_of(self.tiles, "tiles", ("auto", "xla", "numpy"))
         if self.device is not None:
             if not isinstance(self.device, str) or not self.device:
                 raise TypeError(f"`device` must be None or a device name such as '/GPU:0'; received {self.device!r}.")

@@ -46,22 +46,33 @@ import threading
 
 import numpy as np
 import tensorflow as tf
+from threadpoolctl import threadpool_limits
 
-from cyntk.flows.product import KernelProduct
+from cyntk.flows.product import KernelProduct, has_own_matvec, is_pairwise
 from cyntk.flows.tf_tiles import compiled_tile, tile_form
 
-__all__ = ["TFKernelProduct", "default_tile_size", "check_shard"]
+__all__ = ["TFKernelProduct", "default_tile_size", "check_shard", "TILES"]
 
 #: kernel entries per row chunk of non-pairwise kernels (as the NumPy engine)
 _ROW_CHUNK_ENTRIES = 1 << 22
 _MIN_TILE = 32
 
 
-def default_tile_size(device: str | None = None) -> int:
-    """Points per tile side: 1024 on CPUs (a few MiB per tile), 8192 when the device is a GPU."""
+#: Tile implementations: XLA-compiled TensorFlow ops, the kernels' NumPy blocks, or the device's best.
+TILES = ("auto", "xla", "numpy")
+
+
+def _gpu(device: str | None) -> bool:
     if device is not None:
-        return 8192 if "GPU" in device.upper() else 1024
-    return 8192 if tf.config.list_logical_devices("GPU") else 1024
+        return "GPU" in device.upper()
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def default_tile_size(device: str | None = None, tiles: str = "xla") -> int:
+    """Points per tile side: 8192 for XLA tiles on a GPU, 2048 on a CPU; 256 for NumPy tiles (cache-sized)."""
+    if tiles == "numpy":
+        return 256
+    return 8192 if _gpu(device) else 2048
 
 
 def check_shard(shard) -> tuple[int, int] | None:
@@ -101,6 +112,12 @@ class TFKernelProduct(KernelProduct):
         device: TensorFlow device of the tiles (e.g. ``"/GPU:1"``; None:
             TensorFlow's placement).
         jit: XLA-compile the tiles (True; False runs them as plain graphs).
+        tiles: ``"xla"`` (the kernel's TensorFlow tile, for kernels that
+            declare one), ``"numpy"`` (the kernel's NumPy block per tile, BLAS
+            on one thread per tile) or ``"auto"``: XLA tiles when the device
+            is a GPU, NumPy tiles on CPUs, where they measured 1.5x cheaper
+            (2 cores, ``benchmarks/bench_kernel_flow.py``). Scheduling, shards
+            and devices are the same for both.
     """
 
     engine = "tf"
@@ -114,17 +131,22 @@ class TFKernelProduct(KernelProduct):
         n_threads: int | None = None,
         device: str | None = None,
         jit: bool = True,
+        tiles: str = "auto",
     ):
-        gpu = "GPU" in (device or "").upper() or (device is None and bool(tf.config.list_logical_devices("GPU")))
+        if tiles not in TILES:
+            raise ValueError(f"`tiles` must be one of {', '.join(map(repr, TILES))}; received {tiles!r}.")
+        gpu = _gpu(device)
+        form = tile_form(kernel) if is_pairwise(kernel) and not has_own_matvec(kernel) else None
+        self.tiles = "xla" if form is not None and (tiles == "xla" or (tiles == "auto" and gpu)) else "numpy"
         super().__init__(
             kernel,
             m,
-            tile_size=default_tile_size(device) if tile_size is None else tile_size,
+            tile_size=default_tile_size(device, self.tiles) if tile_size is None else tile_size,
             n_threads=(2 if gpu else None) if n_threads is None else n_threads,
         )
         self.device = device
         self.jit = bool(jit)
-        self.form = tile_form(kernel) if self.pairwise and not self.own_matvec else None
+        self.form = form if self.tiles == "xla" else None
 
     # -------------------------------------------------------------- products
     def matvec(
@@ -208,11 +230,17 @@ class TFKernelProduct(KernelProduct):
             tile = self._np_tile(x1, None if symmetric else x2, v, t1, t2)
         rows = nb1 * t1
         n_workers = max(1, min(self.n_threads if n_threads is None else int(n_threads), len(pairs)))
+        # NumPy tiles: one BLAS thread per tile (thin GEMMs; the tiles themselves run on n_workers)
+        with threadpool_limits(limits=1, user_api="blas") if self.form is None else contextlib.nullcontext():
+            return self._run(pairs, tile, rows, n_workers)[:n1]
+
+    def _run(self, pairs, tile, rows, n_workers):
+        """Tiles ``pairs`` on ``n_workers`` threads, each accumulating into its own (rows, m) output."""
         if n_workers == 1:
             out = np.zeros((rows, self.m))
             for i, j in pairs:
                 tile(i, j, out)
-            return out[:n1]
+            return out
         outs = [np.zeros((rows, self.m)) for _ in range(n_workers)]
         order = iter(pairs)
         lock = threading.Lock()
@@ -236,7 +264,7 @@ class TFKernelProduct(KernelProduct):
         out = outs[0]
         for o in outs[1:]:
             out += o
-        return out[:n1]
+        return out
 
     def _tf_tile(self, x1, x2, v, t1, t2, nb1, nb2, device):
         """``tile(i, j, out)``: adds tile (i, j)'s ``K v`` (and ``K^T v`` above the diagonal) into ``out``."""
