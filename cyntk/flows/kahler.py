@@ -105,10 +105,20 @@ local flow as the basis grows. :func:`network_flow` runs a network's own NTK flo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import tensorflow as tf
 
 from cyntk.models import losses as L
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from numpy.typing import ArrayLike
+    from tensorflow.types.experimental import TensorLike
+
+    from cyntk.models.kahler_potential import KahlerPotentialGeometry
 
 __all__ = ["FLOWS", "FUNCTIONALS", "FlowSpec", "flow_velocity", "flow_loss", "functional_value", "kahler_measures"]
 
@@ -117,7 +127,18 @@ __all__ = ["FLOWS", "FUNCTIONALS", "FlowSpec", "flow_velocity", "flow_loss", "fu
 class FlowSpec:
     """A Kähler-potential flow ``d phi/dt = V[phi]``: its formula, order and Lyapunov functionals."""
 
-    def __init__(self, name, formula, equation, order, lyapunov, needs, fn, note="", well_posed=True):
+    def __init__(
+        self,
+        name: str,
+        formula: str,
+        equation: str,
+        order: int,
+        lyapunov: Iterable[str],
+        needs: Iterable[str],
+        fn: Callable[[Mapping[str, tf.Tensor]], tf.Tensor],
+        note: str = "",
+        well_posed: bool = True,
+    ) -> None:
         self.name = name
         self.formula = formula
         self.equation = equation
@@ -128,7 +149,7 @@ class FlowSpec:
         self.note = note
         self.well_posed = bool(well_posed)
 
-    def velocity(self, q: dict):
+    def velocity(self, q: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """V from the quantities dict of :meth:`KahlerPotentialGeometry.quantities`."""
         return self._fn(q)
 
@@ -217,7 +238,7 @@ def _check_name(name, table, what):
 
 
 # --------------------------------------------------------------- flows and functionals
-def flow_velocity(geometry, x, flow, params=None):
+def flow_velocity(geometry: KahlerPotentialGeometry, x: TensorLike, flow: str, params: Any = None) -> tf.Tensor:
     """``V = d phi/dt`` of a flow at points x (B, 2N) -> (B,) (see :data:`FLOWS`)."""
     spec = _check_name(flow, FLOWS, "flow")
     q = geometry.quantities(x, spec.needs, params)
@@ -248,7 +269,14 @@ def _integral(w, f):
     return tf.reduce_mean(tf.cast(w, f.dtype) * f)
 
 
-def functional_value(geometry, x, weights, functional, params=None, q=None):
+def functional_value(
+    geometry: KahlerPotentialGeometry,
+    x: TensorLike,
+    weights: TensorLike,
+    functional: str,
+    params: Any = None,
+    q: Mapping[str, tf.Tensor] | None = None,
+) -> tf.Tensor:
     """A functional of :data:`FUNCTIONALS` by Monte Carlo over points x with weights w.
 
     Differentiable with respect to the potential's parameters, so it can be
@@ -285,7 +313,14 @@ def functional_value(geometry, x, weights, functional, params=None, q=None):
     return -_integral(w, q["ricci_scalar"] + q["grad_log_eta_sq"])  # perelman
 
 
-def flow_loss(geometry, x, weights, flow, params=None, omega_bar=1.0):
+def flow_loss(
+    geometry: KahlerPotentialGeometry,
+    x: TensorLike,
+    weights: TensorLike,
+    flow: str,
+    params: Any = None,
+    omega_bar: float = 1.0,
+) -> tf.Tensor:
     """Velocity-matching loss ``L = -mean_p(w_p sg(V_p) phi_p) / Omega_bar`` of a flow.
 
     ``dL/dphi(x_p) = -w_p V_p / (P Omega_bar)``: gradient descent with an NTK
@@ -306,7 +341,15 @@ def flow_loss(geometry, x, weights, flow, params=None, omega_bar=1.0):
     return -_integral(w, V * q["phi"]) / tf.constant(float(omega_bar), geometry.dtype)
 
 
-def kahler_measures(geometry, x, weights, omega_sq, params=None, *, ricci=False):
+def kahler_measures(
+    geometry: KahlerPotentialGeometry,
+    x: TensorLike,
+    weights: ArrayLike,
+    omega_sq: ArrayLike,
+    params: Any = None,
+    *,
+    ricci: bool = False,
+) -> dict[str, float]:
     """cymetric's validation measures of the φ metric from eta (conventions §8).
 
     Args:

@@ -58,6 +58,7 @@ the eliminated coordinate at every node: its error tends to 0 with sigma.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -76,13 +77,27 @@ from cyntk.geometry.local_coordinates import (
 from cyntk.kernels.base import Kernel
 from cyntk.kernels.manifold import RESCALINGS, ManifoldGaussianKernel
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import tensorflow as tf
+    from numpy.typing import ArrayLike
+
 __all__ = ["loss_gradient", "local_flow_velocity", "kernel_flow_velocity", "sigma_sweep", "QUADRATURES"]
 
 #: Quadratures of the continuum flow (2.12).
 QUADRATURES = ("mc", "local")
 
 
-def loss_gradient(manifold: Hypersurface, x, chart, *, loss="sigma", kappa: float, metric=None):
+def loss_gradient(
+    manifold: Hypersurface,
+    x: ArrayLike,
+    chart: Sequence[int],
+    *,
+    loss: Literal["sigma", "squared"] | Callable[[tf.Tensor, tf.Tensor], tf.Tensor] = "sigma",
+    kappa: float,
+    metric: ArrayLike | None = None,
+) -> np.ndarray:
     """``dl/dg_I`` (P, n^2) of a pointwise loss at the Fubini--Study metric (or a given metric).
 
     Args:
@@ -137,7 +152,7 @@ def loss_gradient(manifold: Hypersurface, x, chart, *, loss="sigma", kappa: floa
     return tape.gradient(total, comps).numpy()
 
 
-def local_flow_velocity(dl_dg, omega_bar=1.0) -> np.ndarray:
+def local_flow_velocity(dl_dg: ArrayLike, omega_bar: float | ArrayLike = 1.0) -> np.ndarray:
     """The local flow ``dg/dt = -Omega_bar(x) dl/dg(x)`` (2.14).
 
     Args:
@@ -158,7 +173,9 @@ def local_flow_velocity(dl_dg, omega_bar=1.0) -> np.ndarray:
     return -(ob[:, None] if ob.ndim == 1 else ob) * dl_dg
 
 
-def kernel_flow_velocity(kernel, x_eval, x_src, dl_dg_src, quad_weights) -> np.ndarray:
+def kernel_flow_velocity(
+    kernel: Kernel, x_eval: ArrayLike, x_src: ArrayLike, dl_dg_src: ArrayLike, quad_weights: ArrayLike
+) -> np.ndarray:
     """Discrete (2.12): ``dg(x)/dt = -sum_p c_p Theta(x, x_p) dl/dg(x_p)`` (P_eval, m).
 
     Args:
@@ -233,22 +250,22 @@ def _local_quadrature(manifold, x_e, chart, sigma, nodes, space, rescaling, loss
 
 def sigma_sweep(
     manifold: Hypersurface,
-    x_eval,
-    sigmas,
+    x_eval: ArrayLike,
+    sigmas: Sequence[float] | np.ndarray,
     *,
-    chart,
-    kappa,
-    quadrature="local",
-    space="input",
-    rescaling="riemannian",
-    loss="sigma",
-    x_quad=None,
-    w_quad=None,
-    n_nodes=4096,
-    seed=0,
-    store=None,
-    key_prefix="",
-) -> dict:
+    chart: Sequence[int],
+    kappa: float,
+    quadrature: Literal["mc", "local"] = "local",
+    space: Literal["input", "chart"] = "input",
+    rescaling: Literal["none", "riemannian"] = "riemannian",
+    loss: Literal["sigma", "squared"] | Callable[[tf.Tensor, tf.Tensor], tf.Tensor] = "sigma",
+    x_quad: ArrayLike | None = None,
+    w_quad: ArrayLike | None = None,
+    n_nodes: int = 4096,
+    seed: int = 0,
+    store: Any | None = None,
+    key_prefix: str = "",
+) -> dict[str, Any]:
     """Gaussian-kernel flow velocity vs the local flow, as sigma -> 0.
 
     At every evaluation point the velocity of (2.12) with

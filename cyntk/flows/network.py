@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -11,10 +12,18 @@ from cyntk.flows.kahler import FLOWS, FUNCTIONALS, _check_points, flow_loss, fun
 from cyntk.models import losses as L
 from cyntk.models.kahler_potential import KahlerPotentialGeometry
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from numpy.typing import ArrayLike
+    from tensorflow.types.experimental import TensorLike
+
+    from cyntk.models.metric_model import MetricModel
+
 __all__ = ["network_flow", "ricci_form", "metric_flow_loss"]
 
 
-def ricci_form(model, x, training=False):
+def ricci_form(model: MetricModel, x: TensorLike, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """``rho_{a bbar} = d_a dbar_b ln det g = -Ric_{a bbar}`` (B, n, n) of any cyntk metric model.
 
     Complex Hessian of ``ln det g`` along the local coordinates by autodiff
@@ -42,7 +51,9 @@ def ricci_form(model, x, training=False):
     return rho, g
 
 
-def metric_flow_loss(model, x, weights, *, omega_bar=1.0, training=True):
+def metric_flow_loss(
+    model: MetricModel, x: TensorLike, weights: TensorLike, *, omega_bar: float = 1.0, training: bool = True
+) -> tf.Tensor:
     """Velocity-matching loss of Kähler-Ricci flow in metric components (paper 2.14, 2.42).
 
     ``L = -mean_p(w_p sum_I stop_gradient(rho_I(x_p)) g_I(x_p)) / Omega_bar`` over the n^2
@@ -64,7 +75,18 @@ def metric_flow_loss(model, x, weights, *, omega_bar=1.0, training=True):
     return -tf.reduce_mean(w * tf.reduce_sum(r * gc, axis=1)) / tf.constant(float(omega_bar), gc.dtype)
 
 
-def network_flow(model, x, weights, target, *, steps, learning_rate, omega_bar=1.0, every=1, callback=None):
+def network_flow(
+    model: MetricModel,
+    x: ArrayLike,
+    weights: ArrayLike,
+    target: str,
+    *,
+    steps: int,
+    learning_rate: float,
+    omega_bar: float = 1.0,
+    every: int = 1,
+    callback: Callable[[int, float], object] | None = None,
+) -> list[float]:
     """A neural-network metric flow: plain gradient descent on a flow's loss.
 
     Each step is ``theta <- theta - lr dL/dtheta``, so the metric (or potential)

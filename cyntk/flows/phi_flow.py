@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Literal
+
 import numpy as np
 import tensorflow as tf
 
@@ -17,6 +19,13 @@ from cyntk.flows.kahler import (
 from cyntk.flows.solvers import integrate_ode
 from cyntk.models.kahler_potential import KahlerPotentialGeometry
 from cyntk.models.layers import LinearPotential
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from numpy.typing import ArrayLike
+
+    from cyntk.models.models import PhiModel
 
 __all__ = ["PhiFlow"]
 
@@ -62,7 +71,16 @@ class PhiFlow:
         chunk_size: points per autodiff chunk of the precomputation.
     """
 
-    def __init__(self, model, x, weights, *, projection="mu_cy", rcond=1e-10, chunk_size=512):
+    def __init__(
+        self,
+        model: PhiModel,
+        x: ArrayLike,
+        weights: ArrayLike,
+        *,
+        projection: Literal["mu_cy", "mu_g"] = "mu_cy",
+        rcond: float = 1e-10,
+        chunk_size: int = 512,
+    ) -> None:
         if projection not in ("mu_cy", "mu_g"):
             raise ValueError(f"`projection` must be 'mu_cy' or 'mu_g'; received {projection!r}.")
         self.projection = projection
@@ -114,12 +132,12 @@ class PhiFlow:
         """The model's current coefficients c (K,)."""
         return np.asarray(self.potential_network.coefficients.numpy(), dtype=np.float64)[:, 0]
 
-    def set_coefficients(self, c):
+    def set_coefficients(self, c: ArrayLike) -> None:
         """Write coefficients c (K,) into the model."""
         c = np.asarray(c, dtype=np.float64).reshape(-1, 1)
         self.potential_network.coefficients.assign(c.astype(self.potential_network.coefficients.dtype))
 
-    def precompute(self, x):
+    def precompute(self, x: np.ndarray) -> dict[str, tf.Tensor]:
         """Bordered Hessian parts at points x: ``B(c) = B0 + sum_k c_k Bk``.
 
         ``Bk`` is the (Hermitian) complex Hessian of basis function k in the
@@ -191,7 +209,7 @@ class PhiFlow:
         dual = tf.matmul(tf.math.real(Binv), state["D_re"]) + tf.matmul(tf.math.imag(Binv), state["D_im"])
         return eta[:, None] * tf.einsum("pm,pmk->pk", dual, state["packed"])
 
-    def eta(self, c, x=None):
+    def eta(self, c: ArrayLike, x: ArrayLike | None = None) -> np.ndarray:
         """eta at the collocation points (or at other points x, computed afresh) for coefficients c."""
         if x is None:
             return self._eta_from(tf.constant(c, self.geometry.dtype), self._state)[0].numpy()
@@ -199,7 +217,7 @@ class PhiFlow:
             tf.constant(x, self.geometry.dtype), params=tf.constant(c, self.geometry.dtype)
         ).numpy()
 
-    def velocity(self, c, flow):
+    def velocity(self, c: ArrayLike, flow: str) -> tf.Tensor:
         """V (P,) of a flow at the collocation points for coefficients c."""
         spec = _check_name(flow, FLOWS, "flow")
         c = tf.constant(np.asarray(c, dtype=np.float64), self.geometry.dtype)
@@ -217,7 +235,7 @@ class PhiFlow:
             self._fns[("velocity", flow)] = fn
         return fn(c)
 
-    def rhs(self, flow):
+    def rhs(self, flow: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         """``rhs(t, c) -> dc/dt`` (a ``tf.function``; closed form for 2nd-order flows)."""
         key = ("rhs", flow)
         if key in self._fns:
@@ -258,7 +276,7 @@ class PhiFlow:
         self._fns[key] = f
         return f
 
-    def jacobian(self, flow):
+    def jacobian(self, flow: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         """``jac(t, c) -> d(dc/dt)/dc`` (K, K) for the 2nd-order flows (closed form, ``tf.function``).
 
         ``d eta_p/dc_k = eta_p tr(B_p^{-1} B_{p,k})`` (Jacobi's formula) and V
@@ -288,7 +306,16 @@ class PhiFlow:
         return jac
 
     # ------------------------------------------------------------------ running
-    def integrate(self, flow, times, *, method="rk4", dt=None, c0=None, **kwargs):
+    def integrate(
+        self,
+        flow: str,
+        times: ArrayLike,
+        *,
+        method: Literal["euler", "rk4", "dopri", "bdf"] = "rk4",
+        dt: float | None = None,
+        c0: ArrayLike | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """Integrate a flow from coefficients ``c0`` (default: the model's) to the given times.
 
         Args:
@@ -309,7 +336,9 @@ class PhiFlow:
             jac = self.jacobian(flow)
         return integrate_ode(self.rhs(flow), c0, times, method=method, dt=dt, jacobian=jac, **kwargs)
 
-    def functionals(self, c, names, x=None, weights=None):
+    def functionals(
+        self, c: ArrayLike, names: Iterable[str], x: ArrayLike | None = None, weights: ArrayLike | None = None
+    ) -> dict[str, float]:
         """Functionals of :data:`FUNCTIONALS` at coefficients c (on the collocation points by default).
 
         On the collocation points ``"ultralocal"``, ``"entropy"`` and

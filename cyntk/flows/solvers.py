@@ -6,11 +6,12 @@ Used by the frozen-kernel flows (:mod:`cyntk.flows.ode`) and the Galerkin
 
 from __future__ import annotations
 
+from typing import Any, Callable, Literal
+
 import numpy as np
 import tensorflow as tf
 
 __all__ = ["integrate_ode", "ODE_METHODS"]
-
 
 # ----------------------------------------------------------------------------- ODEs
 #: Time integrators of :func:`integrate_ode`.
@@ -18,27 +19,26 @@ ODE_METHODS = ("euler", "rk4", "dopri", "bdf")
 
 
 def integrate_ode(
-    rhs,
-    y0,
-    times,
+    rhs: Callable[[tf.Tensor, tf.Tensor], Any],
+    y0: np.typing.ArrayLike,
+    times: np.typing.ArrayLike,
     *,
-    method="dopri",
-    dt=None,
-    rtol=1e-6,
-    atol=1e-9,
-    jacobian=None,
-    max_num_steps=None,
-    callback=None,
-    stop=None,
-):
+    method: Literal["euler", "rk4", "dopri", "bdf"] = "dopri",
+    dt: float | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    jacobian: Callable[[tf.Tensor, tf.Tensor], Any] | None = None,
+    max_num_steps: int | None = None,
+    callback: Callable[[float, np.ndarray], object] | None = None,
+    stop: Callable[[float, np.ndarray], bool] | None = None,
+) -> dict[str, Any]:
     """Integrate ``dy/dt = rhs(t, y)`` and return y at the requested times.
 
     Args:
         rhs: callable ``rhs(t, y) -> dy/dt`` on float64 tensors (y of any fixed
             shape). For ``"euler"``/``"rk4"`` it may also return NumPy arrays.
         y0: initial state (array).
-        times: increasing output times (T,), ``times[0] >= 0``; the flow starts
-            at t = 0.
+        times: increasing output times (T,), ``times[0] >= 0``; the flow starts at t = 0.
         method: ``"euler"`` (explicit Euler with step ``dt``: gradient descent
             with learning rate dt, paper eq. 3.5), ``"rk4"`` (classical
             Runge-Kutta, step ``dt``), ``"dopri"`` (adaptive Dormand-Prince 5(4),
@@ -123,14 +123,14 @@ def integrate_ode(
         states.extend(list(sol))
         n_steps = int(res_nfev.numpy())
         counter["n"] = max(counter["n"], n_steps)
-    states = np.asarray(states)
-    if not np.all(np.isfinite(states)):
-        err = FloatingPointError(f"the {method} solution became non-finite.")
-        err.partial = {"times": times, "states": states}
-        raise err
+    all_states = np.asarray(states)
+    if not np.all(np.isfinite(all_states)):
+        exc = FloatingPointError(f"the {method} solution became non-finite.")
+        exc.partial = {"times": times, "states": all_states}  # type: ignore[attr-defined]
+        raise exc
     return {
         "times": times,
-        "states": states,
+        "states": all_states,
         "n_rhs": int(counter["n"]),
         "n_steps": n_steps,
         "method": method,
