@@ -4,8 +4,10 @@ A :class:`CompleteIntersection` is X = {Q_1 = ... = Q_K = 0} in
 A = P^{n_1} x ... x P^{n_m}, each Q_k multi-homogeneous of multidegree
 ``configuration[:, k]``. It is Calabi-Yau when ``sum_k configuration[F, k] =
 n_F + 1`` for every factor F. Homogeneous coordinates are concatenated factor by
-factor (factor F occupies ``factor_slices[F]``). Every convention follows
-cymetric 40efeba (see the reference data sheets in ``shared/reference``):
+factor (factor F occupies ``factor_slices[F]``). A hypersurface in one P^n
+(:class:`~cyntk.geometry.Hypersurface`) is the case K = 1, m = 1, computed by the
+same code. Every convention follows cymetric 40efeba (see the reference data
+sheets in ``shared/reference``):
 
 * patch normalisation per factor: ``z_F <- z_F / z_F[argmax |z_F|]`` (one
   coordinate equal to 1 in each factor, the *one index* of that factor);
