@@ -85,8 +85,8 @@ class Chunking:
             TensorFlow's placement, or each replica's own device under a
             strategy). ``engine="tf"`` only.
         tiles: the tiles of ``engine="tf"``: ``"auto"`` (XLA-compiled
-            TensorFlow tiles on a GPU, the kernels' NumPy blocks on CPUs, where
-            they measured faster), ``"xla"`` or ``"numpy"``
+            TensorFlow tiles on a GPU and, on CPUs, where they measured faster
+            (the ReLU NTK); the kernels' NumPy blocks otherwise), ``"xla"`` or ``"numpy"``
             (:class:`~cyntk.flows.tf_product.TFKernelProduct`).
     """
 

@@ -114,10 +114,11 @@ class TFKernelProduct(KernelProduct):
         jit: XLA-compile the tiles (True; False runs them as plain graphs).
         tiles: ``"xla"`` (the kernel's TensorFlow tile, for kernels that
             declare one), ``"numpy"`` (the kernel's NumPy block per tile, BLAS
-            on one thread per tile) or ``"auto"``: XLA tiles when the device
-            is a GPU, NumPy tiles on CPUs, where they measured 1.5x cheaper
-            (2 cores, ``benchmarks/bench_kernel_flow.py``). Scheduling, shards
-            and devices are the same for both.
+            on one thread per tile) or ``"auto"``: XLA tiles on a GPU, and on
+            a CPU where they measured faster (the ReLU NTK; the Gaussian-FS
+            NumPy tiles are cheaper there: :attr:`TileForm.cpu
+            <cyntk.flows.tf_tiles.TileForm>`). Scheduling, shards and devices
+            are the same for both.
     """
 
     engine = "tf"
@@ -137,7 +138,8 @@ class TFKernelProduct(KernelProduct):
             raise ValueError(f"`tiles` must be one of {', '.join(map(repr, TILES))}; received {tiles!r}.")
         gpu = _gpu(device)
         form = tile_form(kernel) if is_pairwise(kernel) and not has_own_matvec(kernel) else None
-        self.tiles = "xla" if form is not None and (tiles == "xla" or (tiles == "auto" and gpu)) else "numpy"
+        auto = tiles == "auto" and form is not None and (gpu or form.cpu)
+        self.tiles = "xla" if form is not None and (tiles == "xla" or auto) else "numpy"
         super().__init__(
             kernel,
             m,

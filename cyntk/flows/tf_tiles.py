@@ -110,11 +110,17 @@ class TileForm:
         block: ``block(state1, state2, same)`` -> (t1, t2) float64 tensor
             (traced inside the compiled tile; ``same``: a diagonal tile of a
             set with itself, where ``state2 is state1``).
+        cpu: whether the XLA tile is the faster choice on a CPU too (measured
+            with ``benchmarks/bench_kernel_flow.py`` on 2 cores at 1e5 points:
+            the ReLU NTK's XLA tiles 1.7x the NumPy engine's wall time, the
+            Gaussian-FS ones 0.55x, slowed by sqrt, arccos and exp; unmeasured
+            forms default to False).
     """
 
     key: tuple
     state: Callable
     block: Callable
+    cpu: bool = False
 
 
 _FUNCTIONS: dict = {}
@@ -213,7 +219,7 @@ def _infinite_width_form(kernel: InfiniteWidthKernel) -> TileForm | None:
                 k = tf.linalg.set_diag(k, s1[2])  # the exact variance K_1(x, x)
             return k
 
-        return TileForm(key, state, block)
+        return TileForm(key, state, block, cpu=True)
 
     def state(x):
         st = kernel.tile_state(x)  # (x, h, q0, ..., q_depth)
@@ -242,7 +248,7 @@ def _infinite_width_form(kernel: InfiniteWidthKernel) -> TileForm | None:
             theta = (a * p) * theta + k
         return theta if kind == "ntk" else k
 
-    return TileForm(key, state, block)
+    return TileForm(key, state, block, cpu=True)
 
 
 # ----------------------------------------------------------------------------- cosine, manifold
