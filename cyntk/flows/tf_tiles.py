@@ -202,11 +202,11 @@ def _infinite_width_form(kernel: InfiniteWidthKernel) -> TileForm | None:
     if relu and depth == 1:
         a = w2[1] / (2.0 * math.pi)
 
-        def state(x):
+        def relu1_state(x):
             st = kernel.tile_state(x)  # (x, h, q0, q1)
             return (st[1], np.sqrt(a * st[2]), st[3])
 
-        def block(s1, s2, same):
+        def relu1_block(s1, s2, same):
             h1, l1, l2 = s1[0], s1[1], s2[1]
             c = tf.clip_by_value(tf.matmul(h1, s2[0], transpose_b=True), -1.0, 1.0)
             if same:
@@ -219,7 +219,7 @@ def _infinite_width_form(kernel: InfiniteWidthKernel) -> TileForm | None:
                 k = tf.linalg.set_diag(k, s1[2])  # the exact variance K_1(x, x)
             return k
 
-        return TileForm(key, state, block, cpu=True)
+        return TileForm(key, relu1_state, relu1_block, cpu=True)
 
     def state(x):
         st = kernel.tile_state(x)  # (x, h, q0, ..., q_depth)
@@ -283,7 +283,7 @@ def _manifold_form(kernel: ManifoldGaussianKernel) -> TileForm:
     return TileForm(("manifold_gaussian", mass, inv), state, block)
 
 
-_FORMS = {
+_FORMS: dict[type, Callable] = {
     GaussianFSKernel: _gaussian_form,
     InfiniteWidthKernel: _infinite_width_form,
     CosineNTKKernel: _cosine_form,
