@@ -66,8 +66,8 @@ def main(argv=None):
     from cyntk.geometry import fermat_quintic, to_real
     from cyntk.kernels.analytic import InfiniteWidthKernel
     from cyntk.kernels.cosine import CosineNTKKernel
+    from cyntk.kernels.empirical import EmpiricalNTKKernel
     from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
-    from cyntk.kernels.ntk import EmpiricalNTKKernel
     from cyntk.models import MultiplicativeModel
 
     if args.strategy == "mirrored":

@@ -182,7 +182,7 @@ def test_bad_inputs_raise_clear_errors(flow):
     with pytest.raises(ValueError, match="alpha"):
         KernelFlowODE(model, y).stiffness(np.zeros((3, 9)))
     # the primal form (linearised network) has no dual coefficients to integrate
-    from cyntk.kernels.ntk import EmpiricalNTKKernel
+    from cyntk.kernels.empirical import EmpiricalNTKKernel
     from cyntk.models import MultiplicativeModel
 
     old = keras.config.dtype_policy()

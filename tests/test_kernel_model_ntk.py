@@ -12,7 +12,7 @@ from test_kernel_model import sigma_and_grad  # noqa: E402
 
 from cyntk.flows.kernel_model import KernelModel  # noqa: E402
 from cyntk.geometry import components_from_hermitian, fermat_quintic, to_real  # noqa: E402
-from cyntk.kernels.ntk import EmpiricalNTKKernel  # noqa: E402
+from cyntk.kernels.empirical import EmpiricalNTKKernel  # noqa: E402
 from cyntk.models import MultiplicativeModel, components_from_hermitian_tf  # noqa: E402
 
 M = fermat_quintic()

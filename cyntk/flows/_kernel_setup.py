@@ -17,7 +17,7 @@ from cyntk.flows.product import KernelProduct, min_eigenvalues
 from cyntk.geometry import to_complex, to_real
 from cyntk.geometry.clustering import BatchedFSClustering
 from cyntk.kernels.base import Kernel
-from cyntk.kernels.ntk import EmpiricalNTKKernel
+from cyntk.kernels.empirical import EmpiricalNTKKernel
 from cyntk.models._tf import copy_model
 from cyntk.models.models import FSModel
 

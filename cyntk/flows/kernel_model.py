@@ -141,7 +141,7 @@ from cyntk.flows.options import Chunking, PositivityGuard, resolve_group
 from cyntk.flows.product import default_threads
 from cyntk.flows.tf_product import TFKernelProduct
 from cyntk.geometry import Hypersurface, check_on_variety, to_complex
-from cyntk.kernels.ntk import EmpiricalNTKKernel
+from cyntk.kernels.empirical import EmpiricalNTKKernel
 from cyntk.models import losses as L
 from cyntk.models._spec import ManifoldSpec, manifold_spec
 from cyntk.models._tf import decode_float64, mark

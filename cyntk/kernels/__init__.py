@@ -37,13 +37,13 @@ from cyntk.kernels.cosine import (
     paper_cosine_normalisation,
 )
 from cyntk.kernels.dual import DualActivation, dual_activation
+from cyntk.kernels.empirical import EmpiricalNTKKernel
 from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
 from cyntk.kernels.infinite_metric import InfiniteWidthMetricKernel, network_infinite_width_kernel
 from cyntk.kernels.manifold import ManifoldGaussianKernel, manifold_cosine_amplitude
 from cyntk.kernels.ntk import (
     IMPLEMENTATIONS,
     OUTPUTS,
-    EmpiricalNTKKernel,
     metric_ntk,
     metric_ntk_path,
     metric_ntk_vp,

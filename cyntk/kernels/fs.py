@@ -64,6 +64,12 @@ class GaussianFSKernel(Kernel):
     squared. Distances below the noise floor of ``arccos`` are set to 0
     (:func:`cyntk.geometry.default_distance_threshold`, or ``threshold``).
 
+    It does not promise to be positive semidefinite (``positive_semidefinite
+    = False``): ``exp(-d)`` of a geodesic distance is positive definite on
+    spheres and hyperbolic spaces, but no such theorem is known to us for the
+    Fubini--Study distance of complex projective space, so flows with it rely
+    on the positivity guard of :class:`~cyntk.flows.KernelModel`.
+
     Args:
         sigma: width (> 0); the paper uses 30.
         threshold: optional threshold on ``1 - cos^2 d`` below which d = 0.
