@@ -15,6 +15,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     r"""
     import json, os, sys
@@ -144,6 +146,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_only_the_chief_writes(tmp_path):
     """Two MultiWorkerMirroredStrategy workers on localhost: both compute the same kernel, only worker 0 writes.
 

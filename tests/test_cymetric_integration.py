@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 CYMETRIC = Path(os.environ.get("CYNTK_CYMETRIC", REPO.parent / "shared" / "cymetric"))
 
 MODELS = ("FreeModel", "AddFSModel", "MultFSModel", "MatrixFSModel", "PhiFSModel")
+#: the same models, the long runs of all but MultFSModel in the `slow` set (`pytest -m slow`)
+MODELS_MAIN_MULT = [m if m == "MultFSModel" else pytest.param(m, marks=pytest.mark.slow) for m in MODELS]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,7 @@ def test_metric_ntk_of_cymetric_models_equals_brute_force(cymetric, quintic_dir,
     assert np.max(np.abs(generic - ref)) / scale < 1e-4
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_MAIN_MULT)
 def test_callback_through_fit_is_bitwise_neutral(cymetric, quintic_dir, tmp_path, name):
     """Every cymetric model with the callback in plain fit; weights compared bit for bit with a run
     without it for the multiplicative and the potential model."""
@@ -167,7 +169,7 @@ def test_callback_through_fit_is_bitwise_neutral(cymetric, quintic_dir, tmp_path
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["MultFSModel", "PhiFSModel"])
+@pytest.mark.parametrize("name", ["MultFSModel", pytest.param("PhiFSModel", marks=pytest.mark.slow)])
 def test_callback_under_train_model(cymetric, quintic_dir, tmp_path, name):
     """cymetric's notebook recipe plus one line: reference at initialisation, epochs 0..E."""
     import tensorflow as tf

@@ -41,6 +41,7 @@ def assert_same_flows(reference, other, rtol=1e-12):
         assert np.abs(a - b).max() <= rtol * scale, (k, np.abs(a - b).max() / scale)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_equals_one_device(tmp_path):
     single, mirrored = tmp_path / "single.npz", tmp_path / "mirrored.npz"
     proc = run_script(

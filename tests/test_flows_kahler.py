@@ -514,6 +514,7 @@ def test_bad_inputs_raise_clear_errors(cubic_ds, cubic_flow):
 
 
 # ------------------------------------------------------------------ experiment
+@pytest.mark.slow
 def test_run_kahlerflows_tiny():
     from cyntk.experiments.kahlerflows import plot_kahlerflows, run_kahlerflows, summary_table
 

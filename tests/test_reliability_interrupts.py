@@ -191,6 +191,7 @@ def test_sample_killed_and_interrupted_at_every_stage(tmp_path, marks):
     assert _hidden(out) == []
 
 
+@pytest.mark.slow
 def test_reproduce_killed_and_interrupted_at_every_stage(tmp_path, marks):
     out = tmp_path / "res"
     d = out / "toy"
