@@ -90,7 +90,7 @@ def run_cicy_fig4(
         store: :class:`~cyntk.experiments.runner.ResultStore` (a paper-scale run resumes per manifold and run).
 
     Returns:
-        dict with ``manifolds`` and, per manifold ``m`` and run prefix ``p`` ("" or "lazy_"),
+        dict with ``manifolds`` and, per manifold ``m`` and run prefix ``p`` (``""`` or ``"lazy_"``),
         ``m/p epochs`` (R,), ``m/p wasserstein`` (R,) (W1 of the pooled train-test spectrum to epoch 0),
         ``m/p frobenius`` (R,) (relative kernel distance to epoch 0), ``m/p spectrum_first``,
         ``m/p spectrum_last``, ``m/p sigma_val`` (E,), ``m/p sigma_val_initial``, ``m/p w1_final``,
