@@ -21,6 +21,8 @@ library call four times slower than the whole tile):
 * :class:`~cyntk.kernels.fs.GaussianFSKernel`: ``exp(-arccos(sqrt(c2)) / (2 sigma))``
   from the squared overlaps ``c2`` of the unit vectors (two GEMMs), with the
   kernel's threshold on ``1 - c2`` and the exact symmetric form on diagonal tiles;
+  on a product of projective spaces (``factor_slices``) the same per factor,
+  ``exp(-sqrt(sum_F t_F d_F^2) / (2 sigma))``;
 * :class:`~cyntk.kernels.analytic.InfiniteWidthKernel` with the ReLU activation
   in the 'ntk' parameterisation (any depth; depth 1 in the factored form of
   :func:`~cyntk.kernels.analytic._relu1_core`), and every depth-0 (linear) kernel;
@@ -169,8 +171,7 @@ def _gaussian_form(kernel: GaussianFSKernel) -> TileForm:
     big_thr = thr if thr > 0.5 else -1.0  # (1 - c2) < thr: distance 0 (thr > 1/2)
     scale = -0.5 / kernel.sigma
 
-    def block(s1, s2, same):
-        a1, a2, b2 = s1[0], s2[0], s2[1]
+    def fs_distance(a1, a2, b2, same):
         re = tf.matmul(a1, a2, transpose_b=True)
         im = tf.matmul(a1, b2, transpose_b=True)
         c2 = re * re + im * im
@@ -180,7 +181,24 @@ def _gaussian_form(kernel: GaussianFSKernel) -> TileForm:
         c2 = tf.minimum(c2, 1.0)
         close = tf.logical_or(c2 > lim, (1.0 - c2) < big_thr)
         c2 = tf.where(close, tf.ones_like(c2), c2)
-        return tf.exp(acos(tf.sqrt(c2), nonnegative=True) * scale)
+        return acos(tf.sqrt(c2), nonnegative=True)
+
+    weights = getattr(kernel, "t", None)
+    if getattr(kernel, "factor_slices", None) is not None and weights is not None:
+        # product of projective spaces: d = sqrt(sum_F t_F d_F^2), state (A_1, B_1, ..., A_m, B_m)
+        def product_block(s1, s2, same):
+            d2 = None
+            for f, t_f in enumerate(weights):
+                d = fs_distance(s1[2 * f], s2[2 * f], s2[2 * f + 1], same)
+                term = (d * d) * t_f
+                d2 = term if d2 is None else d2 + term
+            return tf.exp(tf.sqrt(d2) * scale)
+
+        key = ("gaussian_fs_product", lim, big_thr, scale, kernel.factor_slices, tuple(weights))
+        return TileForm(key, kernel.tile_state, product_block)
+
+    def block(s1, s2, same):
+        return tf.exp(fs_distance(s1[0], s2[0], s2[1], same) * scale)
 
     return TileForm(("gaussian_fs", lim, big_thr, scale), kernel.tile_state, block)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from cyntk._validation import matching_widths, nonnegative_float, optional_chunk_size, positive_float
 from cyntk.geometry import default_distance_threshold, fs_distance_matrix, fs_nearest, to_complex
+from cyntk.geometry.product_distance import _slices_and_t, product_fs_distance_matrix
 from cyntk.kernels.base import Kernel
 
 if TYPE_CHECKING:
@@ -49,6 +50,15 @@ def _complex_points(x: np.ndarray, name: str) -> np.ndarray:
     return to_complex(x)
 
 
+def _unit_state(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, B) = ([Re u, Im u], [Im u, -Re u])`` of the unit vectors ``u = z / |z|``."""
+    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    return (
+        np.ascontiguousarray(np.concatenate([u.real, u.imag], axis=1)),
+        np.ascontiguousarray(np.concatenate([u.imag, -u.real], axis=1)),
+    )
+
+
 @keras.saving.register_keras_serializable(package="cyntk")
 class GaussianFSKernel(Kernel):
     """Exponential kernel in the Fubini-Study geodesic distance (paper eq. 3.6).
@@ -70,10 +80,28 @@ class GaussianFSKernel(Kernel):
     Fubini--Study distance of complex projective space, so flows with it rely
     on the positivity guard of :class:`~cyntk.flows.KernelModel`.
 
+    **Products of projective spaces.** With ``factor_slices`` (or
+    ``manifold=``, a :class:`~cyntk.geometry.CompleteIntersection`) the
+    distance is the geodesic distance of the product metric ``sum_F t_F g_F``,
+    ``d = sqrt(sum_F t_F d_F^2)`` with ``d_F`` the FS distance of factor F
+    (:func:`cyntk.geometry.product_fs_distance_matrix`; the threshold applies
+    to each factor). Without them the points are read as points of one
+    projective space (the hypersurface case, unchanged). The tile API
+    (``tile_state``/``tile_block``) and the XLA tile of
+    :mod:`cyntk.flows.tf_tiles` compute the same product distance
+    (``has_tf_tile`` stays True). :class:`~cyntk.flows.KernelModel` fills the
+    layout from a product manifold when the kernel has none.
+
     Args:
         sigma: width (> 0); the paper uses 30.
         threshold: optional threshold on ``1 - cos^2 d`` below which d = 0.
         chunk_size: rows per chunk of the distance computation.
+        factor_slices: optional int (m, 2) ``[start, end)`` of every projective
+            factor (``CompleteIntersection.factor_slices``): use the product distance.
+        t: positive weights (m,) of the factors (default: the manifold's
+            ``kmoduli`` with ``manifold=``, else ones); needs ``factor_slices``.
+        manifold: a :class:`~cyntk.geometry.CompleteIntersection` (anything with
+            ``factor_slices`` and ``kmoduli``) instead of ``factor_slices``.
 
     Example:
         >>> k = GaussianFSKernel(sigma=30.0)
@@ -93,16 +121,71 @@ class GaussianFSKernel(Kernel):
     has_fused_tile_matvec = False
     has_matrix_free_matvec = False
 
-    def __init__(self, sigma: float = 30.0, *, threshold: float | None = None, chunk_size: int | None = None) -> None:
+    def __init__(
+        self,
+        sigma: float = 30.0,
+        *,
+        threshold: float | None = None,
+        chunk_size: int | None = None,
+        factor_slices: ArrayLike | None = None,
+        t: ArrayLike | None = None,
+        manifold: Any = None,
+    ) -> None:
         self.sigma = positive_float(sigma, "sigma")
         self.threshold = None if threshold is None else nonnegative_float(threshold, "threshold")
         self.chunk_size = optional_chunk_size(chunk_size)
+        if manifold is not None:
+            if factor_slices is not None:
+                raise ValueError("GaussianFSKernel: pass either `manifold` or `factor_slices`, not both.")
+            factor_slices = getattr(manifold, "factor_slices", None)
+            if factor_slices is None:
+                raise TypeError(
+                    f"`manifold` must have `factor_slices` and `kmoduli` (a cyntk CompleteIntersection); "
+                    f"received {type(manifold).__name__}."
+                )
+            if t is None:
+                t = np.asarray(manifold.kmoduli, dtype=np.float64)
+        self.factor_slices: tuple[tuple[int, int], ...] | None = None
+        self.t: tuple[float, ...] | None = None
+        if factor_slices is None:
+            if t is not None:
+                raise ValueError(
+                    "GaussianFSKernel: `t` needs the factor layout; pass `factor_slices` (or `manifold`) with it."
+                )
+            return
+        sl = np.asarray(factor_slices)
+        if sl.ndim != 2 or sl.shape[1] != 2 or not np.issubdtype(sl.dtype, np.integer):
+            raise ValueError(
+                f"`factor_slices` must be an int array (m, 2) of [start, end) per factor; received {factor_slices!r}."
+            )
+        sl, tt = _slices_and_t(sl, t, int(sl[-1, 1]) if len(sl) else -1)
+        if not np.all(np.isfinite(tt)):
+            raise ValueError(f"`t` must be finite; received {t!r}.")
+        self.factor_slices = tuple((int(a), int(b)) for a, b in sl)
+        self.t = tuple(float(v) for v in tt)
+
+    @property
+    def is_product(self) -> bool:
+        """Whether the kernel uses the product distance (``factor_slices`` given)."""
+        return self.factor_slices is not None
 
     def get_config(self) -> dict[str, Any]:
-        return {"sigma": self.sigma, "threshold": self.threshold, "chunk_size": self.chunk_size}
+        cfg: dict[str, Any] = {"sigma": self.sigma, "threshold": self.threshold, "chunk_size": self.chunk_size}
+        if self.factor_slices is not None:
+            cfg["factor_slices"] = [list(p) for p in self.factor_slices]
+            cfg["t"] = list(self.t or ())
+        return cfg
+
+    def _check_layout(self, x):
+        n = self.factor_slices[-1][1] if self.factor_slices else None
+        if n is not None and x.shape[1] != 2 * n:
+            raise ValueError(
+                f"GaussianFSKernel: the points must have width 2n = {2 * n} for factor_slices "
+                f"{[list(p) for p in self.factor_slices]}; received shape {x.shape}."
+            )
 
     def distance(self, x1: ArrayLike, x2: ArrayLike | None = None) -> np.ndarray:
-        """FS geodesic distances (P1, P2) of real points, float64."""
+        """FS (product) geodesic distances (P1, P2) of real points, float64."""
         p1, _ = self._points(x1, "x1")
         p2 = None if x2 is None else self._points(x2, "x2")[0]
         if p2 is not None:
@@ -112,12 +195,18 @@ class GaussianFSKernel(Kernel):
     def _distance(self, x1, x2):
         z1 = _complex_points(x1, "x1")
         z2 = None if x2 is None else _complex_points(x2, "x2")
-        d = fs_distance_matrix(z1, z2, chunk_size=self.chunk_size or _DEFAULT_CHUNK, threshold=self.threshold)
+        if self.factor_slices is not None:
+            self._check_layout(x1)
+            d = product_fs_distance_matrix(z1, z2, self.factor_slices, self.t, threshold=self.threshold)
+        else:
+            d = fs_distance_matrix(z1, z2, chunk_size=self.chunk_size or _DEFAULT_CHUNK, threshold=self.threshold)
         if z2 is None:  # exactly symmetric (the matrix product is not)
             d = 0.5 * (d + d.T)
         return d
 
     def _block(self, x1, x2):
+        if self.factor_slices is not None:
+            return self._product_block(x1, x2)
         s1 = self.tile_state(x1)
         s2 = None if x2 is None else self.tile_state(x2)
         rows = self.chunk_size or _DEFAULT_CHUNK
@@ -137,21 +226,63 @@ class GaussianFSKernel(Kernel):
     def tile_state(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """Per-point state of real points (P, 2N): ``(A, B)`` with ``A = [Re u, Im u]`` and
         ``B = [Im u, -Re u]`` for the unit vectors ``u = z / |z|``, so that
-        ``u^dagger u' = A A'^T + i A B'^T``.
+        ``u^dagger u' = A A'^T + i A B'^T``; with ``factor_slices``, one such pair per
+        factor (``(A_1, B_1, ..., A_m, B_m)``, unit vectors of every factor).
         """
         z = _complex_points(np.asarray(x, dtype=np.float64), "x")
-        u = z / np.linalg.norm(z, axis=1, keepdims=True)
-        return (
-            np.ascontiguousarray(np.concatenate([u.real, u.imag], axis=1)),
-            np.ascontiguousarray(np.concatenate([u.imag, -u.real], axis=1)),
-        )
+        if self.factor_slices is not None:  # one (A, B) pair per factor
+            self._check_layout(np.asarray(x))
+            out: list[np.ndarray] = []
+            for s, e in self.factor_slices:
+                out.extend(_unit_state(z[:, s:e]))
+            return tuple(out)
+        return _unit_state(z)
 
     def tile_block(self, state1: tuple[np.ndarray, ...], state2: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """Block (P1, P2) between two (sliced) states of :meth:`tile_state`; ``state2=None``: same set."""
+        if self.factor_slices is not None:
+            return self._product_tile(state1, state2)
         c2 = self._overlap2(state1, state1 if state2 is None else state2)
         if state2 is None:
             self._symmetrise(c2)
         return self._from_overlap2(c2)
+
+    # products of projective spaces: d^2 = sum_F t_F d_F^2
+    def _product_tile(self, state1, state2):
+        """``exp(-sqrt(sum_F t_F d_F^2) / (2 sigma))`` from per-factor (A, B) states."""
+        d2 = None
+        for f, tf_ in enumerate(self.t or ()):
+            a = state1[2 * f : 2 * f + 2]
+            c2 = self._overlap2(a, a if state2 is None else state2[2 * f : 2 * f + 2])
+            if state2 is None:
+                self._symmetrise(c2)
+            self._distance_from_overlap2(c2)  # d_F
+            np.multiply(c2, c2, out=c2)
+            c2 *= tf_
+            if d2 is None:
+                d2 = c2
+            else:
+                d2 += c2
+        assert d2 is not None
+        return self._from_distance2(d2)
+
+    def _product_block(self, x1, x2):
+        s1 = self.tile_state(x1)
+        if x2 is None:
+            return self._product_tile(s1, None)  # symmetric: whole per-factor matrices
+        s2 = self.tile_state(x2)
+        rows = self.chunk_size or _DEFAULT_CHUNK
+        out = np.empty((len(x1), len(x2)))
+        for s in range(0, len(x1), rows):
+            out[s : s + rows] = self._product_tile(tuple(a[s : s + rows] for a in s1), s2)
+        return out
+
+    def _from_distance2(self, d2):
+        """``exp(-sqrt(d2) / (2 sigma))`` in place."""
+        np.sqrt(d2, out=d2)
+        d2 *= -0.5 / self.sigma
+        np.exp(d2, out=d2)
+        return d2
 
     @staticmethod
     def _overlap2(state1, state2):
@@ -174,6 +305,13 @@ class GaussianFSKernel(Kernel):
     def _from_overlap2(self, c2):
         """``exp(-arccos(sqrt(c2)) / (2 sigma))`` in place (c2 clipped to [0, 1]; pairs with
         ``1 - c2 < threshold`` get distance 0, see :func:`cyntk.geometry.default_distance_threshold`)."""
+        self._distance_from_overlap2(c2)
+        c2 *= -0.5 / self.sigma
+        np.exp(c2, out=c2)
+        return c2
+
+    def _distance_from_overlap2(self, c2):
+        """``arccos(sqrt(c2))`` in place, with the clipping and threshold of :meth:`_from_overlap2`."""
         thr = default_distance_threshold() if self.threshold is None else self.threshold
         np.minimum(c2, 1.0, out=c2)  # c2 = re^2 + im^2 >= 0
         if thr > 0.5:
@@ -183,8 +321,6 @@ class GaussianFSKernel(Kernel):
             c2[c2 > lim] = 1.0  # arccos(sqrt(1)) = 0 exactly
         np.sqrt(c2, out=c2)
         np.arccos(c2, out=c2)  # the FS distance d
-        c2 *= -0.5 / self.sigma
-        np.exp(c2, out=c2)
         return c2
 
 
