@@ -20,6 +20,7 @@ import pytest
 import cyntk.kernels as kernels_module
 from cyntk.flows._kernel_setup import _deserialize_kernel, _serialize_kernel
 from cyntk.flows.product import KernelProduct, has_own_matvec, is_pairwise, uses_tile_api
+from cyntk.flows.tf_tiles import tile_form
 from cyntk.geometry import fermat_cubic, fermat_quintic, to_real
 from cyntk.kernels import (
     CosineNTKKernel,
@@ -48,6 +49,7 @@ FLAGS = (
     "has_tile_api",
     "has_fused_tile_matvec",
     "has_matrix_free_matvec",
+    "has_tf_tile",
 )
 PROPERTIES = ("supports_tiles", "supports_fused_matvec", "matrix_free")
 
@@ -165,6 +167,10 @@ def test_flags_are_booleans_and_consistent(case):
         assert kernel.positive_semidefinite
     assert kernel.supports_tiles == kernel.has_tile_api
     assert kernel.matrix_free == kernel.has_matrix_free_matvec
+    if kernel.has_tf_tile:  # the TF engine's tiles replace the pairwise block (its own, not the NumPy tile API)
+        assert kernel.pairwise and not kernel.matrix_free
+    if tile_form(kernel) is not None:
+        assert kernel.has_tf_tile, "cyntk.flows.tf_tiles reads the declaration"
     # the engine's readers report the declarations
     assert is_pairwise(kernel) == kernel.pairwise
     assert has_own_matvec(kernel) == kernel.matrix_free

@@ -59,9 +59,9 @@ DEMO_SCALES: dict[str, _DemoScale] = {
 }
 
 #: Flow hyperparameters of the demo: step sizes that keep the metric positive-definite with
-#: eq. 3.5 summed over the train points (the paper's Table 1 values break positivity at once in
-#: cymetric's normalisation of g, see cyntk.experiments.kernel_flows), decaying geometrically
-#: because fixed steps on the non-smooth |1 - eta| oscillate.
+#: eq. 3.5 summed over the train points (the paper's Table 1 step sizes, read as a sum, lose
+#: positivity within a few steps in cymetric's normalisation of g: cyntk.experiments.table1 runs
+#: them both ways), decaying geometrically because fixed steps on the non-smooth |1 - eta| oscillate.
 DEMO_FLOW_HYPERPARAMETERS = {
     "gaussian": {"learning_rate": 1e-3, "decay_rate": 0.85, "sigma": 0.02},
     "delta": {"learning_rate": 1e-3, "decay_rate": 0.85},
