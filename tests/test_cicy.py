@@ -209,7 +209,7 @@ def test_validation_errors_and_warning():
         CompleteIntersection([np.array([[2, 0, 0, 1, 0, 0], [1, 0, 0, 0, 0, 2]])], [np.ones(2)], [2, 2])
     with pytest.raises(ValueError, match="kmoduli"):
         tetraquadric(kmoduli=[1, 1, 1])
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(ValueError, match="`chart` must be a chart row of 5 distinct integers"):
         tetraquadric().sample_points(10, chart=(0, 1))
     with pytest.raises(ValueError, match="not on the variety"):
         tetraquadric().geometry(tetraquadric().patch_normalise(np.ones((2, 8)) + 0.3j * np.arange(8)))

@@ -493,8 +493,10 @@ class CompleteIntersection:
         Args:
             n_points: number of points (> 0).
             seed: int, ``None`` or ``numpy.random.Generator`` (reproducible for a fixed seed).
-            chart: one equation in one P^n only: keep only points in the chart
-                ``(patch, eliminated)`` (rejection sampling); must be None otherwise.
+            chart: keep only points in this chart (rejection sampling, reproducible for a
+                seed): a full row of :meth:`charts` (the one index of every factor, then the
+                eliminated coordinate of every equation); ``(patch, eliminated)`` for one
+                equation in one P^n.
             progress: show a tqdm bar (default: n_points >= 200000).
             newton_steps: one equation in one P^n only: Newton polishing steps of each root along its line.
             return_planes: also return the line/plane id of every point (int64 (P,)).
@@ -513,6 +515,61 @@ class CompleteIntersection:
             newton_steps=newton_steps,
             return_planes=return_planes,
         )
+
+    # ------------------------------------------------------------ projection
+    def project(self, z, *, max_steps: int = 50, tol: float = 1e-13):
+        """Project points onto X by Newton steps on all K equations.
+
+        Each step is the minimum-norm Newton step ``dz = -J^+ Q = -J^H (J J^H)^{-1} Q``
+        of every point (J the K x n Jacobian ``dQ_k/dz_i``; for K = 1 the step
+        ``-Q conj(dQ)/|dQ|^2``), followed by normalising every factor to unit
+        length; at the end the points are patch-normalised per factor. Points that
+        already meet ``tol`` are not moved. For one equation in one P^n this is
+        :meth:`Hypersurface.project <cyntk.geometry.Hypersurface.project>` exactly.
+
+        Args:
+            z: complex (P, n) points near X (or real (P, 2n)).
+            max_steps: Newton steps at most.
+            tol: stop when ``max_k |Q_k| / sum_m |c_m z^m| < tol`` for every point.
+
+        Returns:
+            ``(points, converged)``: complex128 (P, n) patch-normalised and bool (P,)
+            (False where the relative residual stayed above ``tol``).
+        """
+        z = self._points(z).copy()
+
+        def unit(z):
+            for a, b in self.factor_slices:
+                z[:, a:b] /= np.linalg.norm(z[:, a:b], axis=1, keepdims=True)
+            return z
+
+        def residual(z):
+            q, scale = self._values(z, with_scale=True)
+            return q, np.max(np.abs(q) / scale, axis=1)
+
+        z = unit(z)
+        for _ in range(int(max_steps)):
+            q, res = residual(z)
+            if np.all(res < tol):
+                break
+            dq = self._gradients(z)  # (P, K, n)
+            if self.nhyper == 1:
+                step = (q[:, 0] / np.sum(np.abs(dq[:, 0]) ** 2, axis=1))[:, None] * np.conj(dq[:, 0])
+            else:
+                jh = np.conj(np.swapaxes(dq, 1, 2))  # (P, n, K)
+                with np.errstate(all="ignore"):
+                    w = np.linalg.solve(dq @ jh, q[:, :, None])  # (J J^H) w = Q
+                step = (jh @ w)[:, :, 0]
+            move = (res >= tol) & np.all(np.isfinite(step), axis=1)
+            z = np.where(move[:, None], z - step, z)
+            z = unit(z)
+        res = residual(z)[1]
+        r = np.arange(len(z))
+        for a, b in self.factor_slices:
+            k = a + np.argmax(np.abs(z[:, a:b]), axis=1)
+            z[:, a:b] = z[:, a:b] / z[r, k][:, None]
+            z[r, k] = 1.0 + 0.0j
+        return z, res < max(tol, 1e-12)
 
     # ------------------------------------------------------- cymetric basis
     def basis(self, kappa: float = 1.0) -> dict:

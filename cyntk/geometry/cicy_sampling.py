@@ -49,13 +49,15 @@ import numpy as np
 
 from cyntk._validation import check_memory, positive_int
 
-__all__ = ["sample_points", "sample_planes", "sample_lines"]
+__all__ = ["sample_points", "sample_planes", "sample_lines", "check_chart_row"]
 
 _ISCLOSE = dict(rtol=1e-5, atol=1e-8)
 # planes per internal chunk (bounds memory, fixes the random stream's order)
 _CHUNK_PLANES = 4096
 # points per chunk of the line sampler (bounds memory; fixes its random stream's order)
 _CHUNK_POINTS = 50_000
+# chart selection on products: sampled points without one in the chart before giving up
+_CHART_MAX_TRIES = 200_000
 
 
 def _sphere(rng, shape, n):
@@ -73,7 +75,10 @@ def sample_points(
         ci: a :class:`~cyntk.geometry.cicy.CompleteIntersection` (or :class:`~cyntk.geometry.Hypersurface`).
         n_points: number of points (> 0).
         seed: int, ``None`` or ``numpy.random.Generator``.
-        chart: one equation in one P^n only (:func:`sample_lines`); None otherwise.
+        chart: a full chart row (one index per factor, then one eliminated coordinate per
+            equation, as :meth:`CompleteIntersection.charts` returns): keep only points in that
+            chart (rejection sampling; the same points for the same seed). One equation in one
+            P^n: the pair ``(patch, eliminated)`` of :func:`sample_lines`.
         progress: show a tqdm bar (default: n_points >= 200000).
         newton_steps: one equation in one P^n only: Newton steps per root (:func:`sample_lines`).
         return_planes: also return the plane id of every point (int64 (P,)),
@@ -92,13 +97,9 @@ def sample_points(
             newton_steps=newton_steps,
             return_planes=return_planes,
         )
-    if chart is not None:
-        raise ValueError(
-            f"`chart` selection is not supported beyond one equation in one projective space; received "
-            f"chart={chart!r} for {ci.name} (ambient {ci.ambient.tolist()}, {ci.nhyper} equation(s)). "
-            f"Select charts afterwards with CompleteIntersection.charts."
-        )
     n_points = positive_int(n_points, "n_points")
+    if chart is not None:
+        chart = check_chart_row(ci, chart)
     n = ci.ncoords
     check_memory(2 * 16 * n * n_points + _CHUNK_PLANES * 16 * 64 * n, "n_points", n_points, f"sampling on {ci.name}")
     rng = _as_rng(seed)
@@ -111,9 +112,14 @@ def sample_points(
         bar = tqdm(total=n_points, desc=f"sampling {ci.name}", unit="pt")
     mean_d = float(np.mean(ci.assignment_degrees))
     out, ids, have, offset, empty = [], [], 0, 0, 0
+    # chart selection: rejection with the running acceptance rate (first guess: one chart of all rows)
+    accept, seen, hits = 1.0, 0, 0
+    if chart is not None:
+        n_rows = int(np.prod(ci.ambient + 1)) * math.perm(int(ci.ncoords - ci.nproj), int(ci.nhyper))
+        accept = 1.0 / n_rows
     while have < n_points:
         want = n_points - have
-        L = min(_CHUNK_PLANES, int(math.ceil(want / max(mean_d, 1e-9) * 1.1)) + 2)
+        L = min(_CHUNK_PLANES, int(math.ceil(want / max(mean_d * accept, 1e-9) * 1.1)) + 2)
         z, pid, _ = sample_planes(ci, L, rng)
         empty = empty + 1 if len(z) == 0 else 0
         if empty >= 3:
@@ -121,6 +127,19 @@ def sample_points(
                 f"sampling {ci.name}: three batches of {L} planes gave no point on X; "
                 f"the equations may be singular or inconsistent."
             )
+        if chart is not None:
+            keep = np.all(ci.charts(z) == chart[None, :], axis=1)
+            seen += len(z)
+            hits += int(keep.sum())
+            if hits == 0 and seen >= _CHART_MAX_TRIES:
+                raise RuntimeError(
+                    f"sampling {ci.name} in chart {tuple(chart.tolist())}: none of {seen} sampled points "
+                    f"lies in that chart (one index per factor, then the eliminated coordinate of every "
+                    f"equation, as CompleteIntersection.charts chooses them); choose a chart that "
+                    f"CompleteIntersection.charts returns for some points."
+                )
+            accept = max(hits / seen, 0.2 / seen) if seen else accept
+            z, pid = z[keep][:want], pid[keep][:want]
         out.append(z)
         ids.append(pid + offset)
         offset += L
@@ -132,6 +151,36 @@ def sample_points(
     z = np.concatenate(out)[:n_points]
     pid = np.concatenate(ids)[:n_points]
     return (z, pid) if return_planes else z
+
+
+def check_chart_row(ci, chart) -> np.ndarray:
+    """A full chart row of ``ci`` (one index per factor, then one eliminated coordinate per equation), validated.
+
+    Raises:
+        ValueError: wrong length, non-integers, a one index outside its factor, or
+            coordinates used twice.
+    """
+    m, K, n = ci.nproj, ci.nhyper, ci.ncoords
+    expect = (
+        f"a chart row of {m + K} distinct integers: the index of the coordinate equal to 1 in each of the "
+        f"{m} factor(s) {[list(map(int, p)) for p in ci.factor_slices]}, then the eliminated coordinate of "
+        f"each of the {K} equation(s), all in [0, {n})"
+    )
+    arr = np.asarray(chart, dtype=object).reshape(-1) if not isinstance(chart, str) else np.array([chart])
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in arr):
+        raise ValueError(f"`chart` must be {expect}; received {chart!r}.")
+    row = np.array([int(v) for v in arr], dtype=np.int64)
+    if len(row) != m + K:
+        raise ValueError(f"`chart` must be {expect}; received {len(row)} entries: {chart!r}.")
+    if np.any(row < 0) or np.any(row >= n) or len(np.unique(row)) != len(row):
+        raise ValueError(f"`chart` must be {expect}; received {chart!r}.")
+    for F, (a, b) in enumerate(ci.factor_slices):
+        if not a <= row[F] < b:
+            raise ValueError(
+                f"`chart` entry {F} (the one index of factor {F}) must lie in [{a}, {b}); received {chart!r} "
+                f"(expected {expect})."
+            )
+    return row
 
 
 def sample_planes(ci, n_planes, rng):

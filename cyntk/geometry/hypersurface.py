@@ -35,7 +35,6 @@ import warnings
 
 import numpy as np
 
-from cyntk._validation import as_points
 from cyntk.geometry.cicy import CompleteIntersection
 
 __all__ = [
@@ -352,6 +351,7 @@ class Hypersurface(CompleteIntersection):
         minimum-norm Newton step of the scalar equation Q = 0), then the
         result is patch-normalised. Used to put perturbed points back on the
         variety, so that they are valid test points at a controlled distance.
+        The K = 1, m = 1 case of :meth:`CompleteIntersection.project`.
 
         Args:
             z: complex (P, N) points near X.
@@ -362,22 +362,7 @@ class Hypersurface(CompleteIntersection):
             ``(points, converged)``: complex128 (P, N) patch-normalised and
             bool (P,) (False where the relative residual stayed above ``tol``).
         """
-        z = as_points(z, "z", ncoords=self.ncoords).copy()
-        z /= np.linalg.norm(z, axis=1, keepdims=True)
-        for _ in range(int(max_steps)):
-            q = self.Q(z)
-            res = np.abs(q) / self.monomial_scale(z)
-            if np.all(res < tol):
-                break
-            dq = self.dQdz(z)
-            step = (q / np.sum(np.abs(dq) ** 2, axis=1))[:, None] * np.conj(dq)
-            z = np.where((res >= tol)[:, None], z - step, z)
-            z /= np.linalg.norm(z, axis=1, keepdims=True)
-        res = np.abs(self.Q(z)) / self.monomial_scale(z)
-        k = np.argmax(np.abs(z), axis=1)
-        z = z / z[np.arange(len(z)), k][:, None]
-        z[np.arange(len(z)), k] = 1.0 + 0.0j
-        return z, res < max(tol, 1e-12)
+        return super().project(z, max_steps=max_steps, tol=tol)  # the K = 1 case, same numbers
 
 
 # ------------------------------------------------------------ named manifolds
