@@ -83,10 +83,12 @@ def test_multiplicative_model_trains_on_the_bicubic_with_the_callback():
     assert len(cb.history) >= 2  # epoch 0 and every epoch recorded
 
 
-def test_kernel_model_refuses_complete_intersections_clearly():
+def test_kernel_model_takes_a_cymetric_product_dataset_chart_by_chart():
     from cyntk.flows import KernelModel
     from cyntk.kernels import GaussianFSKernel
 
     ds, r = _ref("cymetric_tetraquadric")
-    with pytest.raises(NotImplementedError, match="hypersurfaces in one projective space"):
-        KernelModel(GaussianFSKernel(sigma=1.0), r["X"][:4], ds)
+    with pytest.raises(ValueError, match="mixes .* charts .*one="):
+        KernelModel(GaussianFSKernel(sigma=1.0), r["X"][:40], ds)
+    model = KernelModel(GaussianFSKernel(sigma=1.0), r["X"][:40], ds, mixed_charts="separate")
+    assert model.kappa == ds.kappa and model.kernel.factor_slices == ((0, 2), (2, 4), (4, 6), (6, 8))

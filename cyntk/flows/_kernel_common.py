@@ -31,6 +31,47 @@ class NonPositiveMetricError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- helpers
+def chart_ids(charts, ncoords: int) -> np.ndarray:
+    """One int64 id per chart row (P, m + K) of ``CompleteIntersection.charts``.
+
+    The row read as digits in base ``ncoords``: for a hypersurface (rows
+    ``(k, j)``: patch, eliminated coordinate) the id is ``k * N + j``.
+    """
+    c = np.asarray(charts, dtype=np.int64)
+    c = c.reshape(len(c), -1)
+    if float(ncoords) ** c.shape[1] >= 2.0**62:
+        raise ValueError(f"chart rows of {c.shape[1]} entries in base {ncoords} do not fit an int64 id.")
+    ids = np.zeros(len(c), dtype=np.int64)
+    for col in range(c.shape[1]):
+        ids = ids * int(ncoords) + c[:, col]
+    return ids
+
+
+def chart_row(chart_id: int, ncoords: int, width: int) -> tuple[int, ...]:
+    """The chart row ``(one indices..., eliminated...)`` of an id of :func:`chart_ids`."""
+    out = []
+    v = int(chart_id)
+    for _ in range(width):
+        v, r = divmod(v, int(ncoords))
+        out.append(r)
+    return tuple(reversed(out))
+
+
+def chart_label(chart_id: int, ncoords: int, nproj: int, nhyper: int) -> str:
+    """A chart for messages: ``(k=.., j=..)`` for a hypersurface, else its one indices and eliminated coordinates."""
+    row = chart_row(chart_id, ncoords, nproj + nhyper)
+    if nproj == 1 and nhyper == 1:
+        return f"(k={row[0]}, j={row[1]})"
+    return f"(one={row[:nproj]}, elim={row[nproj:]})"
+
+
+def chart_advice(nproj: int, nhyper: int) -> str:
+    """How to sample points in one chart (for error messages)."""
+    if nproj == 1 and nhyper == 1:
+        return "M.sample_points(n, chart=(k, j))"
+    return "M.sample_points(n, chart=row), row = one index per factor then one eliminated coordinate per equation"
+
+
 def _check_sample_weight(sample_weight, x):
     """Refuse sample weights that are not finite, >= 0, one per point and not all 0.
 

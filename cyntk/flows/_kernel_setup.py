@@ -13,11 +13,14 @@ import numpy as np
 import tensorflow as tf
 
 from cyntk._validation import positive_int
+from cyntk.flows._kernel_common import chart_advice, chart_ids, chart_label
 from cyntk.flows.product import KernelProduct, min_eigenvalues
-from cyntk.geometry import to_complex, to_real
+from cyntk.geometry import CompleteIntersection, Hypersurface, product_fs_distance_matrix, to_complex, to_real
 from cyntk.geometry.clustering import BatchedFSClustering
+from cyntk.geometry.projective import fs_nearest
 from cyntk.kernels.base import Kernel
 from cyntk.kernels.empirical import EmpiricalNTKKernel
+from cyntk.kernels.fs import GaussianFSKernel
 from cyntk.models._tf import copy_model
 from cyntk.models.models import FSModel
 
@@ -29,17 +32,23 @@ class _FlowSetup:
         x = self._check_points(x_train, "x_train")
         z = to_complex(x)
         charts = self.surface.charts(z)
-        ids = charts[:, 0] * self.spec.ncoords + charts[:, 1]
+        ids = chart_ids(charts, self.spec.ncoords)
         uniq, counts = np.unique(ids, return_counts=True)
         if len(uniq) > 1 and self.mixed_charts == "raise":
+            S = self.surface
             desc = ", ".join(
-                f"(k={u // self.spec.ncoords}, j={u % self.spec.ncoords}): {c}" for u, c in zip(uniq[:6], counts[:6])
+                f"{chart_label(u, S.ncoords, S.nproj, S.nhyper)}: {c}" for u, c in zip(uniq[:6], counts[:6])
+            )
+            kind = (
+                "patch k, eliminated coordinate j"
+                if S.nproj == 1 and S.nhyper == 1
+                else "chart rows: one index per factor, one eliminated coordinate per equation"
             )
             raise ValueError(
-                f"`x_train` mixes {len(uniq)} charts (patch k, eliminated coordinate j) -- {desc}"
+                f"`x_train` mixes {len(uniq)} charts ({kind}) -- {desc}"
                 f"{' ...' if len(uniq) > 6 else ''}. A kernel adds metric components of different "
                 "points, which is meaningful only in one chart. Sample in one chart "
-                "(M.sample_points(n, chart=(k, j))), or pass mixed_charts='separate' to flow each "
+                f"({chart_advice(S.nproj, S.nhyper)}), or pass mixed_charts='separate' to flow each "
                 "chart on its own (block-diagonal kernel)."
             )
         if self.spec.kappa is None:
@@ -149,7 +158,11 @@ class _FlowSetup:
             if C > len(x):
                 raise ValueError(f"`clusters` must be at most the number of train points ({len(x)}); received {C}.")
             est = BatchedFSClustering(
-                n_clusters=C, batch_size=self.cluster_batch_size, shuffle=self.seed is not None, random_state=self.seed
+                n_clusters=C,
+                batch_size=self.cluster_batch_size,
+                shuffle=self.seed is not None,
+                random_state=self.seed,
+                manifold=_product_layout(self.surface),  # products: the product FS distance
             )
             labels = est.fit_predict(z)
         elif hasattr(clusters, "fit_predict"):
@@ -289,11 +302,52 @@ class _LazyEmpiricalNTK(EmpiricalNTKKernel):
         return super().matvec(x1, x2, v, chunk_size=chunk_size)
 
 
-def _require_hypersurface(spec):
-    """KernelModel flows need one hypersurface in one P^n (complete intersections: not yet)."""
+def _product_layout(surface):
+    """The manifold whose product FS distance the flow uses (None: one projective space, plain FS)."""
+    return surface if getattr(surface, "nproj", 1) > 1 else None
+
+
+def _surface_of(spec):
+    """The geometry object of a models' spec: a Hypersurface (one equation in one P^n) or the CompleteIntersection."""
+    manifold = getattr(spec, "manifold", None)
+    if isinstance(manifold, CompleteIntersection):  # CICYSpec: complete intersections, products
+        return manifold
     if not hasattr(spec, "monomials"):
-        raise NotImplementedError(
-            f"`manifold`: KernelModel supports hypersurfaces in one projective space; received "
-            f"{spec.describe()}. Complete intersections / products of projective spaces work with the "
-            f"metric models and cyntk.geometry.product_fs_distance, not yet with KernelModel."
+        raise TypeError(f"`manifold`: cannot build the geometry of {type(spec).__name__}.")
+    return Hypersurface(spec.monomials, spec.coefficients, spec.kmoduli, name=spec.name)
+
+
+def _kernel_for(kernel, surface):
+    """The kernel on ``surface``: a GaussianFSKernel without factor layout gets the product's.
+
+    On a product of projective spaces (``surface.nproj > 1``) a
+    :class:`~cyntk.kernels.fs.GaussianFSKernel` given without ``factor_slices``
+    is replaced by a copy with the manifold's ``factor_slices`` and ``kmoduli``
+    (the product FS distance); one with a different layout is refused. Other
+    kernels and one projective space: the kernel itself.
+    """
+    layout = _product_layout(surface)
+    if layout is None or not isinstance(kernel, GaussianFSKernel):
+        return kernel
+    slices = tuple((int(a), int(b)) for a, b in layout.factor_slices)
+    if kernel.factor_slices is None:
+        cfg = dict(kernel.get_config(), factor_slices=[list(p) for p in slices], t=layout.kmoduli.tolist())
+        return type(kernel).from_config(cfg)
+    if kernel.factor_slices != slices:
+        raise ValueError(
+            f"`kernel`: its factor_slices {[list(p) for p in kernel.factor_slices]} differ from the "
+            f"manifold's {[list(p) for p in slices]}; give the kernel the manifold's layout "
+            "(GaussianFSKernel(..., manifold=M)) or none (KernelModel fills it in)."
         )
+    return kernel
+
+
+def _nearest_train(zq, zt, layout, chunk: int = 2048):
+    """Index (Q,) of the nearest point of ``zt`` for every point of ``zq`` (FS or product FS distance)."""
+    if layout is None:
+        return fs_nearest(zq, zt, k=1, exclude_self=False)[1][:, 0]
+    out = np.empty(len(zq), dtype=np.int64)
+    for s in range(0, len(zq), chunk):
+        d = product_fs_distance_matrix(zq[s : s + chunk], zt, layout.factor_slices, layout.kmoduli)
+        out[s : s + chunk] = np.argmin(d, axis=1)
+    return out

@@ -11,10 +11,11 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from cyntk.flows._kernel_common import _MARKER, NonPositiveMetricError
+from cyntk.flows._kernel_common import _MARKER, NonPositiveMetricError, chart_advice, chart_ids, chart_label
+from cyntk.flows._kernel_setup import _nearest_train, _product_layout
 from cyntk.flows.distribute import all_reduce_sum, local_device, replica_context, shard_of
 from cyntk.flows.product import RowIndex, default_threads, min_eigenvalues
-from cyntk.geometry import fs_nearest, to_complex
+from cyntk.geometry import Hypersurface, to_complex
 from cyntk.models._tf import mark
 
 
@@ -27,7 +28,7 @@ class _FlowSteps:
             x = np.asarray(self.x_train.numpy(), dtype=np.float64)
             c["x"] = x
             charts = self.surface.charts(to_complex(x))
-            ids = charts[:, 0] * self.spec.ncoords + charts[:, 1]
+            ids = chart_ids(charts, self.spec.ncoords)
             c["chart_ids"] = ids
             c["charts"] = np.unique(ids)
             labels = np.asarray(self.cluster_labels.numpy(), dtype=np.int64)
@@ -47,25 +48,31 @@ class _FlowSteps:
     def _groups_for(self, x, j_elim=None):
         """Chart check and block labels of arbitrary points (None: one block)."""
         st = self._np_state()
-        charts = self.surface.charts(to_complex(x))
+        S = self.surface
+        charts = S.charts(to_complex(x))
         if j_elim is not None:
             j = np.asarray(j_elim).reshape(-1)
-            if j.shape[0] != len(x) or np.any(j != charts[:, 1]):
+            elim = charts[:, S.nproj :].reshape(-1)
+            if j.shape != elim.shape or np.any(j != elim):
                 raise ValueError(
                     "`j_elim` must agree with the points' own elimination indices (the "
                     "KernelModel's charts are fixed by its points); received other values."
                 )
-        ids = charts[:, 0] * self.spec.ncoords + charts[:, 1]
+        ids = chart_ids(charts, self.spec.ncoords)
         known = np.isin(ids, st["charts"])
         if not known.all():
             i = int(np.flatnonzero(~known)[0])
             N = self.spec.ncoords
-            train = ", ".join(f"(k={u // N}, j={u % N})" for u in st["charts"][:6])
+
+            def label(u):
+                return chart_label(u, N, S.nproj, S.nhyper)
+
+            train = ", ".join(label(u) for u in st["charts"][:6])
             raise ValueError(
                 f"{int((~known).sum())} of {len(x)} points lie in charts without train points (first: "
-                f"point {i} in chart (k={ids[i] // N}, j={ids[i] % N})); the train points are in "
+                f"point {i} in chart {label(ids[i])}); the train points are in "
                 f"{train}. Metric components of different charts cannot be mixed: sample the points in "
-                "the train chart (M.sample_points(n, chart=(k, j)))."
+                f"the train chart ({chart_advice(S.nproj, S.nhyper)})."
             )
         if st["groups"] is None:
             return None
@@ -75,11 +82,11 @@ class _FlowSteps:
         labels = np.empty(len(x), dtype=np.int64)
         zt = to_complex(st["x"])
         zq = to_complex(x)
+        layout = _product_layout(S)
         for c in np.unique(ids):
             q = np.flatnonzero(ids == c)
             r = np.flatnonzero(st["chart_ids"] == c)
-            _, idx = fs_nearest(zq[q], zt[r], k=1, exclude_self=False)
-            labels[q] = st["labels"][r[idx[:, 0]]]
+            labels[q] = st["labels"][r[_nearest_train(zq[q], zt[r], layout)]]
         return rank * self.n_clusters + labels
 
     # --------------------------------------------------------- base metric
@@ -104,7 +111,12 @@ class _FlowSteps:
 
     # ------------------------------------------------------------------ loss
     def _np_fs_unit(self, x):
-        return self.surface.fs_metric_pb(to_complex(np.asarray(x, dtype=np.float64)), t=1.0)
+        """Pulled-back unit FS metrics: (P, n, n) in one P^n, (m, P, n, n) per factor on products."""
+        z = to_complex(np.asarray(x, dtype=np.float64))
+        S = self.surface
+        if isinstance(S, Hypersurface):
+            return S.fs_metric_pb(z, t=1.0)
+        return S.pulled_back_blocks(z, S.pullbacks(z))
 
     def _dual_update(self, idx, dl_dg):
         # grad_alpha = -dL/dg at the batch points: SGD(dt) gives alpha += dt dL/dg, i.e. (3.5)

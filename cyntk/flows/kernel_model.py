@@ -65,12 +65,18 @@ form.
 meaningful only if they are written in the same local coordinates. All train
 points must lie in one chart (patch, eliminated coordinate), as produced by
 ``M.sample_points(n, chart=(k, j))``; points in another chart raise an error.
+On a complete intersection in a product of projective spaces a chart is a full
+row of ``CompleteIntersection.charts`` (the one index of every factor, then the
+eliminated coordinate of every equation), sampled with
+``M.sample_points(n, chart=row)``.
 ``mixed_charts="separate"`` opts into a block-diagonal kernel over charts
 instead: each chart's points flow on their own, and a prediction at a point
 uses the train points of its chart only (an error if there are none).
 
 **Clusters** (paper section 3.1). ``clusters=C`` clusters the train points by
-FS distance (:class:`~cyntk.geometry.clustering.BatchedFSClustering`) and flows
+FS distance (:class:`~cyntk.geometry.clustering.BatchedFSClustering`; on a
+product of projective spaces the product distance ``sqrt(sum_F t_F d_F^2)``
+of :mod:`cyntk.geometry.product_distance` with t the Kähler parameters) and flows
 every cluster separately: ``Theta_C(x, x') = Theta(x, x') [c(x) = c(x')]``
 (block-diagonal kernel). A point that is not a train point belongs to the
 cluster of its nearest train point (FS distance, within its chart).
@@ -131,9 +137,10 @@ from cyntk.flows._kernel_entry import _KerasEntryPoints
 from cyntk.flows._kernel_setup import (
     _deserialize_kernel,
     _FlowSetup,
+    _kernel_for,
     _LazyEmpiricalNTK,
-    _require_hypersurface,
     _serialize_kernel,
+    _surface_of,
 )
 from cyntk.flows._kernel_steps import _FlowSteps
 from cyntk.flows.distribute import all_reduce_sum, multi_worker, replica_context, shard_of
@@ -143,7 +150,7 @@ from cyntk.flows.tf_product import TFKernelProduct
 from cyntk.geometry import Hypersurface, check_on_variety, to_complex
 from cyntk.kernels.empirical import EmpiricalNTKKernel
 from cyntk.models import losses as L
-from cyntk.models._spec import ManifoldSpec, manifold_spec
+from cyntk.models._spec import manifold_spec
 from cyntk.models._tf import decode_float64, mark
 from cyntk.models.hermitian import components_from_hermitian_tf, hermitian_from_components_tf
 
@@ -185,8 +192,13 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         x_train: float (N, 2N_c) real train points ``[Re z, Im z]`` on the
             manifold, distinct, patch-normalised, in one chart (see
             ``mixed_charts``).
-        manifold: ``Hypersurface``, ``CYDataset``, cymetric basis dict or
-            :class:`~cyntk.models.ManifoldSpec`.
+        manifold: ``Hypersurface``, ``CompleteIntersection`` (products of
+            projective spaces, several equations), ``CYDataset``, cymetric
+            basis dict or :class:`~cyntk.models.ManifoldSpec`. On a product
+            (more than one factor) a ``GaussianFSKernel`` without a factor
+            layout is replaced by a copy with the manifold's
+            ``factor_slices`` and ``kmoduli`` (the product FS distance), and
+            ``clusters`` use the product distance.
         base_metric: ``"fubini_study"``, a Keras metric model (real (P, 2N_c)
             -> complex (P, n, n) or real (P, n^2); copied and frozen at its
             current weights), or None: the kernel's network at its weight
@@ -279,8 +291,7 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             raise ValueError(f"`dtype` must be 'float32' or 'float64'; received {dtype!r}.")
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.spec = manifold_spec(manifold, kappa)
-        _require_hypersurface(self.spec)
-        self.surface = Hypersurface(self.spec.monomials, self.spec.coefficients, self.spec.kmoduli, name=self.spec.name)
+        self.surface = _surface_of(self.spec)
         self.reduction = one_of(reduction, "reduction", REDUCTIONS)
         self.form = one_of(form, "form", FORMS)
         self.mixed_charts = one_of(mixed_charts, "mixed_charts", MIXED_CHART_POLICIES)
@@ -324,7 +335,7 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         self.cluster_batch_size = cluster_batch_size
         self.seed = seed
         self._loss_spec = self._resolve_loss(loss)
-        self.kernel = kernel
+        self.kernel = _kernel_for(kernel, self.surface)
         self.n = self.spec.nfold
         self.m = self.n * self.n
         self.width = 2 * self.spec.ncoords
@@ -460,8 +471,7 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
             x: real (P, 2N) points.
         """
         spec = manifold_spec(manifold)
-        _require_hypersurface(spec)
-        surf = Hypersurface(spec.monomials, spec.coefficients, spec.kmoduli)
+        surf = _surface_of(spec)
         xa = as_real_points(x, "x")
         if xa.shape[1] != 2 * spec.ncoords:
             raise ValueError(
@@ -611,7 +621,8 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
                 term = tf.square(L.sigma_loss(g, y[:, 1], tf.constant(self.kappa, tf.float64)))
             else:  # volk
                 fs_unit = tf.py_function(self._np_fs_unit, [x], tf.complex128)
-                fs_unit = tf.ensure_shape(fs_unit, [None, self.n, self.n])
+                per_factor = [] if isinstance(self.surface, Hypersurface) else [self.surface.nproj]
+                fs_unit = tf.ensure_shape(fs_unit, per_factor + [None, self.n, self.n])
                 term = L.volk_loss(g, fs_unit, y[:, 0], y[:, 1], self.spec.volk_target)
             out[k] = term
             total = total + w * term
@@ -746,5 +757,5 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         if isinstance(loss, dict) and "class_name" in loss:
             loss = keras.saving.deserialize_keras_object(loss, custom_objects=custom_objects)
         state = config.pop("state")
-        manifold = ManifoldSpec.from_config(config.pop("manifold"))
+        manifold = manifold_spec(config.pop("manifold"))  # a ManifoldSpec or CICYSpec config
         return cls(kernel, None, manifold, base_metric=base, loss=loss, _state=state, **config)

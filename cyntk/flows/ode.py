@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyntk._validation import one_of
+from cyntk.flows._kernel_common import chart_ids
 from cyntk.flows.solvers import ODE_METHODS, integrate_ode
 from cyntk.geometry import to_complex
 from cyntk.models.hermitian import hermitian_from_components_tf
@@ -120,7 +121,7 @@ class KernelFlowODE:
 
     def _groups(self):
         charts = self.model.surface.charts(to_complex(self.x))
-        ids = charts[:, 0] * self.model.spec.ncoords + charts[:, 1]
+        ids = chart_ids(charts, self.model.spec.ncoords)  # one id per full chart row (products too)
         labels = np.asarray(self.model.cluster_labels.numpy(), dtype=np.int64)
         return ids * (labels.max() + 1) + labels
 
