@@ -23,7 +23,7 @@ from cyntk.geometry import (  # noqa: E402
 from cyntk.geometry.cicy_manifolds import bicubic, get_cicy, tetraquadric  # noqa: E402
 from cyntk.geometry.clustering import BatchedFSClustering  # noqa: E402
 from cyntk.kernels.empirical import EmpiricalNTKKernel  # noqa: E402
-from cyntk.kernels.fs import GaussianFSKernel  # noqa: E402
+from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel  # noqa: E402
 from cyntk.models import MultiplicativeModel  # noqa: E402
 
 LR = 2.0**-14
@@ -151,6 +151,8 @@ def test_kernel_layout_must_match_and_targets_check_all_equations():
     x = to_real(M.sample_points(30, seed=2, chart=common_chart(M)))
     with pytest.raises(ValueError, match="factor_slices .* differ from the manifold's"):
         KernelModel(GaussianFSKernel(0.5, factor_slices=[[0, 2], [2, 6]]), x, M)
+    # the nearest-neighbour kernel also gets the product distance
+    assert KernelModel(DeltaKernel(), x, M).kernel.factor_slices == ((0, 3), (3, 6))
     bad = x.copy()
     bad[0, 1] += 0.3
     with pytest.raises(ValueError, match="does not lie on|not on the variety"):

@@ -5,7 +5,7 @@ import pytest
 
 from cyntk.geometry import default_distance_threshold, to_real
 from cyntk.geometry.cicy_manifolds import bicubic, tetraquadric
-from cyntk.kernels.fs import GaussianFSKernel
+from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
 
 
 def _direct(z, slices, t, sigma):
@@ -87,3 +87,20 @@ def test_product_tf_tile_agrees_with_block():
     np.testing.assert_allclose(u2.numpy(), K[:32, 32:].T @ v1, rtol=1e-12, atol=1e-13)
     u1, _, _ = compiled_tile(form, "diagonal", shape=(32, 32))(s1, s1, tf.constant(v2), tf.constant(v1))
     np.testing.assert_allclose(u1.numpy(), K[:32, :32] @ v2, rtol=1e-12, atol=1e-13)
+
+
+def test_delta_kernel_takes_the_nearest_point_in_the_product_distance():
+    M = bicubic().with_kmoduli([1.0, 3.0])
+    z = M.sample_points(80, seed=7)
+    x = to_real(z)
+    k = DeltaKernel(manifold=M)
+    assert k.factor_slices == ((0, 3), (3, 6)) and k.t == (1.0, 3.0)
+    d_ref = -2 * 0.5 * np.log(_direct(np.concatenate([z[:30], z[30:]]), M.factor_slices, [1.0, 3.0], 0.5))[:30, 30:]
+    d, idx = k.nearest(x[:30], x[30:])
+    np.testing.assert_array_equal(idx, np.argmin(d_ref, axis=1))
+    np.testing.assert_allclose(d, d_ref[np.arange(30), idx], rtol=1e-12, atol=1e-14)
+    v = np.random.default_rng(0).standard_normal((50, 4))
+    np.testing.assert_array_equal(k.matvec(x[:30], x[30:], v), v[np.argmin(d_ref, axis=1)])
+    assert DeltaKernel.from_config(k.get_config()).t == (1.0, 3.0)
+    # the plain FS distance of the concatenated coordinates picks other neighbours for some points
+    assert np.any(DeltaKernel().nearest(x[:30], x[30:])[1] != idx)

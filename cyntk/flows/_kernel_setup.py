@@ -20,7 +20,7 @@ from cyntk.geometry.clustering import BatchedFSClustering
 from cyntk.geometry.projective import fs_nearest
 from cyntk.kernels.base import Kernel
 from cyntk.kernels.empirical import EmpiricalNTKKernel
-from cyntk.kernels.fs import GaussianFSKernel
+from cyntk.kernels.fs import DeltaKernel, GaussianFSKernel
 from cyntk.models._tf import copy_model
 from cyntk.models.models import FSModel
 
@@ -318,16 +318,17 @@ def _surface_of(spec):
 
 
 def _kernel_for(kernel, surface):
-    """The kernel on ``surface``: a GaussianFSKernel without factor layout gets the product's.
+    """The kernel on ``surface``: an FS kernel without factor layout gets the product's.
 
     On a product of projective spaces (``surface.nproj > 1``) a
-    :class:`~cyntk.kernels.fs.GaussianFSKernel` given without ``factor_slices``
+    :class:`~cyntk.kernels.fs.GaussianFSKernel` or
+    :class:`~cyntk.kernels.fs.DeltaKernel` given without ``factor_slices``
     is replaced by a copy with the manifold's ``factor_slices`` and ``kmoduli``
     (the product FS distance); one with a different layout is refused. Other
     kernels and one projective space: the kernel itself.
     """
     layout = _product_layout(surface)
-    if layout is None or not isinstance(kernel, GaussianFSKernel):
+    if layout is None or not isinstance(kernel, (GaussianFSKernel, DeltaKernel)):
         return kernel
     slices = tuple((int(a), int(b)) for a, b in layout.factor_slices)
     if kernel.factor_slices is None:

@@ -50,6 +50,47 @@ def _complex_points(x: np.ndarray, name: str) -> np.ndarray:
     return to_complex(x)
 
 
+def _layout(
+    name: str, factor_slices: Any, t: Any, manifold: Any
+) -> tuple[tuple[tuple[int, int], ...] | None, tuple[float, ...] | None]:
+    """Validated ``(factor_slices, t)`` of a kernel on a product of projective spaces (None, None: one P^n)."""
+    if manifold is not None:
+        if factor_slices is not None:
+            raise ValueError(f"{name}: pass either `manifold` or `factor_slices`, not both.")
+        factor_slices = getattr(manifold, "factor_slices", None)
+        if factor_slices is None:
+            raise TypeError(
+                f"`manifold` must have `factor_slices` and `kmoduli` (a cyntk CompleteIntersection); "
+                f"received {type(manifold).__name__}."
+            )
+        if t is None:
+            t = np.asarray(manifold.kmoduli, dtype=np.float64)
+    if factor_slices is None:
+        if t is not None:
+            raise ValueError(f"{name}: `t` needs the factor layout; pass `factor_slices` (or `manifold`) with it.")
+        return None, None
+    sl = np.asarray(factor_slices)
+    if sl.ndim != 2 or sl.shape[1] != 2 or not np.issubdtype(sl.dtype, np.integer):
+        raise ValueError(
+            f"`factor_slices` must be an int array (m, 2) of [start, end) per factor; received {factor_slices!r}."
+        )
+    sl, tt = _slices_and_t(sl, t, int(sl[-1, 1]) if len(sl) else -1)
+    if not np.all(np.isfinite(tt)):
+        raise ValueError(f"`t` must be finite; received {t!r}.")
+    return tuple((int(a), int(b)) for a, b in sl), tuple(float(v) for v in tt)
+
+
+def _check_width(name: str, factor_slices: tuple[tuple[int, int], ...] | None, x: np.ndarray) -> None:
+    if not factor_slices:
+        return
+    n = factor_slices[-1][1]
+    if x.shape[1] != 2 * n:
+        raise ValueError(
+            f"{name}: the points must have width 2n = {2 * n} for factor_slices "
+            f"{[list(p) for p in factor_slices]}; received shape {x.shape}."
+        )
+
+
 def _unit_state(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(A, B) = ([Re u, Im u], [Im u, -Re u])`` of the unit vectors ``u = z / |z|``."""
     u = z / np.linalg.norm(z, axis=1, keepdims=True)
@@ -134,35 +175,7 @@ class GaussianFSKernel(Kernel):
         self.sigma = positive_float(sigma, "sigma")
         self.threshold = None if threshold is None else nonnegative_float(threshold, "threshold")
         self.chunk_size = optional_chunk_size(chunk_size)
-        if manifold is not None:
-            if factor_slices is not None:
-                raise ValueError("GaussianFSKernel: pass either `manifold` or `factor_slices`, not both.")
-            factor_slices = getattr(manifold, "factor_slices", None)
-            if factor_slices is None:
-                raise TypeError(
-                    f"`manifold` must have `factor_slices` and `kmoduli` (a cyntk CompleteIntersection); "
-                    f"received {type(manifold).__name__}."
-                )
-            if t is None:
-                t = np.asarray(manifold.kmoduli, dtype=np.float64)
-        self.factor_slices: tuple[tuple[int, int], ...] | None = None
-        self.t: tuple[float, ...] | None = None
-        if factor_slices is None:
-            if t is not None:
-                raise ValueError(
-                    "GaussianFSKernel: `t` needs the factor layout; pass `factor_slices` (or `manifold`) with it."
-                )
-            return
-        sl = np.asarray(factor_slices)
-        if sl.ndim != 2 or sl.shape[1] != 2 or not np.issubdtype(sl.dtype, np.integer):
-            raise ValueError(
-                f"`factor_slices` must be an int array (m, 2) of [start, end) per factor; received {factor_slices!r}."
-            )
-        sl, tt = _slices_and_t(sl, t, int(sl[-1, 1]) if len(sl) else -1)
-        if not np.all(np.isfinite(tt)):
-            raise ValueError(f"`t` must be finite; received {t!r}.")
-        self.factor_slices = tuple((int(a), int(b)) for a, b in sl)
-        self.t = tuple(float(v) for v in tt)
+        self.factor_slices, self.t = _layout("GaussianFSKernel", factor_slices, t, manifold)
 
     @property
     def is_product(self) -> bool:
@@ -177,12 +190,7 @@ class GaussianFSKernel(Kernel):
         return cfg
 
     def _check_layout(self, x):
-        n = self.factor_slices[-1][1] if self.factor_slices else None
-        if n is not None and x.shape[1] != 2 * n:
-            raise ValueError(
-                f"GaussianFSKernel: the points must have width 2n = {2 * n} for factor_slices "
-                f"{[list(p) for p in self.factor_slices]}; received shape {x.shape}."
-            )
+        _check_width("GaussianFSKernel", self.factor_slices, x)
 
     def distance(self, x1: ArrayLike, x2: ArrayLike | None = None) -> np.ndarray:
         """FS (product) geodesic distances (P1, P2) of real points, float64."""
@@ -335,9 +343,16 @@ class DeltaKernel(Kernel):
     :func:`cyntk.geometry.fs_nearest`. With ``x2 = None`` (``x2 = x1``) every point
     is its own nearest neighbour and the block is the identity.
 
+    With ``factor_slices`` (or ``manifold=``) "nearest" is in the product FS
+    distance ``sqrt(sum_F t_F d_F^2)`` of a product of projective spaces (ties:
+    the first index), as for :class:`GaussianFSKernel`.
+
     Args:
         threshold: optional threshold on ``1 - cos^2 d`` below which d = 0.
         chunk_size: query rows per chunk of the neighbour search.
+        factor_slices: optional int (m, 2) ``[start, end)`` of every projective factor.
+        t: positive weights (m,) of the factors (default: the manifold's ``kmoduli``, else ones).
+        manifold: a :class:`~cyntk.geometry.CompleteIntersection` instead of ``factor_slices``.
     """
 
     component_diagonal = True
@@ -350,12 +365,30 @@ class DeltaKernel(Kernel):
     has_matrix_free_matvec = True  # matvec copies the nearest neighbour's vector
     has_tf_tile = False  # not pairwise: the engine calls matvec
 
-    def __init__(self, *, threshold: float | None = None, chunk_size: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: float | None = None,
+        chunk_size: int | None = None,
+        factor_slices: ArrayLike | None = None,
+        t: ArrayLike | None = None,
+        manifold: Any = None,
+    ) -> None:
         self.threshold = None if threshold is None else nonnegative_float(threshold, "threshold")
         self.chunk_size = optional_chunk_size(chunk_size)
+        self.factor_slices, self.t = _layout("DeltaKernel", factor_slices, t, manifold)
+
+    @property
+    def is_product(self) -> bool:
+        """Whether the kernel uses the product distance (``factor_slices`` given)."""
+        return self.factor_slices is not None
 
     def get_config(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "chunk_size": self.chunk_size}
+        cfg: dict[str, Any] = {"threshold": self.threshold, "chunk_size": self.chunk_size}
+        if self.factor_slices is not None:
+            cfg["factor_slices"] = [list(p) for p in self.factor_slices]
+            cfg["t"] = list(self.t or ())
+        return cfg
 
     def nearest(self, x1: ArrayLike, x2: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``(distances (P1,), indices (P1,))`` of the nearest point of ``x2``."""
@@ -365,6 +398,18 @@ class DeltaKernel(Kernel):
         return self._nearest(p1, p2)
 
     def _nearest(self, x1, x2):
+        if self.factor_slices is not None:
+            _check_width("DeltaKernel", self.factor_slices, x1)
+            z1, z2 = _complex_points(x1, "x1"), _complex_points(x2, "x2")
+            rows = self.chunk_size or _DEFAULT_CHUNK
+            dist, near = np.empty(len(z1)), np.empty(len(z1), dtype=np.int64)
+            for s in range(0, len(z1), rows):
+                d = product_fs_distance_matrix(
+                    z1[s : s + rows], z2, self.factor_slices, self.t, threshold=self.threshold
+                )
+                near[s : s + rows] = np.argmin(d, axis=1)
+                dist[s : s + rows] = d[np.arange(len(d)), near[s : s + rows]]
+            return dist, near
         d, idx = fs_nearest(
             _complex_points(x1, "x1"),
             _complex_points(x2, "x2"),
