@@ -51,11 +51,7 @@ def test_fs_model_matches_numpy_geometry_and_cymetric(name):
     np.testing.assert_allclose(clone(X).numpy(), g, rtol=0, atol=1e-14)
 
 
-def test_transition_loss_is_refused_clearly():
-    ds, r = _ref("cymetric_tetraquadric")
-    m = FSModel(ds, dtype="float64")
-    with pytest.raises(NotImplementedError, match="transition=0"):
-        m.loss_terms(r["X"], r["y"], terms=("transition",))
+# the transition loss on these manifolds: tests/test_transition_cicy.py (against the real cymetric)
 
 
 def test_multiplicative_model_trains_on_the_bicubic_with_the_callback():

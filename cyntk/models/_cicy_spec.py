@@ -109,6 +109,27 @@ class CICYSpec:
         return self.manifold.residual(np.asarray(z, dtype=np.complex128))
 
     def same_manifold(self, other) -> bool:
+        """True when ``other`` describes the same complete intersection and Kaehler class.
+
+        ``other`` may be a :class:`CICYSpec` (same ambient, configuration,
+        monomials, coefficients to 1e-6 and Kaehler parameters) or a
+        :class:`~cyntk.models._spec.ManifoldSpec` (a hypersurface in one
+        projective space: the same manifold only when this spec is one equation
+        in one factor with the same polynomial, compared as
+        :meth:`ManifoldSpec.same_manifold` does). Anything else is a different
+        manifold.
+        """
+        from cyntk.models._spec import ManifoldSpec
+
+        if isinstance(other, ManifoldSpec):
+            if self.nhyper != 1 or self.nproj != 1:
+                return False
+            m = self.manifold
+            try:
+                mine = ManifoldSpec(m.monomials[0], m.coefficients[0], m.kmoduli)
+            except ValueError:  # not a hypersurface ManifoldSpec can describe
+                return False
+            return mine.same_manifold(other)
         if not isinstance(other, CICYSpec):
             return False
         a, b = self.manifold, other.manifold

@@ -215,9 +215,20 @@ class ManifoldSpec:
         return np.abs(terms.sum(-1)) / np.where(scale > 0, scale, 1.0)
 
     # ---------------------------------------------------------------- identity
-    def same_manifold(self, other: "ManifoldSpec") -> bool:
+    def same_manifold(self, other: ManifoldSpec | CICYSpec) -> bool:
         """True when ``other`` has the same polynomial (up to monomial order and
-        an overall factor) and the same Kähler parameter."""
+        an overall factor) and the same Kähler parameter.
+
+        ``other`` may also be a :class:`~cyntk.models._cicy_spec.CICYSpec`: it
+        is the same manifold only when it is one equation in one projective
+        space with the same polynomial (a product or several equations is
+        another manifold, whatever its number of coordinates). Anything else
+        compares as a different manifold.
+        """
+        if not isinstance(other, ManifoldSpec):
+            from cyntk.models._cicy_spec import CICYSpec
+
+            return isinstance(other, CICYSpec) and other.same_manifold(self)
         if other.ncoords != self.ncoords or other.monomials.shape != self.monomials.shape:
             return False
 

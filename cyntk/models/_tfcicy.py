@@ -16,18 +16,36 @@ conventions of :mod:`cyntk.geometry.cicy` (cymetric's):
   ``G_unit`` (m, B, n, n) are the per-factor unit blocks (volk loss).
 
 ``fs_holomorphic_derivative`` is computed by forward-mode autodiff of the frame
-along the local coordinates. The transition loss is not implemented for
-products / several equations (construct models with ``transition=0``).
+along the local coordinates.
+
+Transitions (cymetric's ``compute_transition_loss`` on products / several
+equations, conventions §7.3 and §12): from a point in patch ``k = (k_1..k_m)``
+with eliminated coordinates ``j``, the candidate patches are every choice of
+one new patch coordinate per factor among the coordinates not in ``j`` (first
+factor slowest), and cymetric counts ``n_T = max_t prod_r (n_r + 1 - t_r)``
+of them per point (``t`` over the ways to spread the K equations over the m
+factors). Shorter lists are padded: for one equation by repeating the list
+from its start (``_generate_all_patches``), for several by the current patch
+(``_generate_patches``). Entries equal to the current patch contribute exactly
+0 (the same point, ``T = 1``), so only the others are evaluated: a
+:func:`transition_table` row per (patch, eliminated coordinates), padded with
+the current patch where a point has fewer, while ``n_transitions = n_T`` stays
+the normaliser. The metric in the new chart uses the **same** eliminated
+coordinates, and ``T[a, b] = dx^b/dw^a`` (old local coordinates x, new w) is
+``J' P`` with ``P[i, b] = d x^b / d z'_i`` for ``x^b = z'_{g_b} / z'_{k_f(b)}``,
+the old patch coordinate of the factor of ``g_b``.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import tensorflow as tf
 
 from cyntk.models._tfgeometry import TFGeometry, _complex_dtype, complex_to_real, holomorphic_derivatives
 
-__all__ = ["TFCICYGeometry", "make_tf_geometry"]
+__all__ = ["TFCICYGeometry", "make_tf_geometry", "cymetric_transition_count", "transition_table"]
 
 
 def make_tf_geometry(spec, dtype="float32"):
@@ -37,6 +55,74 @@ def make_tf_geometry(spec, dtype="float32"):
     if isinstance(spec, CICYSpec):
         return TFCICYGeometry(spec, dtype)
     return TFGeometry(spec, dtype)
+
+
+def cymetric_transition_count(degrees, nhyper: int) -> int:
+    """cymetric's ``nTransitions``: ``max_t prod_r (degrees_r - t_r)``.
+
+    ``t`` runs over every way to spread ``nhyper`` equations over the factors
+    (``t_r >= 0``, ``sum t = nhyper``), ``degrees_r = n_r + 1`` the number of
+    homogeneous coordinates of factor r (cymetric's ``_patch_transitions``;
+    N - 1 for a hypersurface in P^{N-1}).
+    """
+    degrees = [int(d) for d in degrees]
+    best = 0
+    for t in itertools.product(range(nhyper + 1), repeat=len(degrees)):
+        if sum(t) == nhyper:
+            best = max(best, int(np.prod([d - tr for d, tr in zip(degrees, t)])))
+    return best
+
+
+def _cymetric_patch_list(slices, patch, fixed, n_t: int):
+    """The n_T new patches cymetric compares a point with (a list of m-tuples, with repeats)."""
+    choices = [[i for i in range(s, e) if i not in fixed] for s, e in slices]
+    patches = list(itertools.product(*choices))  # first factor slowest, as tf.meshgrid(indexing='ij')
+    if len(fixed) == 1:  # _generate_all_patches: tiled from the start
+        reps = n_t // max(len(patches), 1) + 1
+        return (patches * reps)[:n_t]
+    return patches + [tuple(patch)] * (n_t - len(patches))  # _generate_patches: padded with the current patch
+
+
+def transition_table(slices, nhyper: int, n_t: int):
+    """Non-trivial transitions of every chart, for an in-graph gather.
+
+    Args:
+        slices: ``[(start, end)]`` of the factors' coordinates.
+        nhyper: K, the number of equations.
+        n_t: cymetric's transition count (:func:`cymetric_transition_count`).
+
+    Returns:
+        ``(table, strides, width)``: int32 ``table`` (R, width, m) of new
+        patches, row ``sum_r (k_r - start_r) strides_r * N^K + sum_q j_q N^q``
+        for the patch k and the eliminated coordinates j; the entries of
+        cymetric's list that differ from the current patch, repeats kept,
+        padded with the current patch (which contributes 0). Rows of
+        impossible charts hold their patch.
+    """
+    slices = [(int(s), int(e)) for s, e in slices]
+    N = slices[-1][1]
+    sizes = [e - s for s, e in slices]
+    strides = np.cumprod([1] + sizes[::-1])[:-1][::-1].astype(np.int64)  # mixed radix, first factor slowest
+    n_fixed_codes = N**nhyper
+    rows = {}
+    width = 1
+    for patch in itertools.product(*[range(s, e) for s, e in slices]):
+        others = [i for i in range(N) if i not in patch]
+        for fixed in itertools.permutations(others, nhyper):
+            new = [p for p in _cymetric_patch_list(slices, patch, fixed, n_t) if p != patch]
+            rows[(patch, fixed)] = new
+            width = max(width, len(new))
+    R = int(np.prod(sizes)) * n_fixed_codes
+    table = np.zeros((R, width, len(slices)), np.int32)
+    for patch in itertools.product(*[range(s, e) for s, e in slices]):
+        pcode = int(sum((k - s) * st for k, (s, _), st in zip(patch, slices, strides)))
+        table[pcode * n_fixed_codes : (pcode + 1) * n_fixed_codes] = patch
+        for fixed in itertools.permutations([i for i in range(N) if i not in patch], nhyper):
+            new = rows[(patch, fixed)]
+            if new:
+                fcode = int(sum(j * N**q for q, j in enumerate(fixed)))
+                table[pcode * n_fixed_codes + fcode, : len(new)] = new
+    return table, strides, width
 
 
 class TFCICYGeometry(TFGeometry):
@@ -66,7 +152,12 @@ class TFCICYGeometry(TFGeometry):
         self._slices = [(int(s), int(e)) for s, e in M.factor_slices]
         self.kmoduli = M.kmoduli.copy()
         self.t = 1.0  # G_unit carries the per-factor unit metrics
-        self.n_transitions = 0
+        degrees = [e - s for s, e in self._slices]
+        self.n_transitions = cymetric_transition_count(degrees, self.nhyper)  # cymetric's normaliser
+        self._transitions, self._patch_strides, self.transition_width = transition_table(
+            self._slices, self.nhyper, self.n_transitions
+        )
+        self._patch_offsets = np.array([s for s, _ in self._slices], np.int64)
 
     def dQdz(self, z):
         """dQ_k/dz_i at complex points z (B, n) -> (B, K, n)."""
@@ -95,15 +186,18 @@ class TFCICYGeometry(TFGeometry):
             used = used + tf.one_hot(jk, self.ncoords, dtype=a.dtype)
         return tf.stack(out, axis=1)
 
-    def selection(self, patch, j):
-        """(B, nfold, n) complex 0/1 matrices picking the good coordinates (ascending)."""
+    def good_indices(self, patch, j):
+        """int32 (B, nfold): the local coordinates' indices (neither patch nor eliminated), ascending."""
         n = self.ncoords
         bad = tf.reduce_sum(tf.one_hot(patch, n, dtype=tf.int32), axis=1) + tf.reduce_sum(
             tf.one_hot(j, n, dtype=tf.int32), axis=1
         )  # (B, n)
         key = bad * n + tf.range(n)[None, :]
-        good = tf.argsort(key, axis=-1)[:, : self.nfold]  # ascending good indices
-        return tf.one_hot(good, n, dtype=self.cdtype)
+        return tf.argsort(key, axis=-1)[:, : self.nfold]
+
+    def selection(self, patch, j):
+        """(B, nfold, n) complex 0/1 matrices picking the good coordinates (ascending)."""
+        return tf.one_hot(self.good_indices(patch, j), self.ncoords, dtype=self.cdtype)
 
     def _bmat(self, dq, j):
         return tf.gather(dq, j, axis=2, batch_dims=1)  # (B, K, K)
@@ -154,11 +248,69 @@ class TFCICYGeometry(TFGeometry):
         G = tf.einsum("f,fbij->bij", tf.constant(self.kmoduli, self.cdtype), Gu)
         return {"z": z, "x": complex_to_real(z), "dq": dq, "J": J, "G": G, "G_unit": Gu, "patch": patch, "j": j}
 
+    def transition_rows(self, patch, j):
+        """int32 (B,): the row of :func:`transition_table` of each chart."""
+        local = patch - tf.constant(self._patch_offsets, tf.int32)[None, :]
+        pcode = tf.reduce_sum(local * tf.constant(self._patch_strides, tf.int32)[None, :], axis=1)
+        powers = tf.constant([self.ncoords**q for q in range(self.nhyper)], tf.int32)
+        return pcode * (self.ncoords**self.nhyper) + tf.reduce_sum(j * powers[None, :], axis=1)
+
     def transition_points(self, z, patch, j):
-        raise NotImplementedError(
-            "the transition loss is not implemented for complete intersections / products of projective "
-            "spaces; construct the model with transition=0."
-        )
+        """Points rescaled to cymetric's other patches, and the chart-change matrices.
+
+        For every point, the ``w = transition_width`` entries of its
+        :func:`transition_table` row: ``z' = z / z_{k'_r}`` factor by factor,
+        the same eliminated coordinates ``j``, and ``T = J' P`` with
+        ``P[i, b] = delta_{i g_b} / z'_{k_b} - delta_{i k_b} z'_{g_b} / z'_{k_b}^2``
+        (``k_b`` the old patch coordinate of the factor of the old local
+        coordinate ``g_b``). A metric that is a tensor satisfies
+        ``g'(w) = T g(x) T^H``.
+
+        Args:
+            z: (B, n) complex points normalised by their patch.
+            patch: (B, m) int32 patch; j: (B, K) int32 eliminated coordinates.
+
+        Returns:
+            dict as :meth:`TFGeometry.transition_points`, stacked
+            transition-major: ``x`` (w*B, 2n), ``patch`` (w*B, m), ``j``
+            (w*B, K), ``T`` (w*B, nfold, nfold), ``m = w`` and ``frame``.
+        """
+        n = self.ncoords
+        w = self.transition_width
+        kp = tf.gather(tf.constant(self._transitions, tf.int32), self.transition_rows(patch, j))  # (B, w, m)
+        kp = tf.reshape(tf.transpose(kp, [1, 0, 2]), [-1, self.nproj])  # (w*B, m)
+        zt = tf.tile(z, [w, 1])
+        pt = tf.tile(patch, [w, 1])
+        jt = tf.tile(j, [w, 1])
+        zn = self.normalise(zt, kp)  # z' (w*B, n)
+        dqn = self.dQdz(zn)
+        Jn = self.pullbacks_from(dqn, kp, jt)  # (w*B, nfold, n)
+        good = self.good_indices(pt, jt)  # old local coordinates g_b
+        k_of = tf.gather(pt, tf.constant(self._factor_of, tf.int32), axis=1)  # old patch coordinate of each z_i
+        kb = tf.gather(k_of, good, axis=1, batch_dims=1)  # (w*B, nfold)
+        zg = tf.gather(zn, good, axis=1, batch_dims=1)
+        zk = tf.gather(zn, kb, axis=1, batch_dims=1)
+        PT = (
+            tf.one_hot(good, n, dtype=self.cdtype) / zk[:, :, None]
+            - tf.one_hot(kb, n, dtype=self.cdtype) * (zg / (zk * zk))[:, :, None]
+        )  # (w*B, nfold, n): PT[b, i] = d x^b / d z'_i
+        T = tf.einsum("ban,bcn->bac", Jn, PT)
+        return {
+            "x": complex_to_real(zn),
+            "patch": kp,
+            "j": jt,
+            "T": T,
+            "m": w,
+            "frame": {
+                "z": zn,
+                "x": complex_to_real(zn),
+                "dq": dqn,
+                "J": Jn,
+                "G": self.fs_from(zn, Jn),
+                "patch": kp,
+                "j": jt,
+            },
+        }
 
     def fs_holomorphic_derivative(self, frame, j, t=None):
         """``dG[:, c, a, b] = dG_{a bbar}/dx^c`` (B, n, n, n) by forward-mode autodiff in the fixed chart."""

@@ -97,8 +97,7 @@ class MeasuresCallback(keras.callbacks.Callback):
             return
         if self._dataset is not None and hasattr(self._dataset, "manifold"):
             spec = manifold_spec(self._dataset)
-            # TODO(issue 15): ManifoldSpec.same_manifold cannot compare with a model's CICYSpec
-            if not spec.same_manifold(model.spec):  # type: ignore[arg-type]
+            if not spec.same_manifold(model.spec):  # hypersurfaces and CICYs compare either way
                 raise ValueError(
                     f"`data` belongs to {spec.describe()}, but the model was built for "
                     f"{model.spec.describe()}; pass validation data of the model's manifold."
