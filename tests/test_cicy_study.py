@@ -17,7 +17,18 @@ def test_registered_with_quick_and_paper_scales():
 
 
 def test_tiny_run_on_the_bicubic(tmp_path):
-    kw = dict(manifolds=("bicubic",), n_points=300, epochs=1, hidden=(16, 16), n_track=3, lazy_width=32)
+    kw = dict(
+        manifolds=("bicubic",),
+        n_points=300,
+        epochs=1,
+        hidden=(16, 16),
+        n_track=3,
+        lazy_width=32,
+        n_flow=12,
+        flow_steps=2,
+        flow_learning_rates=(1e-4, 1e-3),
+        gaussian_sigmas=(0.3,),
+    )
     store = ResultStore(tmp_path / "store")
     r = run_cicy_fig4(**kw, store=store)
     assert r["bicubic/nfold"] == 3 and r["bicubic/kappa"] > 0
@@ -30,6 +41,15 @@ def test_tiny_run_on_the_bicubic(tmp_path):
     # the lazy control (wide, SGD tiny step) moves its kernel far less than the feature-learning network
     assert r["bicubic/lazy_frobenius"][-1] < 0.1 * r["bicubic/frobenius"][-1]
     assert "bicubic: W1" in summarise_cicy_fig4(r)
+    # the frozen-kernel half: flows on 12 + 12 points of one chart row, gains of every method reported
+    row = r["bicubic/flow_chart"]
+    assert len(row) == 3 and r["bicubic/n_flow"] == 12
+    for k in ("network_flow", "ntk0", "gauss"):
+        assert np.isfinite(r[f"bicubic/{k}_val_gain"]) and r[f"bicubic/{k}_val_gain"] > 0
+    # the NTK flow starts from the untrained network, as the network's own gain does
+    assert r["bicubic/ntk0_sigma_val_initial"] == r["bicubic/network_flow_sigma_val_initial"]
+    assert r["bicubic/ntk0_best_val_gain"] >= r["bicubic/ntk0_val_gain"]
+    assert r["bicubic/gauss_width"] == 0.3 and "NTK at init" in summarise_cicy_fig4(r)
     # a rerun with the store recomputes nothing and gives the same numbers
     again = run_cicy_fig4(**kw, store=store)
     np.testing.assert_array_equal(again["bicubic/wasserstein"], r["bicubic/wasserstein"])

@@ -17,8 +17,23 @@ it is off for every manifold here, the quintic included (that is the one
 difference from :func:`cyntk.experiments.networks.run_fig4`, which also trains the
 transition loss); volk is off as in ``train_multiplicative``.
 
-The frozen-kernel half of the question (``KernelModel`` flows on a CICY) is not
-run: ``KernelModel`` serves hypersurfaces in one P^n only (see its error message).
+The frozen-kernel half (``frozen=True``): on ``n_flow`` train and ``n_flow``
+validation points sampled in one chart (the chart row most common among the
+dataset's points, ``M.sample_points(n, chart=row)``), :class:`~cyntk.flows.KernelModel`
+flows ``flow_steps`` steps of eq. 3.5 (sigma loss, SGD) with
+
+(a) the empirical metric-NTK of the same network frozen at initialisation (its
+    base metric: the untrained network; primal form, i.e. gradient descent on the
+    network linearised at initialisation), and
+(b) the Gaussian-FS kernel on the product FS distance ``sqrt(sum_F t_F d_F^2)``
+    (base metric: Fubini--Study),
+
+with the step size (and for (b) the kernel width) chosen on the grid by the
+*train* gain (no validation data used); the validation gain at that choice and
+the best validation gain over the grid (an optimistic bound) are reported. The
+network's own gain is measured on the same validation points
+(``sigma(untrained) / sigma(trained)``). All sigma values here are per-point means of
+``|1 - det g / (kappa |Omega|^2)|`` with the dataset's kappa.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from cyntk.geometry import bicubic, fermat_quintic, make_dataset, tetraquadric
+from cyntk.geometry import bicubic, fermat_quintic, make_dataset, tetraquadric, to_real
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -56,6 +71,97 @@ def _fs_sigma_val(ds: CYDataset) -> float:
     return float(FSModel(ds).measures(ds.X_val, ds.y_val, which=("sigma",))["sigma"])
 
 
+def _sigma_mean(g: np.ndarray, omega_sq: np.ndarray, kappa: float) -> float:
+    """Per-point mean of ``|1 - det g / (kappa |Omega|^2)|`` (the KernelModel's sigma loss)."""
+    det = np.real(np.linalg.det(np.asarray(g, dtype=np.complex128)))
+    return float(np.mean(np.abs(1.0 - det / (kappa * np.asarray(omega_sq, dtype=np.float64)))))
+
+
+def _flow_points(ds: CYDataset, n_flow: int, seed: int) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """Train and validation points (n_flow each) in the chart row most common among the dataset's points."""
+    from cyntk.geometry import to_complex
+
+    M = ds.manifold
+    charts = M.charts(to_complex(np.asarray(ds.X_train, dtype=np.float64)))
+    rows, counts = np.unique(charts, axis=0, return_counts=True)
+    row = tuple(int(v) for v in rows[np.argmax(counts)])
+    z = M.sample_points(2 * n_flow, seed=np.random.default_rng(seed + 17), chart=row)
+    x = to_real(z)
+    return row, x[:n_flow], x[n_flow:]
+
+
+def _frozen_flows(
+    ds: CYDataset,
+    ntk0: Any,
+    network: Any,
+    *,
+    n_flow: int,
+    flow_steps: int,
+    learning_rates: Sequence[float],
+    gaussian_sigmas: Sequence[float],
+    seed: int,
+) -> dict[str, Any]:
+    """The frozen-kernel half of the study on one manifold (module docstring)."""
+    import warnings
+
+    import keras
+
+    from cyntk.flows.kernel_model import KernelModel, NonPositiveMetricError
+    from cyntk.kernels import GaussianFSKernel
+
+    M, kappa = ds.manifold, float(ds.kappa)
+    row, x_tr, x_va = _flow_points(ds, n_flow, seed)
+    y_tr, y_va = KernelModel.targets(M, x_tr), KernelModel.targets(M, x_va)
+
+    def net_sigma(x: np.ndarray, y: np.ndarray) -> float:
+        g = network(np.asarray(x, dtype=np.float32), training=False)
+        return _sigma_mean(keras.ops.convert_to_numpy(g), y[:, 1], kappa)
+
+    def flow(kernel: Any, form: str) -> list[tuple[float, float, float, float, float]]:
+        out = []
+        for lr in learning_rates:
+            km = KernelModel(kernel, x_tr, M, kappa=kappa, on_non_positive="stop", form=form)
+            km.compile(optimizer=keras.optimizers.SGD(learning_rate=lr))
+
+            def ev(x: np.ndarray, y: np.ndarray) -> float:
+                return _sigma_mean(km.predict(x, batch_size=len(x), verbose=0), y[:, 1], kappa)
+
+            b_tr, b_va = ev(x_tr, y_tr), ev(x_va, y_va)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                try:
+                    km.fit(x_tr, y_tr, batch_size=len(x_tr), epochs=flow_steps, shuffle=False, verbose=0)
+                except NonPositiveMetricError:
+                    pass
+            out.append((b_tr / ev(x_tr, y_tr), b_va / ev(x_va, y_va), float(lr), b_tr, b_va))
+        return out
+
+    res: dict[str, Any] = {"flow_chart": np.asarray(row), "n_flow": int(n_flow), "flow_steps": int(flow_steps)}
+    runs: dict[str, list[tuple[float | None, tuple[float, float, float, float, float]]]] = {
+        "ntk0": [(None, r) for r in flow(ntk0, "primal")]
+    }
+    runs["gauss"] = [(sg, r) for sg in gaussian_sigmas for r in flow(GaussianFSKernel(float(sg)), "dual")]
+    for name, grid in runs.items():
+        width, best = max(grid, key=lambda item: item[1][0])  # chosen by the train gain
+        res.update(
+            {
+                f"{name}_train_gain": float(best[0]),
+                f"{name}_val_gain": float(best[1]),
+                f"{name}_learning_rate": float(best[2]),
+                f"{name}_sigma_val_initial": float(best[4]),
+                f"{name}_best_val_gain": float(max(r[1] for _, r in grid)),
+            }
+        )
+        if width is not None:
+            res[f"{name}_width"] = float(width)
+    # the network on the same validation points: untrained (the NTK flow's base metric) -> trained
+    trained = net_sigma(x_va, y_va)
+    res["network_flow_sigma_val_initial"] = res["ntk0_sigma_val_initial"]
+    res["network_flow_sigma_val"] = trained
+    res["network_flow_val_gain"] = float(res["ntk0_sigma_val_initial"] / trained)
+    return res
+
+
 def run_cicy_fig4(
     *,
     manifolds: Sequence[str] = ("bicubic", "tetraquadric", "quintic"),
@@ -69,6 +175,11 @@ def run_cicy_fig4(
     lazy_width: int = 2048,
     lazy_learning_rate: float = 1e-4,
     seed: int = 0,
+    frozen: bool = True,
+    n_flow: int = 200,
+    flow_steps: int = 20,
+    flow_learning_rates: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2),
+    gaussian_sigmas: Sequence[float] = (0.05, 0.15, 0.5),
     verbose: int = 0,
     store: ResultStore | None = None,
 ) -> dict[str, Any]:
@@ -86,6 +197,11 @@ def run_cicy_fig4(
         lazy_width: width of the control's single hidden layer.
         lazy_learning_rate: its SGD learning rate.
         seed: seed of the data, the networks and the tracked points.
+        frozen: also run the frozen-kernel flows (module docstring) next to the feature-learning network.
+        n_flow: chart-fixed train points of the flows, and as many validation points.
+        flow_steps: SGD steps of eq. 3.5 per flow.
+        flow_learning_rates: step sizes tried (chosen by the train gain).
+        gaussian_sigmas: widths of the Gaussian-FS kernel tried (chosen by the train gain).
         verbose: Keras verbosity.
         store: :class:`~cyntk.experiments.runner.ResultStore` (a paper-scale run resumes per manifold and run).
 
@@ -94,7 +210,11 @@ def run_cicy_fig4(
         ``m/p epochs`` (R,), ``m/p wasserstein`` (R,) (W1 of the pooled train-test spectrum to epoch 0),
         ``m/p frobenius`` (R,) (relative kernel distance to epoch 0), ``m/p spectrum_first``,
         ``m/p spectrum_last``, ``m/p sigma_val`` (E,), ``m/p sigma_val_initial``, ``m/p w1_final``,
-        ``m/p sigma_gain``; and ``m/nfold``, ``m/kappa``, ``m/sigma_val_fs``.
+        ``m/p sigma_gain``; and ``m/nfold``, ``m/kappa``, ``m/sigma_val_fs``. With ``frozen``:
+        ``m/flow_chart``, ``m/network_flow_val_gain`` (the network on the flows' validation points),
+        and for ``k`` in ``ntk0`` (empirical NTK at initialisation), ``gauss`` (Gaussian-FS):
+        ``m/k_train_gain``, ``m/k_val_gain``, ``m/k_best_val_gain``, ``m/k_learning_rate``,
+        ``m/k_sigma_val_initial`` (and ``m/gauss_width``).
     """
     from cyntk.callbacks import MetricNTKCallback
     from cyntk.experiments.networks import train_multiplicative
@@ -128,16 +248,18 @@ def run_cicy_fig4(
         for prefix, kw in runs:
             key = f"{name}/{prefix or 'feature_'}run"
             got = store.get(key) if store is not None else None
-            if got is None:
+            want_frozen = frozen and prefix == ""
+            if got is None or (want_frozen and "ntk0_val_gain" not in got):
                 if ds is None:
                     ds = make_dataset(CICY_STUDY_MANIFOLDS[name](), n_points, seed=seed, progress=False)
                 cb = MetricNTKCallback(n_track, n_track, data=ds, seed=seed)
-                _, _, meas = train_multiplicative(
+                snap = _initial_ntk_callback() if want_frozen else None
+                model, _, meas = train_multiplicative(
                     ds,
                     epochs=epochs,
                     batch_size=batch_size,
                     seed=seed,
-                    callbacks=[cb],
+                    callbacks=[cb] + ([snap] if snap is not None else []),
                     verbose=verbose,
                     loss_weights=_LOSS_WEIGHTS,
                     **kw,
@@ -158,11 +280,45 @@ def run_cicy_fig4(
                 }
                 if prefix == "":
                     got.update(nfold=ds.manifold.nfold, kappa=float(ds.kappa), sigma_val_fs=_fs_sigma_val(ds))
+                if snap is not None:
+                    got.update(
+                        _frozen_flows(
+                            ds,
+                            snap.kernel,
+                            model,
+                            n_flow=n_flow,
+                            flow_steps=flow_steps,
+                            learning_rates=flow_learning_rates,
+                            gaussian_sigmas=gaussian_sigmas,
+                            seed=seed,
+                        )
+                    )
                 if store is not None:
                     store.put(key, got)
             for k, v in got.items():
-                out[f"{name}/{k}" if k in ("nfold", "kappa", "sigma_val_fs") else f"{name}/{prefix}{k}"] = v
+                shared = k in ("nfold", "kappa", "sigma_val_fs", "flow_chart", "n_flow", "flow_steps")
+                if prefix == "" and (shared or k.startswith(("ntk0_", "gauss_", "network_flow_"))):
+                    if frozen or not k.startswith(("ntk0_", "gauss_", "network_flow_", "flow_", "n_flow")):
+                        out[f"{name}/{k}"] = v
+                else:
+                    out[f"{name}/{prefix}{k}"] = v
     return out
+
+
+def _initial_ntk_callback() -> Any:
+    """A Keras callback holding (``.kernel``) the network's empirical metric-NTK frozen at the start of training."""
+    import keras
+
+    from cyntk.kernels import EmpiricalNTKKernel
+
+    class InitialNTK(keras.callbacks.Callback):
+        kernel: Any = None
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            if self.kernel is None:
+                self.kernel = EmpiricalNTKKernel(self.model)  # a snapshot of the untrained weights
+
+    return InitialNTK()
 
 
 def summarise_cicy_fig4(result: dict[str, Any]) -> str:
@@ -179,6 +335,15 @@ def summarise_cicy_fig4(result: dict[str, Any]) -> str:
                 f"; lazy W1 {result[f'{m}/lazy_w1_final']:.3g}, kernel distance "
                 f"{float(result[f'{m}/lazy_frobenius'][-1]):.3g}, gain {result[f'{m}/lazy_sigma_gain']:.2f}"
             )
+        if f"{m}/ntk0_val_gain" in result:
+            text += (
+                f"; frozen-kernel flows ({result[f'{m}/n_flow']} + {result[f'{m}/n_flow']} points in chart "
+                f"{tuple(int(v) for v in result[f'{m}/flow_chart'])}, {result[f'{m}/flow_steps']} steps), "
+                f"sigma_val gain: network {result[f'{m}/network_flow_val_gain']:.3g}, "
+                f"NTK at init {result[f'{m}/ntk0_val_gain']:.3g} (best {result[f'{m}/ntk0_best_val_gain']:.3g}), "
+                f"Gaussian-FS {result[f'{m}/gauss_val_gain']:.3g} (width {result[f'{m}/gauss_width']:g}, "
+                f"best {result[f'{m}/gauss_best_val_gain']:.3g})"
+            )
         parts.append(text)
     return "\n    ".join(parts)
 
@@ -187,7 +352,21 @@ def plot_cicy_fig4(result: dict[str, Any]) -> Figure:
     """W1 to epoch 0, kernel distance to epoch 0 and sigma_val / sigma_val(0) vs epoch, per manifold."""
     import matplotlib.pyplot as plt
 
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
+    frozen = [m for m in result["manifolds"] if f"{m}/ntk0_val_gain" in result]
+    fig, axes = plt.subplots(1, 4 if frozen else 3, figsize=(20 if frozen else 15, 4.2))
+    a, b, c = axes[:3]
+    if frozen:
+        d = axes[3]
+        labels = ("network", "NTK at init (frozen)", "Gaussian-FS (frozen)")
+        keys = ("network_flow_val_gain", "ntk0_val_gain", "gauss_val_gain")
+        w = 0.8 / len(keys)
+        for j, (label, key) in enumerate(zip(labels, keys)):
+            d.bar(np.arange(len(frozen)) + j * w, [result[f"{m}/{key}"] for m in frozen], w, label=label)
+        d.axhline(1.0, color="k", lw=0.5)
+        d.set_xticks(np.arange(len(frozen)) + w, frozen)
+        d.set_ylabel("σ_val gain on chart-fixed validation points")
+        d.set_title("network vs frozen kernels (same validation points)")
+        d.legend(fontsize=7)
     for i, m in enumerate(result["manifolds"]):
         color = f"C{i}"
         for prefix, style, tag in (("", "o-", ""), ("lazy_", "s--", " lazy")):
