@@ -7,35 +7,46 @@ symmetry) plus O(N) work. This script measures, in one run:
 1. **engine** (in this process): the product of the exact step at each size
    (Gaussian-FS sigma = 0.1 and the paper's ReLU NTK W_std = 80.52,
    b_std = 5.716, depth 1) with the TF engine (:class:`cyntk.flows.tf_product.TFKernelProduct`)
-   with XLA tiles (``xla``) and with its default tiles on this device
-   (``auto``: NumPy tiles on a CPU, XLA on a GPU), and with the NumPy engine it replaced, loaded from git
+   with each kind of tile of ``--tiles``: XLA tiles (``xla``), NumPy tiles
+   (``numpy``: the fused tiles of :mod:`cyntk.flows.host_tiles` for the
+   Gaussian-FS kernel) and its default on this device (``auto``: XLA on a GPU;
+   on a CPU, NumPy tiles for the Gaussian-FS kernel and XLA for the ReLU NTK),
+   and with the NumPy engine it replaced, loaded from git
    (``git show ad85f1f:cyntk/flows/product.py`` into a temporary module), on
    the same points and vectors: wall and CPU seconds, the ratio old / new,
    the largest relative difference of the two products, and the peak resident
    memory added by each product (``VmHWM`` after resetting it through
    ``/proc/self/clear_refs``);
-2. **devices**: one full ``fit`` step (``epochs=1, batch_size=N``) of the
-   Gaussian-FS flow in a fresh process on one CPU device, and under
-   ``MirroredStrategy`` over 2 logical CPU devices of the same cores;
-3. **workers**: the same step in 1 process (2 tile threads) and in 2 local
-   worker processes (``MultiWorkerMirroredStrategy``, ``TF_CONFIG`` on
-   127.0.0.1, 1 tile thread each) on the same cores: the distribution
-   overhead is ``t(2 workers) / t(1 process) - 1``;
-4. **cost model**: from the measured throughput of the TF tiles (kernel
-   entries per second per CPU device), the predicted seconds of one exact
+2. **scaling out** (``--scale-size`` points, fresh processes): flow steps of
+   the Gaussian-FS flow (``KernelModel.fit``, full batch, one step per epoch)
+   in 1 process (2 tile threads), under ``MirroredStrategy`` over 2 logical
+   CPU devices of the same cores (1 tile thread each), and in 2 local worker
+   processes (``MultiWorkerMirroredStrategy``, ``TF_CONFIG`` on 127.0.0.1, 1
+   tile thread each). Each is timed two ways: ``step``, the median train step
+   (Keras' batch callbacks), and ``epoch``, the wall time per epoch, which
+   adds what Keras does per epoch: under a strategy it re-creates the
+   distributed iterator of array inputs every epoch (seconds), which a
+   repeated ``tf.data`` dataset with ``steps_per_epoch`` avoids, so both
+   feeds are run (``--feeds arrays dataset``). The distribution overhead is
+   ``t(2 replicas) / t(1 process) - 1``; ``alpha_sum`` checks that every run
+   made the same steps;
+3. **cost model**: from the measured throughput of the TF engine's tiles (kernel
+   entries per CPU-second, the best kind of tile at the largest size), the
+   predicted seconds of one exact
    step at 1e6 and 1e7 points on k devices: ``(N^2 / 2) / (k * rate)`` plus
    the all-reduce of the (N, 9) float64 update (ring all-reduce,
    ``2 (k-1)/k * 72 N`` bytes at ``--link-gbps``). No GPU was available to
-   the session that wrote this script: GPU rates must be measured on a GPU
+   the sessions that wrote this script: GPU rates must be measured on a GPU
    (run this script there: the same code, the TF engine places its tiles
    on the GPU).
 
 Run:
     python benchmarks/bench_kernel_flow.py                 # 1e4 points; devices and workers at 1e4
     python benchmarks/bench_kernel_flow.py --sizes 10000 100000 --scale-size 20000
-Flags: --sizes, --kernels (gaussian relu), --scale-size (points of parts 2, 3;
-0 skips them), --no-old (skip the git baseline), --tile-size, --link-gbps,
---json FILE.
+Flags: --sizes, --kernels (gaussian relu), --tiles (xla auto numpy), --scale-size
+(points of part 2; 0 skips it), --scale-steps, --feeds (arrays dataset), --pools
+(TF intra,inter-op threads of part 2's processes), --no-old (skip the git
+baseline), --tile-size, --link-gbps, --json FILE.
 """
 
 from __future__ import annotations
@@ -100,6 +111,10 @@ def old_engine():
     if probe not in src:
         raise RuntimeError(f"unexpected source of cyntk/flows/product.py at {OLD_COMMIT}")
     src = src.replace(probe, "k.supports_fused_matvec")
+    # the empirical NTK kernel moved to its own module since
+    src = src.replace(
+        "from cyntk.kernels.ntk import EmpiricalNTKKernel", "from cyntk.kernels.empirical import EmpiricalNTKKernel"
+    )
     path = os.path.join(tempfile.mkdtemp(), "old_product.py")
     with open(path, "w") as f:
         f.write(src)
@@ -125,23 +140,22 @@ def points(n, seed=0):
 
 
 # ---------------------------------------------------------------------------- 1. engines
-def engines(sizes, kernels, tile_size, use_old):
+def engines(sizes, kernels, tile_size, use_old, tiles=("xla", "auto")):
     from cyntk.flows.tf_product import TFKernelProduct
 
     Old = old_engine() if use_old else None
     rows = []
     for name in kernels:
         k = kernel(name)
-        variants = {
-            "xla": TFKernelProduct(k, 9, tile_size=tile_size, tiles="xla"),  # TF tiles (XLA) on this device
-            "auto": TFKernelProduct(k, 9, tile_size=tile_size),  # KernelModel's default here
-        }
+        # xla: TF tiles (XLA) on this device; numpy: NumPy tiles (fused host tiles where a kernel has one);
+        # auto: KernelModel's default here
+        variants = {t: TFKernelProduct(k, 9, tile_size=tile_size, tiles=t) for t in tiles}
         for eng in variants.values():
             eng.matvec(*(points(2048, 1),) * 2, np.ones((2048, 9)), same=True)  # compile the tiles
         for n in sizes:
             x = points(n)
             v = np.random.default_rng(0).standard_normal((n, 9))
-            row = dict(kernel=name, n=n, auto_tiles=variants["auto"].tiles)
+            row = dict(kernel=name, n=n, **{f"{t}_tiles": eng.tiles for t, eng in variants.items()})
             res = {}
             for label, eng in variants.items():
                 res[label], wall, cpu, peak = timed(lambda eng=eng: eng.matvec(x, x, v, same=True))
@@ -164,11 +178,16 @@ def engines(sizes, kernels, tile_size, use_old):
 CHILD = r"""
 import json, os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-mode, n, cpus, threads, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+mode, n, cpus, threads, steps, feed, pools = sys.argv[1:8]
+n, cpus, threads, steps = int(n), int(cpus), int(threads), int(steps)
 from cyntk.flows.distribute import logical_cpus
 if cpus > 1:
     logical_cpus(cpus)
 import keras, numpy as np, tensorflow as tf
+if pools != "default":  # TF's own thread pools (intra, inter), before TF starts them
+    intra, inter = (int(p) for p in pools.split(","))
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
 from cyntk.flows import KernelModel
 from cyntk.geometry import fermat_quintic, to_real
 from cyntk.kernels.fs import GaussianFSKernel
@@ -184,10 +203,23 @@ y = KernelModel.targets(M, x)
 with strategy.scope():
     model = KernelModel(GaussianFSKernel(0.1), x, M, n_threads=threads)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-6))
-model.fit(x, y, batch_size=n, epochs=1, verbose=0, shuffle=False)  # traces the step, compiles the tiles
+if feed == "dataset":  # one iterator for every epoch (Keras re-creates the distributed iterator of arrays each epoch)
+    data = dict(x=tf.data.Dataset.from_tensor_slices((x, y)).batch(n).repeat(), steps_per_epoch=1)
+else:
+    data = dict(x=x, y=y, batch_size=n, shuffle=False)
+times = []
+class Timer(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        self.t = time.perf_counter()
+    def on_train_batch_end(self, batch, logs=None):
+        times.append(time.perf_counter() - self.t)
+model.fit(epochs=1, verbose=0, **data)  # traces the step, compiles the tiles
 t0, c0 = time.perf_counter(), time.process_time()
-model.fit(x, y, batch_size=n, epochs=steps, verbose=0, shuffle=False)
-print("RESULT", json.dumps({"step": (time.perf_counter() - t0) / steps, "cpu": (time.process_time() - c0) / steps}))
+model.fit(epochs=steps, verbose=0, callbacks=[Timer()], **data)
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+result = {"epoch": wall / steps, "step": float(np.median(times)), "cpu": cpu / steps,
+          "alpha_sum": float(np.sum(model.alpha.numpy()))}
+print("RESULT", json.dumps(result))
 """
 
 
@@ -201,7 +233,8 @@ def _free_ports(n):
     return ports
 
 
-def _children(mode, n, cpus, threads, steps, n_proc=1):
+def _children(mode, n, cpus, threads, steps, n_proc=1, feed="arrays", pools="default"):
+    """Runs the child in ``n_proc`` processes; returns the slowest one's result (CPU seconds summed)."""
     from cyntk.flows.distribute import tf_config
 
     workers = [f"127.0.0.1:{p}" for p in _free_ports(n_proc)]
@@ -210,7 +243,7 @@ def _children(mode, n, cpus, threads, steps, n_proc=1):
         env = dict(os.environ)
         if mode == "workers":
             env["TF_CONFIG"] = tf_config(workers, i)
-        args = [sys.executable, "-c", CHILD, mode, str(n), str(cpus), str(threads), str(steps)]
+        args = [sys.executable, "-c", CHILD, mode, str(n), str(cpus), str(threads), str(steps), feed, pools]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     results = []
     for p in procs:
@@ -219,19 +252,32 @@ def _children(mode, n, cpus, threads, steps, n_proc=1):
         if p.returncode or not line:
             raise RuntimeError(f"child {mode} failed:\n{err[-3000:]}")
         results.append(json.loads(line[0][6:]))
-    return max(r["step"] for r in results), sum(r["cpu"] for r in results)
-
-
-def scaling(n, steps=2):
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    out = {"n": n, "cores": cores}
-    out["one_device"], _ = _children("single", n, 1, cores, steps)
-    out["two_logical_devices"], _ = _children("mirrored", n, 2, max(1, cores // 2), steps)
-    out["devices_overhead"] = out["two_logical_devices"] / out["one_device"] - 1
-    out["two_workers"], _ = _children("workers", n, 1, max(1, cores // 2), steps, n_proc=2)
-    out["workers_overhead"] = out["two_workers"] / out["one_device"] - 1
-    print(json.dumps(out), flush=True)
+    out = {k: max(r[k] for r in results) for k in ("epoch", "step")}
+    out["cpu"] = sum(r["cpu"] for r in results)
+    out["alpha_sum"] = results[0]["alpha_sum"]
     return out
+
+
+def scaling(n, steps=3, feeds=("arrays", "dataset"), pools="default"):
+    """1 process vs 2 logical devices vs 2 local workers, for each way of feeding ``fit``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    half = max(1, cores // 2)
+    rows = []
+    for feed in feeds:
+        out = {"n": n, "cores": cores, "feed": feed, "pools": pools}
+        runs = {
+            "one_process": ("single", 1, cores, 1),
+            "two_logical_devices": ("mirrored", 2, half, 1),
+            "two_workers": ("workers", 1, half, 2),
+        }
+        for label, (mode, cpus, threads, n_proc) in runs.items():
+            out[label] = _children(mode, n, cpus, threads, steps, n_proc=n_proc, feed=feed, pools=pools)
+        for label in ("two_logical_devices", "two_workers"):
+            for key in ("step", "epoch"):
+                out[f"{label}_{key}_overhead"] = out[label][key] / out["one_process"][key] - 1
+        rows.append(out)
+        print(json.dumps(out), flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------------- 4. cost model
@@ -240,7 +286,7 @@ def cost_model(rows, link_gbps):
     largest = max(r["n"] for r in rows)
     out = []
     for row in (r for r in rows if r["n"] == largest):
-        rate = max(row["xla_rate"], row["auto_rate"])  # entries per CPU-second: one CPU core as a "device"
+        rate = max(v for k, v in row.items() if k.endswith("_rate"))  # entries per CPU-second: one core
         for n in (10**6, 10**7):
             for k in (1, 2, 8, 64):
                 compute = n * n / 2 / (k * rate)
@@ -254,7 +300,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     p.add_argument("--kernels", nargs="+", default=["gaussian", "relu"], choices=["gaussian", "relu"])
+    p.add_argument("--tiles", nargs="+", default=["xla", "auto"], choices=["xla", "auto", "numpy"])
     p.add_argument("--scale-size", type=int, default=10_000)
+    p.add_argument("--scale-steps", type=int, default=3)
+    p.add_argument("--feeds", nargs="+", default=["arrays", "dataset"], choices=["arrays", "dataset"])
+    p.add_argument("--pools", default="default", help="TF intra,inter-op threads of the scaling children")
     p.add_argument("--no-old", action="store_true")
     p.add_argument("--tile-size", type=int, default=None)
     p.add_argument("--link-gbps", type=float, default=10.0)
@@ -264,9 +314,9 @@ def main(argv=None):
 
     gpus = tf.config.list_logical_devices("GPU")
     print(json.dumps({"devices": [d.name for d in tf.config.list_logical_devices()], "gpu": bool(gpus)}), flush=True)
-    result = {"engines": engines(args.sizes, args.kernels, args.tile_size, not args.no_old)}
+    result = {"engines": engines(args.sizes, args.kernels, args.tile_size, not args.no_old, args.tiles)}
     if args.scale_size:
-        result["scaling"] = scaling(args.scale_size)
+        result["scaling"] = scaling(args.scale_size, args.scale_steps, tuple(args.feeds), args.pools)
     result["cost_model"] = cost_model(result["engines"], args.link_gbps)
     if args.json:
         with open(args.json, "w") as f:
