@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from cyntk._validation import matching_widths
+from cyntk.kernels._replicas import distribution_strategy
 from cyntk.kernels.base import Kernel
 
 if TYPE_CHECKING:
@@ -46,6 +47,13 @@ class EmpiricalNTKKernel(Kernel):
 
     Blocks are (P1, P2, m, m) NumPy arrays in the model's real dtype. The
     traced functions are reused across calls.
+
+    Evaluated inside ``strategy.scope()`` of a ``tf.distribute`` strategy, the
+    rows are split across its replicas and gathered, as by :func:`metric_ntk`;
+    this is also how a model *built* inside the scope (mirrored variables) is
+    evaluated there. In a replica context, or outside any scope (e.g. the
+    product shards of a :class:`~cyntk.flows.KernelModel`'s steps), the call
+    computes everything itself, on the current device.
 
     Args:
         model: built Keras model (see :func:`metric_ntk`).
@@ -176,7 +184,10 @@ class EmpiricalNTKKernel(Kernel):
                 var.assign(w)
 
     def _block(self, x1, x2):
+        strategy = distribution_strategy()
         with self._lock, self._snapshot_weights():
+            if strategy is not None:
+                return self._engine.kernel_on_replicas(strategy, x1, x2)
             return self._engine.kernel(x1, x2)
 
     def matvec(self, x1: ArrayLike, x2: ArrayLike, v: ArrayLike, *, chunk_size: int | None = None) -> np.ndarray:
@@ -195,5 +206,8 @@ class EmpiricalNTKKernel(Kernel):
         p2, _ = self._points(x2, "x2")
         matching_widths(p1, p2)
         v = _vector(v, len(p2))
+        strategy = distribution_strategy()
         with self._lock, self._snapshot_weights():
+            if strategy is not None:
+                return self._engine.vp_on_replicas(strategy, p2, v, p1)
             return self._engine.vp(p2, v, p1)

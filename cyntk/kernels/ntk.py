@@ -36,6 +36,10 @@ model can still be garbage-collected) and per option set: calling
 structure detection runs once (again if the set of trainable variables changes).
 The model is always called with ``training=False`` and its variables are never
 written, so computing the NTK during training does not change training.
+
+Inside ``strategy.scope()`` of a ``tf.distribute`` strategy (or with
+``strategy=``) both functions split their rows across the strategy's replicas
+and gather the result for the caller (:mod:`cyntk.kernels._replicas`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyntk._validation import as_real_points, matching_widths, one_of, optional_chunk_size
+from cyntk.kernels._replicas import distribution_strategy, even_rows, run_rows, triangle_rows
 from cyntk.kernels.recognise import StructurePlan, output_components, recognise
 from cyntk.kernels.structured import (
     Traceable,
@@ -416,7 +421,7 @@ class _Engine:
         self._vjp = tf.function(Traceable(vjp), reduce_retracing=True)
         self._jvp = tf.function(Traceable(jvp), reduce_retracing=True)
 
-    def vp(self, x_src: np.ndarray, v: np.ndarray, x_tgt: np.ndarray) -> np.ndarray:
+    def _vp_functions(self, x_src: np.ndarray, v: np.ndarray):
         with self._lock:
             self.prepare(x_src)
             if self._vjp is None:
@@ -428,16 +433,102 @@ class _Engine:
                 f"`v` must have shape (P_src, m) = ({len(x_src)}, {m}) (one value per "
                 f"source point and metric component); received shape {v.shape}."
             )
+        return vjp_fn, jvp_fn
+
+    def _pullback(self, vjp_fn, x_src: np.ndarray, v: np.ndarray) -> list:
+        """``J_src^T v`` per trainable variable, accumulated over chunks (zeros for no points)."""
+        variables = self.model.trainable_variables
         chunk = self.chunk_size or _VP_CHUNK
         grads = None
         for s in range(0, len(x_src), chunk):
             g = vjp_fn(tf.constant(x_src[s : s + chunk], self.dtype), tf.constant(v[s : s + chunk]))
             grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
-        grads = [tf.cast(g, var.dtype) for g, var in zip(grads, self.model.trainable_variables)]
+        if grads is None:
+            return [tf.zeros(var.shape, var.dtype) for var in variables]
+        return [tf.cast(g, var.dtype) for g, var in zip(grads, variables)]
+
+    def _push(self, jvp_fn, x_tgt: np.ndarray, grads) -> np.ndarray:
+        """``J_tgt w`` at the target points, over chunks."""
+        chunk = self.chunk_size or _VP_CHUNK
         out = [
             jvp_fn(tf.constant(x_tgt[s : s + chunk], self.dtype), grads).numpy() for s in range(0, len(x_tgt), chunk)
         ]
-        return np.concatenate(out, axis=0)
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.outputs.m), self.dtype.as_numpy_dtype)
+
+    def vp(self, x_src: np.ndarray, v: np.ndarray, x_tgt: np.ndarray) -> np.ndarray:
+        vjp_fn, jvp_fn = self._vp_functions(x_src, v)
+        return self._push(jvp_fn, x_tgt, self._pullback(vjp_fn, x_src, v))
+
+    # ---------------------------------------------------------------- across replicas
+    def kernel_on_replicas(self, strategy, x1: np.ndarray, x2: np.ndarray | None) -> np.ndarray:
+        """:meth:`kernel` with its rows split across the replicas of ``strategy``, gathered.
+
+        ``x2 = None``: replica r computes the rows ``[a, b)`` of the upper
+        triangle (its diagonal block, symmetric, and the block right of it),
+        the row ranges chosen for equal areas; the gathered trapezoids fill the
+        upper triangle and are mirrored, so the result is exactly symmetric.
+        Otherwise replica r computes ``Theta(x1[rows_r], x2)`` for an even split.
+        """
+        n1 = len(x1)
+        replicas = int(strategy.num_replicas_in_sync)
+        symmetric = x2 is None
+        rows = triangle_rows(n1, replicas) if symmetric else even_rows(n1, replicas)
+        ms = []
+
+        def block(r, n_replicas, ctx):
+            with self._lock:
+                self.prepare(x1)
+                self._ensure_plan()
+                m = self.plan.m
+            ms.append(m)
+            a, b = rows[r].start, rows[r].stop
+            np_dtype = tf.as_dtype(self.plan.dtype).as_numpy_dtype
+            if not symmetric:
+                part = self.kernel(x1[a:b], x2) if b > a else np.zeros((0, len(x2), m, m), np_dtype)
+                return part, (max(s.stop - s.start for s in rows), len(x2), m, m)
+            size = max((s.stop - s.start) * (n1 - s.start) for s in rows) * m * m
+            if b == a:
+                return np.zeros(0, np_dtype), (size,)
+            part = self.kernel(x1[a:b], None)
+            if b < n1:
+                part = np.concatenate([part, self.kernel(x1[a:b], x1[b:])], axis=1)
+            return part.reshape(-1), (size,)
+
+        gathered = run_rows(strategy, block)
+        m = ms[0]
+        if not symmetric:
+            k = len(gathered) // replicas
+            return np.concatenate([gathered[r * k : r * k + s.stop - s.start] for r, s in enumerate(rows)])
+        size = len(gathered) // replicas
+        out = np.empty((n1, n1, m, m), dtype=gathered.dtype)
+        for r, s in enumerate(rows):
+            a, b = s.start, s.stop
+            if b == a:
+                continue
+            trapezoid = gathered[r * size : r * size + (b - a) * (n1 - a) * m * m].reshape(b - a, n1 - a, m, m)
+            out[a:b, a:] = trapezoid
+            out[b:, a:b] = np.transpose(trapezoid[:, b - a :], (1, 0, 3, 2))
+        return out
+
+    def vp_on_replicas(self, strategy, x_src: np.ndarray, v: np.ndarray, x_tgt: np.ndarray) -> np.ndarray:
+        """:meth:`vp` across the replicas of ``strategy``.
+
+        Replica r pulls back its share of the source points (``J_src^T v`` over
+        its rows), an all-reduce sums the R pullbacks, and it pushes the sum
+        forward at its share of the target points; the target rows are gathered.
+        """
+        replicas = int(strategy.num_replicas_in_sync)
+        src, tgt = even_rows(len(x_src), replicas), even_rows(len(x_tgt), replicas)
+        rows = max(s.stop - s.start for s in tgt)
+
+        def block(r, n_replicas, ctx):
+            vjp_fn, jvp_fn = self._vp_functions(x_src, v)
+            grads = self._pullback(vjp_fn, x_src[src[r]], v[src[r]])
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            return self._push(jvp_fn, x_tgt[tgt[r]], grads), (rows, self.outputs.m)
+
+        gathered = run_rows(strategy, block)
+        return np.concatenate([gathered[r * rows : r * rows + s.stop - s.start] for r, s in enumerate(tgt)])
 
 
 @tf.function(autograph=False, reduce_retracing=True)
@@ -503,6 +594,7 @@ def metric_ntk(
     chunk_size: int | None = None,
     implementation: Literal["auto", "generic", "structured"] = "auto",
     output: Literal["auto", "metric", "vector", "complex"] = "auto",
+    strategy: tf.distribute.Strategy | None = None,
 ) -> np.ndarray:
     """Empirical metric-NTK of a Keras model (paper eq. 2.7).
 
@@ -527,17 +619,40 @@ def metric_ntk(
             (P, n, n), m = 2 n^2: Re then Im of every entry, row-major), ``'vector'`` (real
             (P, m), flattened if it has more axes) or ``'auto'`` (complex output ->
             metric, real -> vector).
+        strategy: ``None`` (default): inside ``strategy.scope()`` the rows
+            (``x1`` points) are split across the scope's replicas, outside any
+            scope everything is computed here; or a ``tf.distribute.Strategy``
+            to split across, e.g. ``model.distribute_strategy`` outside its
+            scope. See the note below.
 
     Returns:
         NumPy array (P1, P2, m, m) in the model's real dtype (float32 or float64).
 
     Raises:
         ValueError / TypeError: bad points (empty, non-finite, complex, widths
-            differ), bad ``chunk_size``/``implementation``/``output``, a model
-            without trainable variables, or a non-hermitian metric output.
+            differ), bad ``chunk_size``/``implementation``/``output``/``strategy``,
+            a model without trainable variables, or a non-hermitian metric output.
+
+    Note:
+        Called inside ``strategy.scope()`` (Keras' convention, as for
+        :class:`~cyntk.flows.KernelModel`) or with ``strategy=``, each replica
+        computes its block of rows on its own device (``strategy.run``) and
+        ``strategy.gather`` joins them, so the caller -- under
+        ``MultiWorkerMirroredStrategy``, the caller on every worker -- holds
+        the whole kernel, equal to the one-device result to round-off. For
+        ``x2 = None`` the replicas share the upper triangle (row ranges of
+        equal area) and the result is exactly symmetric. This is also how the
+        kernel of a model *built* inside the scope is computed there: its
+        mirrored variables are read per replica. Every worker of a multi-worker
+        strategy must make the same call with the same points (collectives). In
+        a replica context (inside ``strategy.run``) each replica computes its
+        own call; nothing is nested.
     """
     engine = _engine_for(model, output=output, implementation=implementation, chunk_size=chunk_size)
+    dist = distribution_strategy(strategy)
     p1, p2 = _points_pair(x1, x2)
+    if dist is not None:
+        return engine.kernel_on_replicas(dist, p1, p2)
     return engine.kernel(p1, p2)
 
 
@@ -571,6 +686,7 @@ def metric_ntk_vp(
     *,
     chunk_size: int | None = None,
     output: Literal["auto", "metric", "vector", "complex"] = "auto",
+    strategy: tf.distribute.Strategy | None = None,
 ) -> np.ndarray:
     """Matrix-free kernel-vector product ``u = Theta(x_tgt, x_src) . v``.
 
@@ -588,13 +704,20 @@ def metric_ntk_vp(
         x_tgt: real (P_tgt, d) target points; ``None`` means ``x_src``.
         chunk_size: points per forward/backward pass (default 1024).
         output: as in :func:`metric_ntk`.
+        strategy: as in :func:`metric_ntk`: under a strategy, replica r pulls
+            back its share of the source points, an all-reduce sums the
+            pullbacks, and it pushes the sum forward at its share of the
+            target points; the rows of ``u`` are gathered for the caller.
 
     Returns:
         NumPy array (P_tgt, m) in the model's real dtype.
     """
     engine = _engine_for(model, output=output, implementation="auto", chunk_size=chunk_size)
+    dist = distribution_strategy(strategy)
     ps, pt = _points_pair(x_src, x_tgt, "x_src", "x_tgt")
     v = _vector(v, len(ps))
+    if dist is not None:
+        return engine.vp_on_replicas(dist, ps, v, ps if pt is None else pt)
     return engine.vp(ps, v, ps if pt is None else pt)
 
 
