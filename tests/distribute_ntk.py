@@ -21,6 +21,9 @@ as ``<name>/one`` and ``<name>/two`` (and facts as ``<name>/...``). Cases:
 * ``workers`` -- as ``ntk`` (the multiplicative model, built inside the scope)
   under a ``MultiWorkerMirroredStrategy`` whose cluster ``TF_CONFIG`` describes
   (one process per worker, each started with its own ``TF_CONFIG``).
+* ``callback`` -- a Keras network trained data-parallel inside the scope with a
+  MetricNTKCallback whose kernels are split across the replicas
+  (``ntk_kwargs={"strategy": strategy}``).
 * ``train`` -- a MultiplicativeModel trained data-parallel inside the scope with
   a MetricNTKCallback (and one splitting its kernels across the replicas).
 """
@@ -46,7 +49,14 @@ def main(argv=None):
 
         logical_cpus(2)
         strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
-    cases = {"ntk": _ntk, "entk": _entk, "cymetric": _cymetric, "train": _train, "workers": _workers}
+    cases = {
+        "ntk": _ntk,
+        "entk": _entk,
+        "cymetric": _cymetric,
+        "callback": _callback,
+        "train": _train,
+        "workers": _workers,
+    }
     results = cases[case](strategy, cymetric_dir, out)
     import numpy as np
 
@@ -242,6 +252,56 @@ def _workers(strategy, _cymetric_dir, _out):
         res[f"{name}/one"] = fn()  # outside the scope: this process alone
         with strategy.scope():
             res[f"{name}/two"] = fn()
+    return res
+
+
+def _callback(strategy, _cymetric_dir, out):
+    import keras
+    import numpy as np
+
+    from cyntk.callbacks import MetricNTKCallback
+    from cyntk.kernels import metric_ntk
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 5))
+    y = np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1)
+    res = {}
+    for label, scope in (("one", None), ("split", strategy)):
+        computed = []
+
+        def counted(model, pts, **kw):
+            computed.append(len(pts))
+            return metric_ntk(model, pts, **kw)
+
+        def build():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential(
+                [
+                    keras.Input((5,), dtype="float64"),
+                    keras.layers.Dense(16, activation="tanh", dtype="float64"),
+                    keras.layers.Dense(2, dtype="float64"),
+                ]
+            )
+            model.compile(keras.optimizers.SGD(0.05), loss="mse")
+            return model
+
+        if scope is None:
+            model = build()
+        else:
+            with scope.scope():
+                model = build()
+        cb = MetricNTKCallback(
+            x[:5],
+            x[5:10],
+            log_dir=os.path.join(os.path.dirname(out), label),
+            save_kernels=True,
+            ntk_fn=counted,
+            ntk_kwargs={"strategy": strategy} if scope is not None else None,
+        )
+        model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=[cb])
+        res[f"calls/{label}"] = len(computed)
+        res[f"epochs/{label}"] = np.asarray(cb.history.epochs)
+        res[f"replicas/{label}"] = model.distribute_strategy.num_replicas_in_sync
     return res
 
 

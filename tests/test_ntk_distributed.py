@@ -91,6 +91,26 @@ def test_cymetric_multfs_model_built_in_scope(tmp_path):
         assert relative(ref, dist) <= 1e-5, (name, relative(ref, dist))  # float32: eps 1.2e-7 times the sums
 
 
+def test_callback_splits_its_kernels_across_the_replicas_during_fit(tmp_path):
+    """A network trained under MirroredStrategy (2 logical CPUs) with a MetricNTKCallback whose kernels are
+    split across the replicas (ntk_kwargs={'strategy': strategy}): one kernel per record, written once, equal
+    to the records of a one-device run."""
+    from cyntk.callbacks import MetricNTKHistory
+
+    res = run_case(tmp_path, "callback")
+    assert int(res["replicas/one"]) == 1 and int(res["replicas/split"]) == 2
+    assert int(res["calls/one"]) == int(res["calls/split"]) == 3  # epochs 0, 1, 2: once each, not per replica
+    one, split = (tmp_path / label / "metric_ntk" for label in ("one", "split"))
+    assert len(list(split.glob("events.out.tfevents.*"))) == 1
+    assert MetricNTKHistory.load(split / "history.npz").epochs == [0, 1, 2]
+    kernels = sorted(p.name for p in (split / "kernels").iterdir())
+    assert kernels == [f"epoch_{e:06d}.npz" for e in (0, 1, 2)]
+    for name in kernels:
+        a, b = np.load(one / "kernels" / name)["theta"], np.load(split / "kernels" / name)["theta"]
+        assert a.dtype == b.dtype == np.float64 and a.shape == b.shape == (10, 10, 2, 2)
+        assert relative(a, b) <= 1e-12, name  # data-parallel training: the same weights at every record
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="MetricModel training under a strategy needs the cyntk/models/_training.py change described in "
