@@ -202,3 +202,17 @@ def test_dual_equals_primal_for_the_empirical_ntk_on_the_bicubic():
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
     g0 = components_from_hermitian(net(tf.constant(x[18:])).numpy())
     assert np.abs(preds["dual"][1] - g0).max() > 1e-6 * np.abs(g0).max()
+
+
+def test_engines_and_tiles_agree_on_a_product():
+    M = bicubic()
+    x = to_real(M.sample_points(48, seed=8, chart=common_chart(M)))
+    y = KernelModel.targets(M, x)
+    preds = {}
+    for name, kw in {"numpy": dict(engine="numpy"), "xla": dict(tiles="xla"), "auto": {}}.items():
+        model = KernelModel(GaussianFSKernel(0.4), x[:32], M, tile_size=16, **kw)
+        model.compile(optimizer=keras.optimizers.SGD(LR))
+        model.fit(x[:32], y[:32], batch_size=32, epochs=2, verbose=0)
+        preds[name] = components_from_hermitian(model.predict(x, verbose=0))
+    np.testing.assert_allclose(preds["xla"], preds["numpy"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(preds["auto"], preds["numpy"], rtol=1e-12, atol=1e-14)
