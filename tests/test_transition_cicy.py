@@ -290,3 +290,24 @@ def test_callback_refuses_data_of_another_kind_of_manifold(direction):
     cb.set_model(model)
     with pytest.raises(ValueError, match="`data` belongs to .* but the model was built for"):
         cb.on_train_begin()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bicubic", "p2p3_2eq"])
+def test_jit_compile_gives_the_same_training_on_cicys(name):
+    """XLA compiles the CICY geometry (no complex MatrixSolve: closed-form adjugates) and transitions."""
+    ds = make_dataset(_manifold(name), 120, seed=4, val_split=0.25)
+    x, y = ds.X_train[:90].astype("float32"), ds.y_train[:90].astype("float32")
+    net = _net(2 * ds.manifold.ncoords, 9, seed=2, std=0.05)
+    weights, losses = [], []
+    for jit in (False, True):
+        m = MultiplicativeModel(keras.models.clone_model(net), ds, kaehler=1.0, transition=1.0, volk=0.0)
+        m.network.set_weights(net.get_weights())
+        m.compile(keras.optimizers.SGD(0.1), jit_compile=jit)
+        hist = m.fit(x, y, batch_size=30, epochs=2, shuffle=False, verbose=0).history
+        assert m.xla is jit
+        weights.append([v.numpy() for v in m.trainable_variables])
+        losses.append(hist["transition_loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from cyntk.models._tfgeometry import TFGeometry, _complex_dtype, complex_to_real, holomorphic_derivatives
+from cyntk.models.losses import adjugate, determinant
 
 __all__ = ["TFCICYGeometry", "make_tf_geometry", "cymetric_transition_count", "transition_table"]
 
@@ -205,12 +206,14 @@ class TFCICYGeometry(TFGeometry):
     def pullbacks_from(self, dq, patch, j):
         S = self.selection(patch, j)  # (B, a, n)
         dqx = tf.einsum("bkn,ban->bka", dq, S)
-        sol = -tf.linalg.solve(self._bmat(dq, j), dqx)  # (B, K, a)
+        # sol = -B^{-1} dQ/dx by the adjugate (closed forms for K <= 3: XLA has no complex MatrixSolve)
+        B = self._bmat(dq, j)
+        sol = -tf.matmul(adjugate(B), dqx) / determinant(B)[:, None, None]  # (B, K, a)
         E = tf.one_hot(j, self.ncoords, dtype=self.cdtype)  # (B, K, n)
         return S + tf.einsum("bka,bkn->ban", sol, E)
 
     def omega_sq_from(self, dq, j):
-        det = tf.linalg.det(self._bmat(dq, j))
+        det = determinant(self._bmat(dq, j))
         return 1.0 / (tf.math.real(det) ** 2 + tf.math.imag(det) ** 2)
 
     def fs_blocks_from(self, z, J):

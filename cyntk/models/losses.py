@@ -199,10 +199,18 @@ def transition_loss(g_new: TensorLike, g_old: TensorLike, T: TensorLike, n_trans
         n_transitions: normaliser n_T; defaults to m. cymetric counts N - 1
             transitions per point on a hypersurface in P^{N-1} (the trivial
             same-patch transition included), which gives 36 = 4 * 9 for the
-            quintic.
+            quintic, and ``max_t prod_r (n_r + 1 - t_r)`` on a product of
+            projective spaces (t spreading the equations over the factors:
+            6 for the bicubic, 8 for the tetraquadric, 4 for two cubics in
+            P^5), where some of the m compared patches may repeat.
 
     Returns:
         (B,) real.
+
+    Note:
+        The mismatch enters squared. This is cymetric's loss with
+        ``norm[2] = 2``; cymetric's default exponent is ``norm[2] = 1``
+        (``sum |.|``, conventions §7.3).
     """
     g_new = tf.convert_to_tensor(g_new)
     T = tf.convert_to_tensor(T)
