@@ -111,11 +111,6 @@ def test_callback_splits_its_kernels_across_the_replicas_during_fit(tmp_path):
         assert relative(a, b) <= 1e-12, name  # data-parallel training: the same weights at every record
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MetricModel training under a strategy needs the cyntk/models/_training.py change described in "
-    "the notes of issue 16 (no nested tf.function, loss / R, conditional update in the cross-replica context)",
-)
 def test_training_with_the_callback_is_data_parallel_and_records_once(tmp_path):
     """A MultiplicativeModel trained under MirroredStrategy (2 logical CPUs) with a MetricNTKCallback: the same
     weights as on one device; the kernel computed once per record (also when the callback splits it across the

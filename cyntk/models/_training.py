@@ -159,6 +159,10 @@ class _MetricTraining(_KerasModel):
         return self._xla
 
     def _core(self) -> dict[str, Callable[..., Any]]:
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            # a replica of a tf.distribute strategy: Keras already traces the step per replica, and the
+            # optimizer's all-reduce (a merge_call) cannot sit in a nested tf.function (nor under XLA)
+            return {"train": self._train_core, "test": self._test_core, "measure": self._measure_core}
         if self._core_fns is None:
 
             def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,7 +184,11 @@ class _MetricTraining(_KerasModel):
         with tf.GradientTape() as tape:
             terms = self.loss_terms(x, y, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=terms, sample_weight=sw, training=True)
-        grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            # under a tf.distribute strategy the optimizer sums the replicas' gradients: each replica's
+            # batch mean counts 1/R, so that the update is the one of the whole batch (as Keras scales its losses)
+            replicas = _replicas_in_sync()
+            scaled = loss / tf.cast(replicas, loss.dtype) if replicas > 1 else loss
+        grads = tape.gradient(scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return self._apply_update(loss, grads)
 
     def _apply_update(self, loss: tf.Tensor, grads: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -198,12 +206,32 @@ class _MetricTraining(_KerasModel):
             self.optimizer.apply(grads, variables)
             return finite_loss, finite_grads
         ok = tf.logical_and(finite_loss, finite_grads)
+        ctx = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and ctx is not None:
+            # a replica of a tf.distribute strategy: every replica takes the same decision (no replica's
+            # batch non-finite), and the conditional update runs in the cross-replica context, where a branch
+            # may hold the optimizer's all-reduce (a merge_call cannot sit in a replica's tf.cond; Keras'
+            # LossScaleOptimizer does the same)
+            ok = tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(ok, tf.float32)), 0.0)
 
-        def apply() -> tf.Tensor:
-            self.optimizer.apply(grads, variables)
-            return tf.constant(True)
+            def cross(distribution: Any, grads: Sequence[tf.Tensor], ok: Any) -> tf.Tensor:
+                def apply_all() -> tf.Tensor:
+                    distribution.extended.call_for_each_replica(
+                        lambda g: self.optimizer.apply(g, variables), args=(grads,)
+                    )
+                    return tf.constant(True)
 
-        tf.cond(ok, apply, lambda: tf.constant(False))
+                ok0 = distribution.experimental_local_results(ok)[0]
+                return tf.cond(ok0, apply_all, lambda: tf.constant(False))
+
+            ctx.merge_call(cross, args=(grads, ok))
+        else:
+
+            def apply() -> tf.Tensor:
+                self.optimizer.apply(grads, variables)
+                return tf.constant(True)
+
+            tf.cond(ok, apply, lambda: tf.constant(False))
         if self.nonfinite == "skip_step":
             self._skipped_tracker.update_state(1.0 - tf.cast(ok, self.compute_dtype))
         return finite_loss, finite_grads
@@ -400,3 +428,11 @@ class _MetricTraining(_KerasModel):
         return out
 
     # ---------------------------------------------------------- serialisation
+
+
+def _replicas_in_sync() -> int:
+    """Replicas of the tf.distribute strategy whose replica context this is (1 outside any strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if not tf.distribute.has_strategy() or ctx is None:
+        return 1
+    return int(ctx.num_replicas_in_sync)
