@@ -1,7 +1,9 @@
 """The NumPy side of a KernelModel step: lookups, the flow update and the positivity guard.
 
 A mixin of :class:`~cyntk.flows.kernel_model.KernelModel`; its methods run
-inside ``tf.numpy_function`` from the model's train and test steps.
+inside ``tf.numpy_function`` (stateless, so that the replicas of a strategy
+run theirs concurrently; see ``_host_op``) or ``tf.py_function`` from the
+model's train and test steps.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from cyntk.flows._kernel_setup import _nearest_train, _product_layout
 from cyntk.flows.distribute import all_reduce_sum, local_device, replica_context, shard_of
 from cyntk.flows.product import RowIndex, default_threads, min_eigenvalues
 from cyntk.geometry import Hypersurface, to_complex
+from cyntk.kernels.empirical import EmpiricalNTKKernel
 from cyntk.models._tf import mark
 
 
@@ -103,9 +106,10 @@ class _FlowSteps:
             st = self._np_state()
             groups = self._groups_for(x, None if j_elim is None else np.asarray(j_elim))
             same = x.shape == st["x"].shape and np.array_equal(x, st["x"])
-            return self._product.grouped_matvec(
+            u = self._product.grouped_matvec(
                 x, st["groups"] if same else groups, st["x"], st["groups"], np.asarray(alpha), same=same
             )
+            return np.asarray(u, dtype=np.float64)
         except ValueError as err:
             raise ValueError(mark(_MARKER, str(err))) from err
 
@@ -118,6 +122,20 @@ class _FlowSteps:
             return S.fs_metric_pb(z, t=1.0)
         return S.pulled_back_blocks(z, S.pullbacks(z))
 
+    def _host_op(self, fn, args, dtype):
+        """``fn`` (NumPy in, NumPy out) on the host inside a step, concurrently across replicas when safe.
+
+        A ``tf.py_function`` is stateful: tf.function's automatic control
+        dependencies chain the replicas' calls one after the other. A stateless
+        ``tf.numpy_function`` lets them run at the same time, except for an
+        ``EmpiricalNTKKernel``, which runs its TensorFlow functions under a lock:
+        replicas waiting on it would hold TensorFlow's inter-op threads while
+        the holder's function waits for one (a deadlock on 2 cores).
+        """
+        if isinstance(self.kernel, EmpiricalNTKKernel):
+            return tf.py_function(fn, args, dtype)
+        return tf.numpy_function(fn, args, dtype, stateful=False)
+
     def _dual_update(self, idx, dl_dg):
         # grad_alpha = -dL/dg at the batch points: SGD(dt) gives alpha += dt dL/dg, i.e. (3.5)
         grad = tf.scatter_nd(idx[:, None], -dl_dg, tf.shape(self.alpha, out_type=tf.int64))
@@ -127,7 +145,9 @@ class _FlowSteps:
         # the kernel product of the update: this replica's shard of the tiles, summed over replicas
         ctx = replica_context()
         rid, n_rep = shard_of(ctx)
-        du = tf.py_function(lambda d, r: self._np_dual_product(d, r, n_rep), [delta, rid], tf.float64)
+        # its output feeds the all-reduce and the commit, so a stateless op is never pruned, and its
+        # inputs (rid) differ per replica
+        du = self._host_op(lambda d, r: self._np_dual_product(d, r, n_rep), [delta, rid], tf.float64)
         du = all_reduce_sum(ctx, tf.ensure_shape(du, [self.n_train, self.m]))
         scale, eig, backoffs = tf.py_function(
             self._np_commit_dual, [delta, du, self.u_train, self.optimizer.iterations], [tf.float64] * 3
@@ -158,7 +178,7 @@ class _FlowSteps:
     def _np_lookup(self, x):
         x = np.asarray(x)
         try:
-            return self._row_index().lookup(x)
+            return np.asarray(self._row_index().lookup(x), dtype=np.int64)
         except ValueError as err:
             raise ValueError(mark(_MARKER, str(err))) from err
 
@@ -171,7 +191,7 @@ class _FlowSteps:
 
     def _np_dual_product(self, delta, replica, n_replicas):
         """``K delta`` at every train point, or replica ``replica``'s shard of it (one of ``n_replicas``)."""
-        delta = np.asarray(delta)
+        delta = np.asarray(delta, dtype=np.float64)
         st = self._np_state()
         x, groups = st["x"], st["groups"]
         if self._no_product(delta):
@@ -185,10 +205,12 @@ class _FlowSteps:
                 kw = {"shard": (int(replica), int(n_replicas)), **self._replica_options(int(replica))}
         rows = np.flatnonzero(np.any(delta != 0.0, axis=1))
         if self._product.pairwise and len(rows) < len(x):
-            return self._product.grouped_matvec(
+            out = self._product.grouped_matvec(
                 x, groups, x[rows], None if groups is None else groups[rows], delta[rows], **kw
             )
-        return self._product.grouped_matvec(x, groups, x, groups, delta, same=True, **kw)
+        else:
+            out = self._product.grouped_matvec(x, groups, x, groups, delta, same=True, **kw)
+        return np.asarray(out, dtype=np.float64)  # tf.numpy_function wants the declared dtype exactly
 
     def _replica_options(self, replica):
         """The device and tile workers of a replica's shard (its own device; the cores shared locally)."""

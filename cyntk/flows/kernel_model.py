@@ -560,7 +560,7 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
         if self.form == "dual":
             g0 = self._chunked(self._base_components, x, self.m)
             args = [x, self.alpha] + ([] if j_elim is None else [tf.cast(j_elim, tf.int64)])
-            u = tf.py_function(self._np_apply, args, tf.float64)
+            u = self._host_op(self._np_apply, args, tf.float64)  # the replicas concurrently (when safe)
             u = tf.ensure_shape(u, [None, self.m])
             g = g0 - u
         else:
@@ -661,7 +661,8 @@ class KernelModel(_FlowSetup, _FlowSteps, _KerasEntryPoints, keras.Model):
     # ---------------------------------------------------------------- steps
     def train_step(self, data):
         x, y, sample_weight = (decode_float64(v) for v in keras.utils.unpack_x_y_sample_weight(data))
-        idx = tf.py_function(self._np_lookup, [x], tf.int64)
+        # stateless (unlike tf.py_function): the replicas of a strategy look their batches up concurrently
+        idx = tf.numpy_function(self._np_lookup, [x], tf.int64, stateful=False)
         idx = tf.ensure_shape(idx, [None])
         x = tf.gather(self.x_train, idx)  # the exact (float64) train points
         if self.form == "dual":
