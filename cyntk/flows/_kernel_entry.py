@@ -8,6 +8,8 @@ docstring) and errors raised inside the steps come back as ``ValueError``.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 
 import keras
 import numpy as np
@@ -16,6 +18,59 @@ import tensorflow as tf
 from cyntk.flows._kernel_common import _MARKER, _check_sample_weight
 from cyntk.flows.distribute import WorkerLostError, multi_worker
 from cyntk.models._tf import encode_args, encode_float64, marked_message, to_numpy
+
+
+def _persistent_feed(x, y, args, kwargs):
+    """``fit``'s array inputs as repeated datasets with ``steps_per_epoch``: one iterator for every epoch.
+
+    Under a strategy Keras re-creates the distributed iterator of array
+    inputs at every epoch (seconds each, and a flow epoch is often one step).
+    The same batches (Keras' own array adapter: ``batch_size``, ``shuffle``
+    and sample weights as for arrays, a new order every epoch), repeated,
+    with ``steps_per_epoch`` = the number of batches of one epoch, keep one
+    iterator (``validation_data`` stays as given: Keras' ``evaluate`` makes a
+    new iterator at every call whatever the input). Epochs, callbacks,
+    ``initial_epoch``, ``BackupAndRestore`` and the History are those of the
+    array inputs. Anything else (datasets, generators,
+    ``steps_per_epoch``, ``validation_split``, ``class_weight``) goes to
+    Keras unchanged. The environment variable ``CYNTK_FIT_ARRAYS_PER_EPOCH=1``
+    turns this off (for measurements).
+    """
+    try:
+        from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+    except ImportError:  # another Keras layout: Keras' own per-epoch iterators
+        return x, y, args, kwargs
+    try:
+        bound = inspect.signature(keras.Model.fit).bind(None, x, y, *args, **kwargs)
+    except TypeError:
+        return x, y, args, kwargs
+    kw = dict(bound.arguments)
+    kw.pop("self", None)
+    kw.update(kw.pop("kwargs", {}))
+
+    def arrays(*values):
+        return all(v is None or isinstance(v, np.ndarray) for v in values) and values[0] is not None
+
+    if (
+        not arrays(kw.get("x"), kw.get("y"), kw.get("sample_weight"))
+        or kw.get("y") is None
+        or kw.get("steps_per_epoch") is not None
+        or kw.get("validation_split")
+        or kw.get("class_weight") is not None
+    ):
+        return x, y, args, kwargs
+    batch_size = kw.pop("batch_size", None)
+    train = ArrayDataAdapter(
+        kw.pop("x"),
+        kw.pop("y"),
+        sample_weight=kw.pop("sample_weight", None),
+        batch_size=batch_size or 32,  # Keras' default for arrays
+        shuffle=kw.pop("shuffle", True),
+    )
+    kw["steps_per_epoch"], kw["shuffle"] = train.num_batches, False  # the dataset shuffles itself
+    if kw.get("validation_data") is not None:  # as given (Keras' evaluate makes a new iterator at every call)
+        kw["validation_batch_size"] = kw.get("validation_batch_size") or batch_size
+    return train.get_tf_dataset().repeat(), None, (), kw
 
 
 class _KerasEntryPoints:
@@ -184,8 +239,11 @@ class _KerasEntryPoints:
         self._halted = False
         try:
             args, kwargs = encode_args(args, kwargs, {"sample_weight": 8, "validation_data": 5})
+            x, y = encode_float64(x), encode_float64(y)
+            if self._distribute_strategy is not None and os.environ.get("CYNTK_FIT_ARRAYS_PER_EPOCH") != "1":
+                x, y, args, kwargs = _persistent_feed(x, y, args, kwargs)
             with self._running():
-                history = super().fit(encode_float64(x), encode_float64(y), *args, **kwargs)
+                history = super().fit(x, y, *args, **kwargs)
         except (tf.errors.OpError, ValueError) as err:
             self._unwrap_errors(err)
         if self._flow_error is not None:
