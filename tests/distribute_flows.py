@@ -136,7 +136,8 @@ def main(argv=None):
     out = {}
     for case in args.cases.split(","):
         print("case", case, flush=True)
-        # the empirical NTK's network lives outside the strategy (its J (J^T v) runs per shard, in TF)
+        # the empirical NTK's network is built outside the strategy here (its J (J^T v) runs per shard, in
+        # TF); one built inside the scope works too (tests/distribute_ntk.py, case entk)
         net = metric_model() if case.startswith("entk") else None
         with strategy.scope():
             model, lr = build(case, net)

@@ -25,7 +25,8 @@ as ``<name>/one`` and ``<name>/two`` (and facts as ``<name>/...``). Cases:
   MetricNTKCallback whose kernels are split across the replicas
   (``ntk_kwargs={"strategy": strategy}``).
 * ``train`` -- a MultiplicativeModel trained data-parallel inside the scope with
-  a MetricNTKCallback (and one splitting its kernels across the replicas).
+  a MetricNTKCallback: by default it splits its kernels across the replicas;
+  with ``ntk_kwargs={"strategy": None}`` it computes them whole.
 """
 
 from __future__ import annotations
@@ -309,6 +310,7 @@ def _train(strategy, _cymetric_dir, out):
     import keras
     import numpy as np
 
+    import cyntk.kernels
     from cyntk.callbacks import MetricNTKCallback
     from cyntk.callbacks.distribute import current_strategy, is_chief
     from cyntk.geometry import fermat_quintic, make_dataset
@@ -316,12 +318,20 @@ def _train(strategy, _cymetric_dir, out):
 
     ds = make_dataset(fermat_quintic(), 80, seed=0)
     res = {}
-    for label, scope, split in (("one", None, False), ("two", strategy, False), ("split", strategy, True)):
+    # the callback's default engine (ntk_fn=None) is cyntk.kernels.metric_ntk, looked up at each record: a spy
+    # records the strategy it is given. "two" opts out of the split, "split" is the default under a strategy
+    for label, scope, ntk_kwargs in (
+        ("one", None, None),
+        ("two", strategy, {"strategy": None}),
+        ("split", strategy, None),
+    ):
         computed = []
 
         def counted(model, pts, **kw):
-            computed.append(len(pts))
+            computed.append(kw.get("strategy"))
             return metric_ntk(model, pts, **kw)
+
+        cyntk.kernels.metric_ntk = counted
 
         def build():
             model = _multiplicative(ds, seed=0, width=12)  # the data set gives the sigma loss its kappa
@@ -340,14 +350,17 @@ def _train(strategy, _cymetric_dir, out):
             seed=0,
             log_dir=os.path.join(os.path.dirname(out), label),
             save_kernels=True,
-            ntk_fn=counted,
-            ntk_kwargs={"strategy": model.distribute_strategy} if split else None,
+            ntk_kwargs=ntk_kwargs,
         )
         x, y = ds.X_train[:64], ds.y_train[:64]
-        hist = model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[cb])
+        try:
+            hist = model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[cb])
+        finally:
+            cyntk.kernels.metric_ntk = metric_ntk
         res[f"weights/{label}"] = np.concatenate([np.ravel(v.numpy()) for v in model.trainable_variables])
         res[f"loss/{label}"] = np.asarray(hist.history["loss"])
         res[f"calls/{label}"] = len(computed)
+        res[f"split_calls/{label}"] = sum(s is model.distribute_strategy for s in computed)
         res[f"epochs/{label}"] = np.asarray(cb.history.epochs)
         res[f"chief/{label}"] = is_chief(current_strategy(model))
         res[f"replicas/{label}"] = model.distribute_strategy.num_replicas_in_sync

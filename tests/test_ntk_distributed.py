@@ -113,11 +113,14 @@ def test_callback_splits_its_kernels_across_the_replicas_during_fit(tmp_path):
 
 def test_training_with_the_callback_is_data_parallel_and_records_once(tmp_path):
     """A MultiplicativeModel trained under MirroredStrategy (2 logical CPUs) with a MetricNTKCallback: the same
-    weights as on one device; the kernel computed once per record (also when the callback splits it across the
-    replicas with ntk_kwargs={'strategy': ...}) and written once."""
+    weights as on one device; the kernel computed once per record, split across the model's replicas by default
+    (the engine receives strategy=model.distribute_strategy), whole with ntk_kwargs={'strategy': None}, and
+    written once."""
     from cyntk.callbacks import MetricNTKHistory
 
     res = run_case(tmp_path, "train")
+    assert int(res["split_calls/one"]) == 0 and int(res["split_calls/two"]) == 0  # none, and the opt-out
+    assert int(res["split_calls/split"]) == 3  # the default under a 2-replica strategy: every record split
     for label in ("two", "split"):
         assert int(res[f"replicas/{label}"]) == 2 and bool(res[f"chief/{label}"])
         assert relative(res["weights/one"], res[f"weights/{label}"]) <= 1e-12, label

@@ -7,12 +7,13 @@ accept ``(x, training=False)`` are both handled.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["call_model", "components", "inspect_model", "kernel"]
+__all__ = ["call_model", "components", "inspect_model", "kernel", "replica_strategy"]
 
 
 def _input_dtype(model: Any) -> str:
@@ -112,6 +113,30 @@ def _engine(ntk_fn: Callable[..., Any] | None, name: str) -> Callable[..., Any]:
     return metric_ntk
 
 
+def replica_strategy(model: Any) -> Any:
+    """The ``tf.distribute`` strategy ``model`` was built under when it has more than one replica, else None.
+
+    Only the model's own strategy counts (``model.distribute_strategy`` of a
+    model built inside ``strategy.scope()``), not a scope entered later.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    try:
+        replicas = int(getattr(strategy, "num_replicas_in_sync", 1))
+    except (TypeError, ValueError):
+        return None
+    return strategy if replicas > 1 else None
+
+
+def _takes_strategy(ntk_fn: Callable[..., Any] | None) -> bool:
+    """Whether the kernel engine takes ``strategy=`` (the default engine, or a parameter of that name)."""
+    if ntk_fn is None:
+        return True
+    try:
+        return "strategy" in inspect.signature(ntk_fn).parameters
+    except (TypeError, ValueError):  # no signature (a builtin): pass nothing it may not know
+        return False
+
+
 def kernel(
     model: Any,
     x: np.ndarray,
@@ -123,8 +148,20 @@ def kernel(
     want_path: bool = False,
     name: str = "MetricNTKTracker",
 ) -> tuple[np.ndarray, str | None]:
-    """Theta (P, P, m, m) of ``model`` on ``x`` (NumPy, engine dtype) and, if asked, the engine's path name."""
+    """Theta (P, P, m, m) of ``model`` on ``x`` (NumPy, engine dtype) and, if asked, the engine's path name.
+
+    When ``model`` was built under a strategy with several replicas
+    (:func:`replica_strategy`) and ``ntk_kwargs`` has no ``"strategy"``, the
+    engine is given ``strategy=model.distribute_strategy`` (if it takes a
+    ``strategy`` argument, as :func:`cyntk.kernels.metric_ntk` does), so the
+    replicas split the kernel's rows; ``ntk_kwargs={"strategy": None}``
+    computes it whole in this process instead.
+    """
     kwargs = dict(ntk_kwargs)
+    if "strategy" not in kwargs and _takes_strategy(ntk_fn):
+        strategy = replica_strategy(model)
+        if strategy is not None:  # the model's replicas share the rows of the kernel
+            kwargs["strategy"] = strategy
     if output_kind == "complex" and ntk_fn is None:
         kwargs.setdefault("output", "complex")
     theta = _engine(ntk_fn, name)(model, x, **kwargs)

@@ -8,12 +8,15 @@ kernel (the weights are the same on every worker, so are the measures, and
 callbacks such as ``EarlyStopping`` monitoring an ``ntk_*`` key take the same
 decision everywhere), but only the chief writes files.
 
-To split each record's kernel across the replicas instead of computing it
-whole on every worker, pass ``ntk_kwargs={"strategy": model.distribute_strategy}``
-to the callback: :func:`cyntk.kernels.metric_ntk` then computes each replica's
-rows on its own device and gathers them, so every worker still holds the whole
-kernel (and the same measures) while the work is done once in all. Every worker
-runs the callback, as the collectives need.
+When the trained model was built under a strategy with more than one
+replica, each record's kernel is split across the replicas by default: the
+callback passes ``strategy=model.distribute_strategy`` to
+:func:`cyntk.kernels.metric_ntk` (or to an ``ntk_fn`` with a ``strategy``
+parameter), which computes each replica's rows on its own device and gathers
+them, so every worker still holds the whole kernel (and the same measures)
+while the work is done once in all. Every worker runs the callback, as the
+collectives need. ``ntk_kwargs={"strategy": None}`` opts out: every worker
+(or the one process) then computes the whole kernel itself.
 
 :func:`is_chief` decides, without importing TensorFlow when it has not been
 imported: from the strategy's cluster resolver (``task_type``/``task_id``) or

@@ -136,9 +136,14 @@ class MetricNTKCallback(keras.callbacks.Callback):
     calls callbacks once, on the host: the kernel is computed once per record
     (on the mirrored weights, outside the replica context) and written once, and
     it equals the kernel recorded without a strategy. Under
-    ``MultiWorkerMirroredStrategy`` every worker computes it (so every worker's
-    ``logs`` agree), but only the chief writes TensorBoard events, history and
-    kernels (:func:`cyntk.callbacks.distribute.is_chief`).
+    ``MultiWorkerMirroredStrategy`` every worker runs the callback (so every
+    worker's ``logs`` agree), but only the chief writes TensorBoard events,
+    history and kernels (:func:`cyntk.callbacks.distribute.is_chief`). When the
+    model has several replicas, each record's kernel is split across them by
+    default (``strategy=model.distribute_strategy`` is passed to the kernel
+    engine: each replica computes its rows, every worker receives the whole
+    kernel); ``ntk_kwargs={"strategy": None}`` computes it whole in every
+    process instead.
 
     **Structure.** The callback only maps Keras' hooks to epoch labels; the
     points, kernel, measures, history and resume logic live in
@@ -206,6 +211,9 @@ class MetricNTKCallback(keras.callbacks.Callback):
         ntk_fn: kernel engine ``ntk_fn(model, x, **ntk_kwargs) -> (P, P, m, m)``
             (default :func:`cyntk.kernels.metric_ntk`).
         ntk_kwargs: keyword arguments for ``ntk_fn`` (e.g. ``chunk_size``).
+            Without a ``"strategy"`` key, a model with several replicas has its
+            kernels split across them (see *Distributed training*);
+            ``{"strategy": None}`` turns that off.
         verbose: 0 (silent) or 1 (one line per record).
         model: optional model whose reference kernel is recorded right away
             (when an optimizer has already moved it before the first ``fit``

@@ -91,7 +91,10 @@ class MetricNTKTracker:
         output: :class:`OutputOptions`, where the history (and kernels) are
             saved; only ``history_path`` and ``save_kernels`` are used here.
         resume: ``False``, ``True`` or the path of a history to continue.
-        ntk_fn, ntk_kwargs: the kernel engine and its keyword arguments.
+        ntk_fn, ntk_kwargs: the kernel engine and its keyword arguments. A
+            model built under a strategy with several replicas has its kernel
+            split across them unless ``ntk_kwargs`` sets ``"strategy"`` (``None``:
+            computed whole here), when the engine takes ``strategy=``.
         on_error: ``"warn"`` (a failed record is warned about and skipped) or ``"raise"``.
         verbose: 0 or 1 (one line per record).
         sinks: callables ``sink(record, history)`` called after each record
