@@ -50,6 +50,8 @@ def cymetric():
         pytest.skip(
             f"the real cymetric is absent ({CYMETRIC}); put its snapshot in ../shared/cymetric or set CYNTK_CYMETRIC"
         )
+    for dep in ("sympy", "joblib", "wolframclient"):
+        pytest.importorskip(dep, reason=f"cymetric.pointgen imports {dep} (pip install -e '.[test]')")
     sys.path.insert(0, str(CYMETRIC))
     try:
         import cymetric.models.helper as helper
