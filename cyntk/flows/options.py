@@ -86,7 +86,9 @@ class Chunking:
             strategy). ``engine="tf"`` only.
         tiles: the tiles of ``engine="tf"``: ``"auto"`` (XLA-compiled
             TensorFlow tiles on a GPU and, on CPUs, where they measured faster
-            (the ReLU NTK); the kernels' NumPy blocks otherwise), ``"xla"`` or ``"numpy"``
+            (the ReLU NTK); NumPy tiles otherwise: the fused tiles of
+            :mod:`cyntk.flows.host_tiles` for the Gaussian-FS kernel, the
+            kernels' NumPy blocks for others), ``"xla"`` or ``"numpy"``
             (:class:`~cyntk.flows.tf_product.TFKernelProduct`).
     """
 

@@ -113,10 +113,12 @@ class TileForm:
             (traced inside the compiled tile; ``same``: a diagonal tile of a
             set with itself, where ``state2 is state1``).
         cpu: whether the XLA tile is the faster choice on a CPU too (measured
-            with ``benchmarks/bench_kernel_flow.py`` on 2 cores at 1e5 points:
-            the ReLU NTK's XLA tiles 1.7x the NumPy engine's wall time, the
-            Gaussian-FS ones 0.55x, slowed by sqrt, arccos and exp; unmeasured
-            forms default to False).
+            with ``benchmarks/bench_kernel_flow.py`` on 2 cores at 1e5 points,
+            speed against the NumPy engine: the ReLU NTK's XLA tiles 1.27x;
+            the Gaussian-FS ones 0.75x, slowed by XLA's CPU code for sqrt,
+            arccos, exp and thin GEMMs, where the fused NumPy tiles of
+            :mod:`cyntk.flows.host_tiles` reach 1.56x; unmeasured forms
+            default to False).
     """
 
     key: tuple
