@@ -24,10 +24,12 @@ symmetry) plus O(N) work. This script measures, in one run:
    processes (``MultiWorkerMirroredStrategy``, ``TF_CONFIG`` on 127.0.0.1, 1
    tile thread each). Each is timed two ways: ``step``, the median train step
    (Keras' batch callbacks), and ``epoch``, the wall time per epoch, which
-   adds what Keras does per epoch: under a strategy it re-creates the
-   distributed iterator of array inputs every epoch (seconds), which a
-   repeated ``tf.data`` dataset with ``steps_per_epoch`` avoids, so both
-   feeds are run (``--feeds arrays dataset``). The distribution overhead is
+   adds what Keras does per epoch and ``fit``'s start (one distributed
+   iterator per ``fit``: ``KernelModel.fit`` feeds array inputs under a
+   strategy as a repeated dataset; ``CYNTK_FIT_ARRAYS_PER_EPOCH=1`` restores
+   Keras' per-epoch iterators, seconds each). Both feeds are run (``--feeds
+   arrays dataset``: arrays, and a repeated ``tf.data`` dataset with
+   ``steps_per_epoch``). The distribution overhead is
    ``t(2 replicas) / t(1 process) - 1``; ``alpha_sum`` checks that every run
    made the same steps;
 3. **cost model**: from the measured throughput of the TF engine's tiles (kernel
