@@ -182,14 +182,14 @@ import json, os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 mode, n, cpus, threads, steps, feed, pools = sys.argv[1:8]
 n, cpus, threads, steps = int(n), int(cpus), int(threads), int(steps)
-from cyntk.flows.distribute import logical_cpus
-if cpus > 1:
-    logical_cpus(cpus)
 import keras, numpy as np, tensorflow as tf
-if pools != "default":  # TF's own thread pools (intra, inter), before TF starts them
+if pools != "default":  # TF's own thread pools (intra, inter): before anything starts TF's context
     intra, inter = (int(p) for p in pools.split(","))
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
+from cyntk.flows.distribute import logical_cpus
+if cpus > 1:
+    logical_cpus(cpus)
 from cyntk.flows import KernelModel
 from cyntk.geometry import fermat_quintic, to_real
 from cyntk.kernels.fs import GaussianFSKernel
