@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 #: Reference arrays made by cymetric and neural-tangents, one folder each with a README.md data sheet.
 DATA = REPO / "tests" / "data"
+#: The real cymetric's snapshot (``../shared/cymetric``, or ``$CYNTK_CYMETRIC``): ground truth, never a dependency.
+CYMETRIC = Path(os.environ.get("CYNTK_CYMETRIC", REPO.parent / "shared" / "cymetric"))
 
 #: Tolerances per dtype, used by every numerical test (one place to change them).
 TOLERANCES = {
@@ -66,3 +69,24 @@ def small_mlp(n_in, n_out, width=16, depth=2, dtype="float64", seed=0, features=
     layers += [keras.layers.Dense(width, "gelu", dtype=dtype) for _ in range(depth)]
     layers.append(keras.layers.Dense(n_out, use_bias=False, kernel_initializer=init, dtype=dtype))
     return keras.Sequential(layers)
+
+
+@pytest.fixture(scope="module")
+def cymetric():
+    """The real cymetric (its folder on ``sys.path`` for the requesting module): its ``models``,
+    ``helper`` and ``PointGenerator``; the test is skipped with the reason when it is absent."""
+    if not (CYMETRIC / "cymetric" / "models").is_dir():
+        pytest.skip(
+            f"the real cymetric is absent ({CYMETRIC}); put its snapshot in ../shared/cymetric or set CYNTK_CYMETRIC"
+        )
+    for dep in ("sympy", "joblib", "wolframclient"):
+        pytest.importorskip(dep, reason=f"cymetric.pointgen imports {dep} (pip install -e '.[test]')")
+    sys.path.insert(0, str(CYMETRIC))
+    try:
+        import cymetric.models.helper as helper
+        import cymetric.models.models as models
+        from cymetric.pointgen.pointgen import PointGenerator
+
+        yield {"models": models, "helper": helper, "PointGenerator": PointGenerator}
+    finally:
+        sys.path.remove(str(CYMETRIC))

@@ -10,40 +10,14 @@ notebook ``2.TensorFlow_models.ipynb`` does.
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CYMETRIC = Path(os.environ.get("CYNTK_CYMETRIC", REPO.parent / "shared" / "cymetric"))
-
 MODELS = ("FreeModel", "AddFSModel", "MultFSModel", "MatrixFSModel", "PhiFSModel")
 #: the same models, the long runs of all but MultFSModel in the `slow` set (`pytest -m slow`)
 MODELS_MAIN_MULT = [m if m == "MultFSModel" else pytest.param(m, marks=pytest.mark.slow) for m in MODELS]
-
-
-@pytest.fixture(scope="module")
-def cymetric():
-    """The real cymetric package (its folder put on sys.path for this module)."""
-    if not (CYMETRIC / "cymetric" / "models").is_dir():
-        pytest.skip(
-            f"the real cymetric is absent ({CYMETRIC}); put its snapshot in ../shared/cymetric or set CYNTK_CYMETRIC"
-        )
-    for dep in ("sympy", "joblib", "wolframclient"):
-        pytest.importorskip(dep, reason=f"cymetric.pointgen imports {dep} (pip install -e '.[test]')")
-    sys.path.insert(0, str(CYMETRIC))
-    try:
-        import cymetric.models.helper as helper
-        import cymetric.models.models as models
-        from cymetric.pointgen.pointgen import PointGenerator
-
-        yield {"models": models, "helper": helper, "PointGenerator": PointGenerator}
-    finally:
-        sys.path.remove(str(CYMETRIC))
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,6 @@ potential is a function on the product of projective spaces) have zero transitio
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import keras
@@ -33,7 +31,6 @@ from cyntk.models._tfcicy import cymetric_transition_count, transition_table
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
-CYMETRIC = Path(os.environ.get("CYNTK_CYMETRIC", REPO.parent / "shared" / "cymetric"))
 
 #: generated manifolds: name -> (ambient, configuration)
 GENERATED = {
@@ -41,25 +38,6 @@ GENERATED = {
     "p1p3_24": ([1, 3], [[2], [4]]),  # one equation: cymetric pads the shorter lists by repetition
     "p2p3_2eq": ([2, 3], [[1, 2], [3, 1]]),  # two equations: padded with the current patch
 }
-
-
-@pytest.fixture(scope="module")
-def cymetric():
-    """cymetric's TF helper and models (its folder put on sys.path for this module)."""
-    if not (CYMETRIC / "cymetric" / "models").is_dir():
-        pytest.skip(
-            f"the real cymetric is absent ({CYMETRIC}); put its snapshot in ../shared/cymetric or set CYNTK_CYMETRIC"
-        )
-    for dep in ("sympy", "joblib", "wolframclient"):
-        pytest.importorskip(dep, reason=f"cymetric.pointgen imports {dep} (pip install -e '.[test]')")
-    sys.path.insert(0, str(CYMETRIC))
-    try:
-        import cymetric.models.helper as helper
-        import cymetric.models.models as models
-
-        yield {"helper": helper, "models": models}
-    finally:
-        sys.path.remove(str(CYMETRIC))
 
 
 def _manifold(name):
