@@ -16,6 +16,7 @@ import sys
 import textwrap
 
 import pytest
+from _ports import free_ports
 
 SCRIPT = textwrap.dedent(
     r"""
@@ -134,18 +135,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_ports(n):
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_only_the_chief_writes(tmp_path):
     """Two MultiWorkerMirroredStrategy workers on localhost: both compute the same kernel, only worker 0 writes.
@@ -155,7 +144,7 @@ def test_multi_worker_only_the_chief_writes(tmp_path):
     """
     import numpy as np
 
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2, host="localhost")]}
     procs = []
     for index in (0, 1):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")

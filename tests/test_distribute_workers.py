@@ -7,7 +7,6 @@ Each worker is a fresh process (tests/distribute_flows.py) started with its
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,22 +16,12 @@ import pytest
 pytest.importorskip("tensorflow")
 
 import distribute_flows  # noqa: E402  (tests/ is on sys.path)
+from _ports import free_ports  # noqa: E402
 from test_distribute_mirrored import assert_same_flows  # noqa: E402
 
 from cyntk.flows.distribute import tf_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def launch_workers(tmp_path, tag, args, extra=None):

@@ -19,6 +19,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from _ports import free_ports  # noqa: E402
+
 from cyntk.flows.distribute import tf_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -138,24 +140,11 @@ def test_training_with_the_callback_is_data_parallel_and_records_once(tmp_path):
             assert a.dtype == b.dtype == np.float64 and relative(a, b) <= 1e-12, (label, name)
 
 
-def _free_ports(n):
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.mark.slow
 def test_metric_ntk_across_two_worker_processes(tmp_path):
     """MultiWorkerMirroredStrategy over 2 processes on 127.0.0.1: each worker's caller holds the whole kernel
     (rows gathered across the workers), equal to its own one-process result."""
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for i in range(2):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
