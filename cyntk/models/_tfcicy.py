@@ -298,22 +298,7 @@ class TFCICYGeometry(TFGeometry):
             - tf.one_hot(kb, n, dtype=self.cdtype) * (zg / (zk * zk))[:, :, None]
         )  # (w*B, nfold, n): PT[b, i] = d x^b / d z'_i
         T = tf.einsum("ban,bcn->bac", Jn, PT)
-        return {
-            "x": complex_to_real(zn),
-            "patch": kp,
-            "j": jt,
-            "T": T,
-            "m": w,
-            "frame": {
-                "z": zn,
-                "x": complex_to_real(zn),
-                "dq": dqn,
-                "J": Jn,
-                "G": self.fs_from(zn, Jn),
-                "patch": kp,
-                "j": jt,
-            },
-        }
+        return self._transition_result(zn, dqn, Jn, kp, jt, T, w)
 
     def fs_holomorphic_derivative(self, frame, j, t=None):
         """``dG[:, c, a, b] = dG_{a bbar}/dx^c`` (B, n, n, n) by forward-mode autodiff in the fixed chart."""

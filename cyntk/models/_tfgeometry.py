@@ -277,22 +277,15 @@ class TFGeometry:
             tf.transpose(S_old, [0, 2, 1]) / zk[:, None, None] - ek[:, :, None] * (zg / (zk * zk)[:, None])[:, None, :]
         )  # (m*B, N, n)
         T = tf.matmul(Jn, P)
-        return {
-            "x": complex_to_real(zn),
-            "patch": kp,
-            "j": jt,
-            "T": T,
-            "m": m,
-            "frame": {
-                "z": zn,
-                "x": complex_to_real(zn),
-                "dq": dqn,
-                "J": Jn,
-                "G": self.fs_from(zn, Jn),
-                "patch": kp,
-                "j": jt,
-            },
-        }
+        return self._transition_result(zn, dqn, Jn, kp, jt, T, m)
+
+    def _transition_result(
+        self, zn: tf.Tensor, dqn: tf.Tensor, Jn: tf.Tensor, kp: tf.Tensor, jt: tf.Tensor, T: tf.Tensor, m: int
+    ) -> dict[str, Any]:
+        """The result of :meth:`transition_points`: the new-chart points, their charts, ``T``, the count
+        ``m`` and the frame (points, dQ/dz, pullbacks, FS metric, charts) the losses evaluate there."""
+        frame = {"z": zn, "x": complex_to_real(zn), "dq": dqn, "J": Jn, "G": self.fs_from(zn, Jn), "patch": kp, "j": jt}
+        return {"x": frame["x"], "patch": kp, "j": jt, "T": T, "m": m, "frame": frame}
 
     def fs_holomorphic_derivative(
         self, frame: Mapping[str, tf.Tensor], j: tf.Tensor, t: float | None = None
