@@ -28,13 +28,13 @@ N and one step size (tuned at the smallest N) serves all N.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from cyntk.experiments._flow_fit import fit_flow
 from cyntk.geometry import fermat_cubic, fermat_quintic, fs_nearest, make_dataset, to_complex, to_real
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def _flow(
 
     import keras
 
-    from cyntk.flows.kernel_model import KernelModel, NonPositiveMetricError
+    from cyntk.flows.kernel_model import KernelModel
 
     mu = float(fs_nearest(to_complex(x_tr))[0].mean())
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -139,21 +139,7 @@ def _flow(
 
     hist = keras.callbacks.History()
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            model.fit(
-                x_tr,
-                y_tr,
-                batch_size=len(x_tr),
-                epochs=int(steps),
-                shuffle=False,
-                verbose=0,
-                callbacks=[hist] + ([Track()] if track and x_eval else []),
-            )
-        except NonPositiveMetricError:
-            pass
-    done = len(hist.history.get("loss", []))
+    done, _ = fit_flow(model, x_tr, y_tr, steps, callbacks=[hist] + ([Track()] if track and x_eval else []))
     failed = 0 if done >= int(steps) else done + 1  # "stop" ends fit at the first invalid step
     return {
         "model": model,

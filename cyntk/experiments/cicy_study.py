@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from cyntk.experiments._flow_fit import fit_flow
 from cyntk.geometry import bicubic, fermat_quintic, make_dataset, tetraquadric, to_real
 
 if TYPE_CHECKING:
@@ -102,11 +103,10 @@ def _frozen_flows(
     seed: int,
 ) -> dict[str, Any]:
     """The frozen-kernel half of the study on one manifold (module docstring)."""
-    import warnings
 
     import keras
 
-    from cyntk.flows.kernel_model import KernelModel, NonPositiveMetricError
+    from cyntk.flows.kernel_model import KernelModel
     from cyntk.kernels import GaussianFSKernel
 
     M, kappa = ds.manifold, float(ds.kappa)
@@ -127,12 +127,7 @@ def _frozen_flows(
                 return _sigma_mean(km.predict(x, batch_size=len(x), verbose=0), y[:, 1], kappa)
 
             b_tr, b_va = ev(x_tr, y_tr), ev(x_va, y_va)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                try:
-                    km.fit(x_tr, y_tr, batch_size=len(x_tr), epochs=flow_steps, shuffle=False, verbose=0)
-                except NonPositiveMetricError:
-                    pass
+            fit_flow(km, x_tr, y_tr, flow_steps)
             out.append((b_tr / ev(x_tr, y_tr), b_va / ev(x_va, y_va), float(lr), b_tr, b_va))
         return out
 

@@ -40,12 +40,12 @@ for the train and for the test gain, float32) is :func:`run_table1`, in
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
+from cyntk.experiments._flow_fit import fit_flow
 from cyntk.geometry import fermat_quintic, fs_distance, fs_nearest, to_real
 
 if TYPE_CHECKING:
@@ -264,17 +264,10 @@ def _flow_one(
         xw = to_real(w)
         sets.append((f"noise{s:g}", xw, KernelModel.targets(manifold, xw), float(fs_distance(w, z_tr[idx]).mean())))
     before = {k: _loss(model, x, y) for k, x, y, _ in sets}
-    from cyntk.flows.kernel_model import NonPositiveMetricError
-
+    # the model keeps its last valid metric; record where the flow broke down
     hist = keras.callbacks.History()
-    failed = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            model.fit(x_tr, y_tr, batch_size=n, epochs=steps, shuffle=False, verbose=0, callbacks=[hist])
-        except NonPositiveMetricError:
-            # the model keeps its last valid metric; record where the flow broke down
-            failed = len(hist.history.get("loss", [])) + 1
+    completed, broke = fit_flow(model, x_tr, y_tr, steps, callbacks=[hist])
+    failed = completed + 1 if broke else 0
     after = {k: _loss(model, x, y) for k, x, y, _ in sets}
     train_after_f32 = sigma_loss_float32(model.predict(x_tr, batch_size=n, verbose=0), y_tr[:, 1], model.kappa)
     noise_keys = [k for k, *_ in sets if k.startswith("noise")]

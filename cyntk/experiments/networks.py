@@ -22,13 +22,13 @@ sigma measure (``sigma_val``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from cyntk.experiments._flow_fit import fit_flow
 from cyntk.geometry import fermat_quintic, make_dataset, to_real
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ def run_afterkernel(
     """
     import keras
 
-    from cyntk.flows.kernel_model import KernelModel, NonPositiveMetricError
+    from cyntk.flows.kernel_model import KernelModel
     from cyntk.kernels import EmpiricalNTKKernel
 
     M = fermat_quintic()
@@ -340,12 +340,7 @@ def run_afterkernel(
             km.compile(optimizer=keras.optimizers.SGD(learning_rate=lr))
             ev = lambda x, y: km.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)["loss"]
             b_tr, b_te = ev(x_tr, y_tr), ev(x_te, y_te)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                try:
-                    km.fit(x_tr, y_tr, batch_size=len(x_tr), epochs=steps, shuffle=False, verbose=0)
-                except NonPositiveMetricError:
-                    pass
+            fit_flow(km, x_tr, y_tr, steps)
             g_tr, g_te = b_tr / ev(x_tr, y_tr), b_te / ev(x_te, y_te)
             if best is None or g_tr > best[0]:
                 best = (g_tr, g_te, lr)
